@@ -1,0 +1,105 @@
+"""Build a fixed FBNet from an :class:`ArchSpec` and a search space, and summarise it.
+
+    stem (conv3x3 + BN + ReLU) -> one block per searched layer -> head (conv1x1 + BN + ReLU)
+    -> global average pool -> dropout -> FC
+
+Global pooling (not a fixed 7x7 pool) lets one definition serve any input size.
+
+Usage::
+
+    model = get_model("fbnet_a", cnt_classes=10, search_space="fbnet_cifar")
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch_specs import ArchSpec, load_arch
+from .blocks import ConvBNReLU
+from .registry import build_block
+from .search_space import SearchSpace, get_search_space
+
+__all__ = ["FBNet", "get_model", "init_weights"]
+
+
+class FBNet(nn.Module):
+    """A fixed network of the FBNet family; ``blocks[i]`` is the op chosen for searched layer ``i``."""
+
+    def __init__(
+        self,
+        spec: ArchSpec,
+        space: SearchSpace,
+        cnt_classes: int = 1000,
+        input_size: int | None = None,
+        width_mult: float = 1.0,
+        head_channels: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        spec.validate(space.name)
+        self.spec = spec
+        self.space = space
+        self.input_size = input_size or space.input_size
+        shapes = space.layer_shapes(self.input_size, width_mult)
+        self.stem = ConvBNReLU(3, space.stem_out(width_mult), 3, stride=space.stem_stride)
+        self.blocks = nn.Sequential(
+            *(
+                build_block(op, s.in_channels, s.out_channels, s.stride)
+                for op, s in zip(spec.ops, shapes)
+            )
+        )
+        head = space.head_out(head_channels, width_mult)
+        self.head = ConvBNReLU(shapes[-1].out_channels, head, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(head, cnt_classes)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.forward_features(x)).flatten(1)
+        return self.classifier(self.dropout(x))
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs, unit BN, small-normal FC: MobileNetV2's initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def get_model(
+    arch: str | ArchSpec,
+    cnt_classes: int = 1000,
+    search_space: str | None = None,
+    input_size: int | None = None,
+    width_mult: float | None = None,
+    head_channels: int | None = None,
+    dropout: float = 0.0,
+) -> FBNet:
+    """Build a named architecture, a saved one, or a spec loaded from a JSON path.
+
+    Arguments left as ``None`` take the architecture's own value, then the search space's default.
+    """
+    spec = load_arch(arch)
+    space = get_search_space(search_space or spec.search_space)
+    return FBNet(
+        spec,
+        space,
+        cnt_classes=cnt_classes,
+        input_size=input_size or spec.input_size or space.input_size,
+        width_mult=width_mult if width_mult is not None else spec.width_mult,
+        head_channels=head_channels or spec.head_channels,
+        dropout=dropout,
+    )

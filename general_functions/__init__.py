@@ -1,0 +1,1 @@
+"""Shared utilities: data, configuration, logging, checkpoints, seeding, devices."""

@@ -1,0 +1,179 @@
+"""Configuration: a flat ``@dataclass`` of defaults, each a command-line flag with its own help.
+
+Precedence: dataclass defaults < ``--preset NAME`` < ``--config file.json`` < explicit flags.
+Every field becomes ``--<field>``; a field's help names its source (paper or original reproduction).
+Values read from a JSON file are type-checked against the field, and unknown keys are refused.
+
+    @dataclass
+    class TrainConfig:
+        lr: float = opt(0.1, "SGD learning rate", "original reproduction")
+
+    cfg = parse_config(TrainConfig, argv, presets={"smoke": {"epochs": 1}})
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ConfigError", "opt", "parse_config", "config_to_dict", "config_from_dict", "str2bool"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An unknown key or a value of the wrong type in a configuration."""
+
+
+def opt(default: Any, help: str, source: str | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with a help text, an optional source and optional allowed values."""
+    meta = {"help": help, "source": source, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def str2bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes", "y", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(underlying type, optional?) for ``int``, ``int | None``, ``list[int]``..."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert ``value`` (a CLI string or a JSON value) to the field's type, or raise ConfigError."""
+    base, optional = _base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() == "none" and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{name}: None is not allowed")
+    origin = typing.get_origin(base) or base
+    try:
+        if origin is bool:
+            return str2bool(value)
+        if origin in (list, tuple):
+            if isinstance(value, str):
+                text = value.strip()
+                value = ast.literal_eval(text) if text[:1] in "[(" else text.split(",")
+                if isinstance(value, (int, float)):
+                    value = [value]
+            (item,) = typing.get_args(base)[:1] or (str,)
+            return [_coerce(name, item, v) for v in value]
+        if origin is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if origin is str and isinstance(value, str):
+            return value
+    except (ValueError, SyntaxError, argparse.ArgumentTypeError) as err:
+        raise ConfigError(f"{name}: cannot read {value!r} as {base}: {err}") from None
+    raise ConfigError(f"{name}: expected {base}, got {value!r} ({type(value).__name__})")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in fields.items():
+        f.type = hints[name]
+    return fields
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
+    """Build ``cls`` from ``base`` (or the defaults) updated with ``values``; type-checked."""
+    fields = _fields(cls)
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys {sorted(unknown)} for {cls.__name__}")
+    merged = config_to_dict(base) if base is not None else {}
+    for key, value in values.items():
+        merged[key] = _coerce(key, fields[key].type, value)
+        choices = fields[key].metadata.get("choices")
+        if choices and merged[key] not in choices:
+            raise ConfigError(f"{key}: {merged[key]!r} is not one of {list(choices)}")
+    return cls(**merged)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text += f" (default: {default}"
+    if f.metadata.get("source"):
+        text += f"; {f.metadata['source']}"
+    return text + ")"
+
+
+def build_parser(
+    cls: type, description: str = "", presets: dict[str, dict[str, Any]] | None = None
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None, help="JSON file of field values (see --help)")
+    if presets:
+        parser.add_argument(
+            "--preset", default=None, choices=sorted(presets), help="a named set of defaults"
+        )
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for name, f in _fields(cls).items():
+        kwargs: dict[str, Any] = {"default": None, "help": _help(f), "metavar": name.upper()}
+        if f.metadata.get("choices"):
+            kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+        group.add_argument(f"--{name}", **kwargs)
+    return parser
+
+
+def parse_config(
+    cls: type[T],
+    argv: list[str] | None = None,
+    description: str = "",
+    presets: dict[str, dict[str, Any]] | None = None,
+) -> T:
+    """Parse ``argv`` into ``cls`` with the precedence described in the module docstring."""
+    parser = build_parser(cls, description, presets)
+    args = parser.parse_args(argv)
+    cfg = cls()
+    try:
+        if presets and args.preset:
+            cfg = config_from_dict(cls, presets[args.preset], cfg)
+        if args.config:
+            cfg = config_from_dict(cls, load_json_config(args.config), cfg)
+        flags = {k: v for k, v in vars(args).items() if k in _fields(cls) and v is not None}
+        cfg = config_from_dict(cls, flags, cfg)
+    except ConfigError as err:
+        parser.error(str(err))
+    return cfg
+
+
+def load_json_config(path: str | Path) -> dict[str, Any]:
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return values

@@ -1,0 +1,378 @@
+"""Data: CIFAR-10 (read straight from its python pickles), any ImageFolder data set, and synthetic data.
+
+Two ways to feed small image sets such as CIFAR-10:
+
+- ``loader="tensor"`` (fast path): the whole set lives as one uint8 tensor on the training device;
+  random crop (padding 4) and horizontal flip are done for a whole batch at once on that device, then
+  the batch is normalised. No worker processes, no per-image Python.
+- ``loader="torchvision"``: a ``Dataset`` with torchvision transforms and a ``DataLoader`` with workers,
+  as the original reproduction did. ImageFolder data sets always use this path.
+
+Both give the same augmentation distribution. Shuffling and augmentation draw from a generator seeded
+with ``seed + epoch`` (call ``set_epoch``), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DataError",
+    "EpochLoader",
+    "ImageSet",
+    "TensorImages",
+    "load_cifar10",
+    "load_dataset",
+    "make_fake_data",
+    "make_loader",
+    "split_train",
+]
+
+logger = logging.getLogger(__name__)
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+class DataError(RuntimeError):
+    """A data folder that is missing or does not hold what it should."""
+
+
+@dataclass
+class TensorImages:
+    """Images as one uint8 tensor ``[N, 3, H, W]`` with int64 labels ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> TensorImages:
+        return TensorImages(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class ImageSet:
+    """What :func:`load_dataset` returns: train and test parts and what describes them."""
+
+    train: TensorImages | Dataset
+    test: TensorImages | Dataset
+    num_classes: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    test_exact: TensorImages | None = None  # the test images whose pixels are exact (local copy)
+
+
+# ----------------------------------------------------------------------------------- loading
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+        raise DataError(f"CIFAR-10 file {path} is unreadable or malformed: {err}") from None
+    if len(data) != len(labels):
+        raise DataError(f"CIFAR-10 file {path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar10(data_dir: str | Path, download: bool = False) -> ImageSet:
+    """Read CIFAR-10 from ``data_dir/cifar-10-batches-py``.
+
+    A local copy is read as it is (no network, no checksum). When the folder is absent and ``download``
+    is set, torchvision downloads it and verifies its checksums first.
+    """
+    root = Path(data_dir)
+    folder = root / _CIFAR_FOLDER
+    if not folder.is_dir():
+        if not download:
+            raise DataError(
+                f"no CIFAR-10 at {folder}: point --data_dir at the folder that holds "
+                f"{_CIFAR_FOLDER}/, or allow the download (--download True)"
+            )
+        import torchvision
+
+        logger.info("downloading CIFAR-10 into %s (checksums are verified)", root)
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    missing = [name for name in _CIFAR_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-10 folder {folder} is missing {', '.join(missing)}")
+    parts = [_read_batch(folder / name) for name in _CIFAR_FILES]
+    train_x = np.concatenate([p[0] for p in parts[:5]])
+    train_y = np.concatenate([p[1] for p in parts[:5]])
+    test_x, test_y = parts[5]
+    train = TensorImages(torch.from_numpy(train_x), torch.from_numpy(train_y))
+    test = TensorImages(torch.from_numpy(test_x), torch.from_numpy(test_y))
+    exact = None
+    mask_path = root / "test_pixel_exact_mask.npy"
+    if mask_path.is_file():
+        mask = torch.from_numpy(np.load(mask_path).astype(bool))
+        if mask.shape != (len(test),):
+            raise DataError(f"{mask_path} has shape {tuple(mask.shape)}, expected ({len(test)},)")
+        exact = test.subset(mask.nonzero().squeeze(1))
+    return ImageSet(train, test, 10, 32, CIFAR10_MEAN, CIFAR10_STD, exact)
+
+
+def make_fake_data(
+    n_train: int = 512, n_test: int = 256, num_classes: int = 10, size: int = 32, seed: int = 0
+) -> ImageSet:
+    """A small learnable synthetic set: each class is a fixed random colour pattern plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, size, size, generator=gen) * 255
+
+    def draw(n: int) -> TensorImages:
+        labels = torch.randint(num_classes, (n,), generator=gen)
+        noise = torch.randn(n, 3, size, size, generator=gen) * 40
+        images = (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8)
+        return TensorImages(images, labels)
+
+    return ImageSet(draw(n_train), draw(n_test), num_classes, size, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def load_imagefolder(data_dir: str | Path, input_size: int = 224) -> ImageSet:
+    """An ImageFolder data set with ``train/`` and ``val/`` (or ``test/``) class sub-folders."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    root = Path(data_dir)
+    train_dir = root / "train"
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(
+            f"ImageFolder data set {root} must hold train/ and val/ (or test/) folders with one "
+            "sub-folder per class"
+        )
+    norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    train_tf = v2.Compose(
+        [v2.RandomResizedCrop(input_size), v2.RandomHorizontalFlip(), *to_tensor, norm]
+    )
+    test_tf = v2.Compose(
+        [v2.Resize(int(input_size * 256 / 224)), v2.CenterCrop(input_size), *to_tensor, norm]
+    )
+    try:
+        train = torchvision.datasets.ImageFolder(str(train_dir), transform=train_tf)
+        test = torchvision.datasets.ImageFolder(str(test_dir), transform=test_tf)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"ImageFolder data set {root}: {err}") from None
+    if train.classes != test.classes:
+        raise DataError(f"{train_dir} and {test_dir} hold different class folders")
+    return ImageSet(train, test, len(train.classes), input_size, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_dataset(
+    dataset: str,
+    data_dir: str | Path = "./cifar10_data",
+    download: bool = False,
+    input_size: int = 224,
+    fake_sizes: tuple[int, int] = (512, 256),
+    seed: int = 0,
+) -> ImageSet:
+    """``dataset`` is ``cifar10``, ``imagefolder`` or ``fake`` (synthetic, 32x32, for tests)."""
+    if dataset == "cifar10":
+        return load_cifar10(data_dir, download)
+    if dataset == "imagefolder":
+        return load_imagefolder(data_dir, input_size)
+    if dataset == "fake":
+        return make_fake_data(*fake_sizes, seed=seed)
+    raise ValueError(f"unknown dataset {dataset!r}; use cifar10, imagefolder or fake")
+
+
+def split_train(
+    data: TensorImages | Dataset, fraction: float = 0.8, seed: int = 0, limit: int = 0
+) -> tuple:
+    """Split a training set into a weights part (``fraction``) and a thetas part (the rest).
+
+    ``limit`` > 0 first keeps a random subset of that many images (for reduced-budget runs).
+    """
+    n = len(data)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if limit:
+        perm = perm[: min(limit, n)]
+    cut = int(round(len(perm) * fraction))
+    parts = perm[:cut], perm[cut:]
+    if isinstance(data, TensorImages):
+        return tuple(data.subset(p) for p in parts)
+    return tuple(torch.utils.data.Subset(data, p.tolist()) for p in parts)
+
+
+# ----------------------------------------------------------------------------------- loaders
+class EpochLoader:
+    """An iterable of ``(images, labels)`` batches whose randomness depends on ``seed + epoch`` only."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed * 100003 + self.epoch)
+
+
+class _TensorLoader(EpochLoader):
+    """The fast path: batched crop, flip and normalisation of uint8 tensors on the device."""
+
+    def __init__(
+        self,
+        data: TensorImages,
+        batch_size: int,
+        train: bool,
+        device: torch.device,
+        mean: tuple,
+        std: tuple,
+        seed: int,
+        channels_last: bool,
+        drop_last: bool,
+        padding: int = 4,
+    ) -> None:
+        super().__init__(seed)
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.train, self.device = batch_size, train, device
+        self.padding, self.channels_last, self.drop_last = padding, channels_last, drop_last
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        p = self.padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        off_y = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
+        off_x = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
+        rows = (off_y[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (off_x[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        out = padded[batch, chans, rows, cols]
+        flip = torch.rand(b, generator=gen, device=x.device) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = self._generator(self.device)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen, device=self.device) if self.train else None
+        for i in range(len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sel = order[idx] if order is not None else idx
+            x, y = self.images[sel], self.labels[sel]
+            if self.train:
+                x = self._augment(x, gen)
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+
+class _TensorDataset(Dataset):
+    """uint8 tensors seen as a torchvision ``Dataset`` (the reference path)."""
+
+    def __init__(self, data: TensorImages, transform) -> None:
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.data.images[i]), int(self.data.labels[i])
+
+
+class _DataLoaderLoader(EpochLoader):
+    """torchvision transforms in a ``DataLoader``; batches are moved to the device."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size, train, device, seed, channels_last, workers, drop_last
+    ):
+        super().__init__(seed)
+        self.device, self.channels_last = device, channels_last
+        self.gen = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=workers,
+            generator=self.gen,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=False,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _batches(self):
+        """Workers draw their seeds from ``self.gen``; without workers, seed each batch ourselves."""
+        if self.loader.num_workers > 0:
+            yield from self.loader
+            return
+        it = iter(self.loader)
+        for i in range(len(self.loader)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 100003 + self.epoch) * 65537 + i)
+                batch = next(it)
+            yield batch
+
+    def __iter__(self):
+        self.gen.manual_seed(self.seed * 100003 + self.epoch)
+        for x, y in self._batches():
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def make_loader(
+    data: TensorImages | Dataset,
+    batch_size: int,
+    train: bool,
+    device: torch.device | str = "cpu",
+    loader: str = "tensor",
+    mean: tuple = CIFAR10_MEAN,
+    std: tuple = CIFAR10_STD,
+    seed: int = 0,
+    channels_last: bool = False,
+    workers: int = 2,
+    drop_last: bool = False,
+) -> EpochLoader:
+    """A loader over ``data``; ``train`` turns on shuffling and augmentation (crop+flip)."""
+    device = torch.device(device)
+    if isinstance(data, TensorImages):
+        if loader == "tensor":
+            return _TensorLoader(
+                data, batch_size, train, device, mean, std, seed, channels_last, drop_last
+            )
+        if loader != "torchvision":
+            raise ValueError(f"unknown loader {loader!r}; use tensor or torchvision")
+        from torchvision.transforms import v2
+
+        size = data.images.shape[-1]
+        steps = [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()] if train else []
+        transform = v2.Compose(
+            [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        )
+        data = _TensorDataset(data, transform)
+    return _DataLoaderLoader(
+        data, batch_size, train, device, seed, channels_last, workers, drop_last
+    )

@@ -1,0 +1,99 @@
+"""Run folders, logging to stdout and ``log.txt``, and metrics to TensorBoard and ``metrics.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .io_utils import atomic_write_text
+
+__all__ = ["MetricWriter", "get_logger", "setup_run_dir"]
+
+
+def setup_run_dir(root: str | Path, run_name: str | None, prefix: str = "run") -> Path:
+    """``root/run_name``, or a fresh time-stamped folder when no name is given."""
+    root = Path(root)
+    if not run_name:
+        run_name = f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}"
+    if "/" in run_name or "\\" in run_name or run_name in (".", ".."):
+        raise ValueError(f"run name {run_name!r} must not contain path separators")
+    run_dir = root / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def get_logger(run_dir: str | Path | None, name: str = "fbnet") -> logging.Logger:
+    """A logger writing plain lines to stderr and (when ``run_dir`` is given) to ``run_dir/log.txt``.
+
+    stdout is kept free for the final JSON line that scripts read.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if run_dir is not None:
+        file_handler = logging.FileHandler(Path(run_dir) / "log.txt")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(file_handler)
+    return logger
+
+
+class MetricWriter:
+    """Scalars to tensorboardX (``run_dir/tb``) and one CSV row per step (``run_dir/metrics.csv``).
+
+    On resume, pass ``resume_step``: CSV rows after it are dropped, so the file matches the run.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.csv_path = Path(run_dir) / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        self.tb = None
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+            if resume_step is not None:
+                self.rows = [r for r in self.rows if int(float(r["step"])) <= resume_step]
+            else:
+                self.rows = []
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=_next(resume_step))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Log ``values`` (tags like ``train/loss``) at ``step`` and rewrite the CSV."""
+        if not self.enabled:
+            return
+        for tag, value in values.items():
+            self.tb.add_scalar(tag, value, step)
+        self.rows.append({"step": step, **values})
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [c for c in row if c not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, buf.getvalue())
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _next(step: int | None) -> int | None:
+    return None if step is None else step + 1

@@ -1,0 +1,134 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from general_functions.config_utils import opt, parse_config
+from general_functions.dataloaders import (
+    DataError,
+    load_cifar10,
+    make_fake_data,
+    make_loader,
+    split_train,
+)
+from general_functions.utils import accuracy, get_rng_state, set_rng_state
+
+
+@dataclass
+class _Cfg:
+    lr: float = opt(0.1, "learning rate", "paper")
+    epochs: int = opt(140, "epochs")
+    milestones: list[int] = opt([90, 110], "milestones")
+    amp: bool = opt(False, "mixed precision")
+    name: str | None = opt(None, "name")
+    mode: str = opt("a", "mode", choices=("a", "b"))
+
+
+def test_config_precedence_and_types(tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"lr": 0.5, "epochs": 3}))
+    presets = {"smoke": {"epochs": 1, "amp": True}}
+    cfg = parse_config(
+        _Cfg, ["--preset", "smoke", "--config", str(file), "--lr", "0.2"], presets=presets
+    )
+    assert (cfg.lr, cfg.epochs, cfg.amp, cfg.milestones) == (0.2, 3, True, [90, 110])
+    cfg = parse_config(_Cfg, ["--milestones", "5,7", "--amp", "False", "--name", "x"])
+    assert cfg.milestones == [5, 7] and cfg.amp is False and cfg.name == "x"
+
+
+def test_config_rejects_bad_values(tmp_path, capsys):
+    for argv in (["--epochs", "two"], ["--mode", "c"]):
+        with pytest.raises(SystemExit):
+            parse_config(_Cfg, argv)
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"learning_rate": 0.5}))
+    with pytest.raises(SystemExit):
+        parse_config(_Cfg, ["--config", str(file)])
+    assert "unknown configuration keys ['learning_rate']" in capsys.readouterr().err
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, {"stage": "architecture", "epoch": 3, "rng": get_rng_state()})
+    state = load_checkpoint(path, stage="architecture")
+    assert state["epoch"] == 3
+    set_rng_state(state["rng"])
+    a = torch.rand(3)
+    set_rng_state(load_checkpoint(path)["rng"])
+    torch.testing.assert_close(torch.rand(3), a)
+    with pytest.raises(CheckpointError, match="not a 'supernet'"):
+        load_checkpoint(path, stage="supernet")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pth")
+
+
+def test_rng_state_restores_every_generator():
+    import random
+
+    import numpy as np
+
+    state = get_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_accuracy():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
+    assert accuracy(logits, torch.tensor([1, 2]), topk=(1, 2)) == [50.0, 50.0]
+
+
+def test_missing_cifar_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no CIFAR-10 at"):
+        load_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(DataError, match="missing data_batch_1"):
+        load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "torchvision"])
+def test_loaders_agree_in_shape_and_statistics(kind):
+    data = make_fake_data(64, 32)
+    loader = make_loader(data.train, 16, train=True, loader=kind, workers=0, seed=1)
+    batches = list(loader)
+    assert len(batches) == 4 and batches[0][0].shape == (16, 3, 32, 32)
+    loader.set_epoch(0)
+    again = list(loader)
+    torch.testing.assert_close(batches[1][0], again[1][0])  # same epoch, same batches
+    loader.set_epoch(1)
+    assert not torch.equal(list(loader)[0][1], batches[0][1])
+    test = list(make_loader(data.test, 32, train=False, loader=kind, workers=0))[0][0]
+    expected = (
+        data.test.images[:32].float() / 255 - torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    ) / torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    torch.testing.assert_close(test, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tensor_crop_is_a_shifted_window():
+    data = make_fake_data(8, 8)
+    loader = make_loader(data.train, 8, train=True, seed=3)
+    x = data.train.images.float()
+    gen = torch.Generator().manual_seed(0)
+    out = loader._augment(data.train.images, gen)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(8):
+        ok = any(
+            torch.equal(out[i].float(), padded[i, :, dy : dy + 32, dx : dx + 32])
+            or torch.equal(out[i].float(), padded[i, :, dy : dy + 32, dx : dx + 32].flip(2))
+            for dy in range(9)
+            for dx in range(9)
+        )
+        assert ok
+
+
+def test_split_is_disjoint_80_20():
+    data = make_fake_data(100, 10)
+    w, t = split_train(data.train, 0.8, seed=0)
+    assert len(w) == 80 and len(t) == 20
+    w2, _ = split_train(data.train, 0.8, seed=0, limit=50)
+    assert len(w2) == 40
