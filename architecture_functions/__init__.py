@@ -1,0 +1,1 @@
+"""Training a fixed architecture from scratch."""
