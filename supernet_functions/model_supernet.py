@@ -1,0 +1,203 @@
+"""The stochastic supernet of FBNet (Wu et al., CVPR 2019, Sec. 3.3).
+
+Every searched layer is a :class:`MixedOperation`: its candidate ops, a learnable vector ``thetas`` and
+the ops' costs from the lookup table. In a forward pass the layer mixes its candidates with weights
+
+    m_l = GumbelSoftmax(thetas_l | temperature)                                        (paper Eq. 5)
+    x_{l+1} = sum_i m_{l,i} * b_{l,i}(x_l)                                              (paper Eq. 6)
+
+and reports its expected latency ``sum_i m_{l,i} * LAT(b_{l,i})`` (paper Eq. 7), which the network
+accumulates layer by layer into ``LAT(a)`` for the loss (paper Eq. 2, :mod:`supernet_functions.loss`).
+
+The weights of the candidate ops are ``weight_parameters()`` (trained with SGD); the ``thetas`` are
+``arch_parameters()`` (trained with Adam), as DARTS keeps its alphas apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fbnet_building_blocks.blocks import ConvBNReLU
+from fbnet_building_blocks.fbnet_builder import init_weights
+from fbnet_building_blocks.registry import build_block
+from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+
+__all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet"]
+
+logger = logging.getLogger(__name__)
+
+MIXING_MODES = ("gumbel", "softmax")
+
+
+class MixedOperation(nn.Module):
+    """One searched layer: candidate ops mixed by ``GumbelSoftmax(thetas)`` (paper Eq. 5-7).
+
+    Args:
+        candidates: the layer's candidate ops; any modules that map the same input to outputs of one shape.
+        latency: the cost of each candidate (one value per op, in the table's unit), or ``None`` for zeros.
+        mixing: ``"gumbel"``: soft weights from ``F.gumbel_softmax(thetas, temperature)`` (FBNet);
+            ``"softmax"``: deterministic ``softmax(thetas)`` (DARTS-style; the temperature is ignored).
+        per_sample: with ``"gumbel"``, draw one Gumbel sample per example instead of one for the whole
+            batch (the original reproduction shares one sample across the batch). The layer's expected
+            latency then has one value per example.
+
+    ``thetas`` start at zeros, i.e. a uniform distribution over the candidates.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[nn.Module],
+        latency: torch.Tensor | None = None,
+        mixing: str = "gumbel",
+        per_sample: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(candidates) == 0:
+            raise ValueError("MixedOperation needs at least one candidate op")
+        if mixing not in MIXING_MODES:
+            raise ValueError(f"unknown mixing {mixing!r}; use one of {', '.join(MIXING_MODES)}")
+        n = len(candidates)
+        if latency is None:
+            latency = torch.zeros(n)
+        latency = torch.as_tensor(latency, dtype=torch.float32).flatten()
+        if latency.numel() != n:
+            raise ValueError(f"latency has {latency.numel()} entries for {n} candidate ops")
+        self.ops = nn.ModuleList(candidates)
+        self.thetas = nn.Parameter(torch.zeros(n))
+        self.register_buffer("latency", latency.clone())
+        self.mixing = mixing
+        self.per_sample = per_sample
+
+    def mixing_weights(
+        self, temperature: float | torch.Tensor, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """The weights ``m`` the layer mixes its ops with: ``[n_ops]``, or ``[batch, n_ops]`` per sample.
+
+        ``gumbel``: ``softmax((thetas + g) / temperature)`` with ``g ~ Gumbel(0, 1)`` (paper Eq. 5);
+        ``softmax``: ``softmax(thetas)``.
+        """
+        if self.mixing == "softmax":
+            return F.softmax(self.thetas, dim=-1)
+        logits = self.thetas
+        if self.per_sample and batch_size is not None:
+            logits = logits.expand(batch_size, -1)
+        return F.gumbel_softmax(logits, tau=float(temperature), hard=False, dim=-1)
+
+    def forward(
+        self, x: torch.Tensor, temperature: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_i m_i * op_i(x), sum_i m_i * LAT_i)`` (paper Eq. 6 and 7)."""
+        weights = self.mixing_weights(temperature, x.shape[0])
+        return mix_outputs(weights, [op(x) for op in self.ops]), weights @ self.latency
+
+    def probabilities(self) -> torch.Tensor:
+        """``softmax(thetas)``: the learned distribution over the candidates (no noise)."""
+        return F.softmax(self.thetas.detach(), dim=-1)
+
+
+def mix_outputs(weights: torch.Tensor, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i weights[..., i] * outputs[i]``; ``weights`` is ``[n_ops]`` or ``[batch, n_ops]``."""
+    out = None
+    for i, y in enumerate(outputs):
+        w = weights[..., i]
+        if w.dim() == 1:  # one weight per example
+            w = w.view(-1, *([1] * (y.dim() - 1)))
+        out = w * y if out is None else out + w * y
+    return out
+
+
+class StochasticSuperNet(nn.Module):
+    """Stem, one :class:`MixedOperation` per searched layer, head, pool and classifier.
+
+    ``forward(x, temperature)`` returns ``(logits, expected latency)``, the latency summed over the
+    searched layers in the lookup table's unit (paper Eq. 4 with Eq. 7's expectation per layer).
+
+    Args:
+        search_space: a name from ``SEARCH_SPACES`` or a :class:`SearchSpace`.
+        lut: a :class:`~supernet_functions.lookup_table_builder.LatencyLookupTable` for the layers'
+            costs, or ``None`` for zeros (no latency term).
+        cnt_classes: classifier outputs.
+        input_size: the side of the input images (sets the layers' input maps; default: the space's).
+        candidate_ops: the ops searched at every layer (default: the search space's).
+        mixing, per_sample: see :class:`MixedOperation`.
+    """
+
+    def __init__(
+        self,
+        search_space: str | SearchSpace = "fbnet",
+        lut=None,
+        cnt_classes: int = 10,
+        input_size: int | None = None,
+        candidate_ops: Sequence[str] | None = None,
+        mixing: str = "gumbel",
+        per_sample: bool = False,
+    ) -> None:
+        super().__init__()
+        space = get_search_space(search_space)
+        self.space = space
+        self.input_size = input_size or space.input_size
+        self.candidate_ops = tuple(candidate_ops or space.candidate_ops)
+        shapes = space.layer_shapes(self.input_size)
+        if lut is not None and lut.num_layers != len(shapes):
+            raise ValueError(
+                f"the lookup table has {lut.num_layers} layers, search space {space.name!r} has "
+                f"{len(shapes)}"
+            )
+        self.stem = ConvBNReLU(3, space.stem_out(), 3, stride=space.stem_stride)
+        self.stages = nn.ModuleList(
+            MixedOperation(
+                [
+                    build_block(op, s.in_channels, s.out_channels, s.stride)
+                    for op in self.candidate_ops
+                ],
+                latency=None if lut is None else lut.latency_vector(i, self.candidate_ops),
+                mixing=mixing,
+                per_sample=per_sample,
+            )
+            for i, s in enumerate(shapes)
+        )
+        head = space.head_out()
+        self.head = ConvBNReLU(shapes[-1].out_channels, head, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(head, cnt_classes)
+        init_weights(self)
+
+    def forward(
+        self, x: torch.Tensor, temperature: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(x)
+        latency = x.new_zeros(())
+        for layer in self.stages:
+            x, layer_latency = layer(x, temperature)
+            latency = latency + layer_latency
+        logits = self.classifier(self.pool(self.head(x)).flatten(1))
+        return logits, latency
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        """The thetas of every searched layer, in layer order."""
+        for layer in self.stages:
+            yield layer.thetas
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter that is not a theta (the ops, stem, head and classifier)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        for p in self.parameters():
+            if id(p) not in arch:
+                yield p
+
+    def thetas_matrix(self) -> torch.Tensor:
+        """``[layers, ops]`` thetas (a detached copy)."""
+        return torch.stack([layer.thetas.detach() for layer in self.stages]).cpu()
+
+    def probabilities(self) -> torch.Tensor:
+        """``[layers, ops]`` softmax(thetas): the learned distribution of every layer."""
+        return torch.stack([layer.probabilities() for layer in self.stages]).cpu()
+
+    def latency_matrix(self) -> torch.Tensor:
+        """``[layers, ops]`` costs the layers were built with."""
+        return torch.stack([layer.latency for layer in self.stages]).cpu()
