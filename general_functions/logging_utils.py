@@ -72,6 +72,10 @@ class MetricWriter:
             else:
                 self.rows = []
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=_next(resume_step))
+        self._columns: list[str] = ["step"]
+        for row in self.rows:
+            self._columns += [c for c in row if c not in self._columns]
+        self._synced = False  # the file on disk holds exactly self.rows with self._columns
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Log ``values`` (tags like ``train/loss``) at ``step`` and rewrite the CSV."""
@@ -79,15 +83,22 @@ class MetricWriter:
             return
         for tag, value in values.items():
             self.tb.add_scalar(tag, value, step)
-        self.rows.append({"step": step, **values})
-        columns: list[str] = []
-        for row in self.rows:
-            columns += [c for c in row if c not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.csv_path, buf.getvalue())
+        row = {"step": step, **values}
+        self.rows.append(row)
+        new_columns = [c for c in row if c not in self._columns]
+        if new_columns or not self._synced:
+            # a new column changes the header: rewrite the whole file atomically
+            self._columns += new_columns
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=self._columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            atomic_write_text(self.csv_path, buf.getvalue())
+            self._synced = True
+        else:
+            # same header: append one line (a full rewrite every step costs O(steps^2))
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns).writerow(row)
         self.tb.flush()
 
     def close(self) -> None:
