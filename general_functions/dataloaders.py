@@ -10,10 +10,16 @@ Two ways to feed small image sets such as CIFAR-10:
 
 Both give the same augmentation distribution. Shuffling and augmentation draw from a generator seeded
 with ``seed + epoch`` (call ``set_epoch``), so a resumed run sees the same batches as an uninterrupted one.
+
+Under data-parallel training (``rank``, ``world_size``: :mod:`general_functions.distributed`)
+``batch_size`` is the global batch: every process draws the same global order and keeps its own
+contiguous share of each global batch, so the shares of step i together are step i of one process.
+On the tensor path the augmentation is drawn for the global batch too, so the images are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from collections.abc import Iterator
@@ -217,15 +223,48 @@ def split_train(
 class EpochLoader:
     """An iterable of ``(images, labels)`` batches whose randomness depends on ``seed + epoch`` only."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed * 100003 + self.epoch)
+
+
+def _check_shard(batch_size: int, train: bool, rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if train and world_size > 1 and batch_size % world_size:
+        raise ValueError(
+            f"the global batch size {batch_size} must be divisible by the number of processes "
+            f"{world_size}, so every process trains on an equal share (DDP averages the shares)"
+        )
+
+
+def _global_batches(n: int, batch_size: int, train: bool, world_size: int, drop_last: bool):
+    """``(start, stop)`` of every global batch. Training with several processes trims the last batch
+    to a multiple of ``world_size`` (dropping fewer than ``world_size`` images per epoch) so the shares
+    stay equal; evaluation keeps every image."""
+    bounds = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        if stop - start < batch_size and drop_last:
+            break
+        if train and world_size > 1:
+            stop = start + (stop - start) // world_size * world_size
+        if stop > start:
+            bounds.append((start, stop))
+    return bounds
+
+
+def _share(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """This rank's contiguous part of the global batch ``[start, stop)``."""
+    size = stop - start
+    return start + size * rank // world_size, start + size * (rank + 1) // world_size
 
 
 class _TensorLoader(EpochLoader):
@@ -243,8 +282,10 @@ class _TensorLoader(EpochLoader):
         channels_last: bool,
         drop_last: bool,
         padding: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, rank, world_size)
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.train, self.device = batch_size, train, device
@@ -254,33 +295,51 @@ class _TensorLoader(EpochLoader):
 
     def __len__(self) -> int:
         n = len(self.labels)
+        if self.world_size > 1:
+            return len(self._bounds())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        b, _, h, w = x.shape
+    def _bounds(self) -> list[tuple[int, int]]:
+        n, ws = len(self.labels), self.world_size
+        return _global_batches(n, self.batch_size, self.train, ws, self.drop_last)
+
+    def _augment(
+        self, x: torch.Tensor, gen: torch.Generator, part: tuple[int, int, int] | None = None
+    ) -> torch.Tensor:
+        """Crop and flip ``x``. ``part = (global size, lo, hi)``: ``x`` is rows lo:hi of a global
+        batch; the random draws are made for the whole global batch and sliced."""
+        b, c, h, w = x.shape
+        size, lo, hi = part or (b, 0, b)
         p = self.padding
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        off_y = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
-        off_x = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
-        rows = (off_y[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (off_x[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        out = padded[batch, chans, rows, cols]
-        flip = torch.rand(b, generator=gen, device=x.device) < 0.5
-        return torch.where(flip[:, None, None, None], out.flip(3), out)
+        off_y = torch.randint(0, 2 * p + 1, (size,), generator=gen, device=x.device)[lo:hi]
+        off_x = torch.randint(0, 2 * p + 1, (size,), generator=gen, device=x.device)[lo:hi]
+        flip = torch.rand(size, generator=gen, device=x.device)[lo:hi] < 0.5
+        # Crop and flip as one gather of flat pixel indices (several times faster than 4-D indexing).
+        ar_w = torch.arange(w, device=x.device)
+        rows = off_y[:, None] + torch.arange(h, device=x.device)  # [b, h]
+        cols = off_x[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # [b, w]
+        idx = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w)
+        return padded.flatten(2).gather(2, idx.expand(b, c, h * w)).view(b, c, h, w)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = self._generator(self.device)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen, device=self.device) if self.train else None
-        for i in range(len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            sel = order[idx] if order is not None else idx
+        if self.world_size > 1:
+            batches = self._bounds()
+        else:
+            batches = [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(len(self))]
+        for start, stop in batches:
+            lo, hi = _share(start, stop, self.rank, self.world_size)
+            if self.world_size > 1 and hi == lo:  # an evaluation tail smaller than world_size
+                continue
+            sel = order[lo:hi] if order is not None else slice(lo, hi)
             x, y = self.images[sel], self.labels[sel]
             if self.train:
-                x = self._augment(x, gen)
-            x = (x.float() - self.mean) / self.std
+                size = min(stop, n) - start
+                x = self._augment(x, gen, (size, lo - start, hi - start))
+            x = x.float().sub_(self.mean).div_(self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -299,25 +358,79 @@ class _TensorDataset(Dataset):
         return self.transform(self.data.images[i]), int(self.data.labels[i])
 
 
+class _ShardedBatchSampler:
+    """This rank's share of the global batches ``BatchSampler(RandomSampler(...))`` would give.
+
+    The permutation is drawn from the loader's generator as ``RandomSampler`` draws it, so every rank
+    sees the global order of a one-process run and keeps its contiguous share of each batch.
+    """
+
+    def __init__(self, n, batch_size, shuffle, generator, rank, world_size, drop_last, train):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+        self.rank, self.world_size = rank, world_size
+        self.bounds = _global_batches(n, batch_size, train, world_size, drop_last)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __iter__(self):
+        order = (
+            torch.randperm(self.n, generator=self.generator).tolist()
+            if self.shuffle
+            else list(range(self.n))
+        )
+        for start, stop in self.bounds:
+            lo, hi = _share(start, stop, self.rank, self.world_size)
+            if hi > lo:
+                yield order[lo:hi]
+
+
+def _offset_worker_seed(rank: int, worker_id: int) -> None:
+    """Give each rank's workers their own augmentation stream (the base seed is shared by ranks)."""
+    import random
+
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
 class _DataLoaderLoader(EpochLoader):
     """torchvision transforms in a ``DataLoader``; batches are moved to the device."""
 
     def __init__(
-        self, dataset: Dataset, batch_size, train, device, seed, channels_last, workers, drop_last
+        self,
+        dataset: Dataset,
+        batch_size,
+        train,
+        device,
+        seed,
+        channels_last,
+        workers,
+        drop_last,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        super().__init__(seed)
+        super().__init__(seed, rank, world_size)
         self.device, self.channels_last = device, channels_last
         self.gen = torch.Generator()
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            num_workers=workers,
-            generator=self.gen,
-            pin_memory=device.type == "cuda",
-            drop_last=drop_last,
-            persistent_workers=False,
-        )
+        common = {
+            "num_workers": workers,
+            "generator": self.gen,
+            "pin_memory": device.type == "cuda",
+            "persistent_workers": False,
+        }
+        if world_size > 1:
+            sampler = _ShardedBatchSampler(
+                len(dataset), batch_size, train, self.gen, rank, world_size, drop_last, train
+            )
+            worker_init = functools.partial(_offset_worker_seed, rank)
+            self.loader = DataLoader(
+                dataset, batch_sampler=sampler, worker_init_fn=worker_init, **common
+            )
+        else:
+            self.loader = DataLoader(
+                dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last, **common
+            )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -330,7 +443,8 @@ class _DataLoaderLoader(EpochLoader):
         it = iter(self.loader)
         for i in range(len(self.loader)):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 100003 + self.epoch) * 65537 + i)
+                base = (self.seed * 100003 + self.epoch) * 65537 + i
+                torch.manual_seed(base * self.world_size + self.rank)  # its own stream per rank
                 batch = next(it)
             yield batch
 
@@ -355,13 +469,30 @@ def make_loader(
     channels_last: bool = False,
     workers: int = 2,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EpochLoader:
-    """A loader over ``data``; ``train`` turns on shuffling and augmentation (crop+flip)."""
+    """A loader over ``data``; ``train`` turns on shuffling and augmentation (crop+flip).
+
+    ``rank``/``world_size``: this process's share of every global batch of ``batch_size`` images
+    (data-parallel training; a training batch must divide evenly among the processes).
+    """
     device = torch.device(device)
+    _check_shard(batch_size, train, rank, world_size)
     if isinstance(data, TensorImages):
         if loader == "tensor":
             return _TensorLoader(
-                data, batch_size, train, device, mean, std, seed, channels_last, drop_last
+                data,
+                batch_size,
+                train,
+                device,
+                mean,
+                std,
+                seed,
+                channels_last,
+                drop_last,
+                rank=rank,
+                world_size=world_size,
             )
         if loader != "torchvision":
             raise ValueError(f"unknown loader {loader!r}; use tensor or torchvision")
@@ -374,5 +505,5 @@ def make_loader(
         )
         data = _TensorDataset(data, transform)
     return _DataLoaderLoader(
-        data, batch_size, train, device, seed, channels_last, workers, drop_last
+        data, batch_size, train, device, seed, channels_last, workers, drop_last, rank, world_size
     )
