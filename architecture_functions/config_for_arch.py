@@ -1,0 +1,112 @@
+"""Configuration of training a fixed architecture from scratch: one flat dataclass, every field a flag.
+
+Defaults reproduce the original CIFAR-10 reproduction (github AnnaAraslanova/FBNet,
+``architecture_functions/config_for_arch.py``): SGD lr 0.1, momentum 0.9, weight decay 4e-5, batch 1000,
+MultiStepLR at epochs 90 and 110 with gamma 0.1 over 140 epochs, random crop (padding 4) + horizontal
+flip, CIFAR mean/std normalisation. Each departure is a named option listed in TRAINING_DETAILS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from general_functions.config_utils import opt
+
+__all__ = ["ArchTrainConfig", "PRESETS"]
+
+ORIGINAL = "original reproduction"
+
+
+@dataclass
+class ArchTrainConfig:
+    # model
+    architecture_name: str = opt(
+        "fbnet_a",
+        "built-in name (fbnet_a, fbnet_b, ...), a saved name in the architecture registry folder, "
+        "or a path to an architecture JSON file (what the search saves)",
+    )
+    search_space: str = opt(
+        "",
+        "macro skeleton to build the ops in: empty = the architecture's own ('fbnet' for the named "
+        "ones: the ImageNet strides on 32x32 inputs, as the original reproduction did); "
+        "'fbnet_cifar' keeps more resolution for 32x32 inputs",
+        ORIGINAL,
+    )
+    dropout: float = opt(0.0, "dropout before the classifier")
+    # data
+    dataset: str = opt("cifar10", "data set", ORIGINAL, choices=("cifar10", "imagefolder", "fake"))
+    data_dir: str = opt(
+        "./cifar10_data",
+        "folder holding cifar-10-batches-py/ (this machine's copy: ../shared/data/cifar10), "
+        "or an ImageFolder root with train/ and val/ (or test/)",
+        ORIGINAL,
+    )
+    download: bool = opt(True, "download CIFAR-10 with torchvision when the folder is absent")
+    input_size: int = opt(0, "ImageFolder crop size (0 = 224); CIFAR-10 and fake data are 32x32")
+    train_limit: int = opt(0, "train on a fixed random subset of this many images (0 = all)")
+    test_limit: int = opt(0, "evaluate on the first this-many test images (0 = all)")
+    fake_train_size: int = opt(512, "training images of the synthetic data set")
+    fake_test_size: int = opt(256, "test images of the synthetic data set")
+    loader: str = opt(
+        "tensor",
+        "tensor: the whole set as uint8 on the device, crop/flip batched there (fast path); "
+        "torchvision: Dataset + DataLoader with workers (the original's way; ImageFolder always)",
+        choices=("tensor", "torchvision"),
+    )
+    workers: int = opt(2, "DataLoader worker processes (torchvision path)")
+    # optimisation
+    epochs: int = opt(140, "training epochs", ORIGINAL)
+    batch_size: int = opt(1000, "training batch size", ORIGINAL)
+    eval_batch_size: int = opt(0, "evaluation batch size (0 = batch_size)")
+    lr: float = opt(0.1, "SGD learning rate", ORIGINAL)
+    momentum: float = opt(0.9, "SGD momentum", ORIGINAL)
+    weight_decay: float = opt(4e-5, "SGD weight decay", ORIGINAL)
+    nesterov: bool = opt(False, "Nesterov momentum", ORIGINAL)
+    lr_schedule: str = opt(
+        "multistep",
+        "learning-rate schedule, stepped once per epoch",
+        ORIGINAL,
+        choices=("multistep", "cosine", "constant"),
+    )
+    milestones: list[int] = opt([90, 110], "MultiStepLR epochs", ORIGINAL)
+    gamma: float = opt(0.1, "MultiStepLR factor", ORIGINAL)
+    min_lr: float = opt(0.0, "cosine schedule's final learning rate")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0 = all; tests)")
+    stop_after_epoch: int = opt(
+        0,
+        "stop (as if interrupted) after this epoch, keeping the schedule of --epochs; "
+        "continue later with --resume (0 = run to the end)",
+    )
+    # device
+    device: str = opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    amp: bool = opt(False, "mixed precision (float16 autocast + GradScaler; CUDA only)")
+    channels_last: str = opt(
+        "auto",
+        "channels_last memory format for the model and batches; auto = on (measured faster "
+        "for these depthwise nets on CPU and CUDA, see README)",
+        choices=("auto", "on", "off"),
+    )
+    threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
+    seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
+    deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
+    # run
+    run_dir: str = opt("runs/architectures_training", "root folder of run folders")
+    run_name: str = opt("", "run folder name (empty = time-stamped)")
+    resume: str = opt("", "checkpoint (last.pth) to continue exactly where its run stopped")
+    checkpoint: str = opt("", "checkpoint to evaluate with --eval_only")
+    eval_only: bool = opt(False, "only evaluate the --checkpoint (or --resume) weights")
+    progress: bool = opt(True, "tqdm progress bars")
+
+
+PRESETS = {
+    # A few hundred images, one epoch: minutes at most on a CPU. Add --dataset cifar10 for real images.
+    "smoke": {
+        "dataset": "fake",
+        "epochs": 1,
+        "batch_size": 64,
+        "train_limit": 512,
+        "test_limit": 256,
+        "workers": 0,
+    },
+}
