@@ -116,7 +116,12 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> ImageSet:
         import torchvision
 
         logger.info("downloading CIFAR-10 into %s (checksums are verified)", root)
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        try:
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as err:  # no network, a refused URL, a checksum mismatch
+            raise DataError(
+                f"could not download CIFAR-10 into {root}: {err}; point --data_dir at a local copy"
+            ) from None
     missing = [name for name in _CIFAR_FILES if not (folder / name).is_file()]
     if missing:
         raise DataError(f"CIFAR-10 folder {folder} is missing {', '.join(missing)}")
