@@ -1,0 +1,156 @@
+"""Build or validate a cost lookup table (latency, FLOPs or parameters) from the command line.
+
+    python supernet_main_file.py --train_or_sample build_lut --lut_path luts/my_cpu.json \
+        --search_space fbnet --input_size 224 --device cpu --threads 2
+    python supernet_main_file.py --train_or_sample validate_lut --lut_path luts/my_cpu.json --num_archs 20
+    python -m supernet_functions.lut_cli --train_or_sample build_lut --cost flops --lut_path luts/f.json
+
+``build_lut`` writes the table (and ``<path stem>.build.log``); ``validate_lut`` measures random and
+named architectures end to end, writes ``<path stem>.validation.json`` and ``.png`` (or
+``--report_path``), and prints one JSON line with ``pearson_r``, ``kendall_tau``, ``mape_percent`` and
+``num_archs`` as its last line of stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from general_functions.config_utils import config_to_dict, opt, parse_config
+from general_functions.logging_utils import get_logger
+
+from .lookup_table_builder import COSTS, LatencyLookupTable, LUTError, build_cost_table, build_lut
+from .lut_validation import plot_report, save_report, validate_lut
+
+__all__ = ["LUTConfig", "main", "report_paths"]
+
+
+@dataclass
+class LUTConfig:
+    train_or_sample: str = opt(
+        "build_lut", "what to do", choices=("build_lut", "validate_lut", "show_lut")
+    )
+    lut_path: str = opt("", "the table's JSON path (written by build_lut, read by validate_lut)")
+    cost: str = opt("latency", "what the table holds", choices=tuple(COSTS))
+    search_space: str = opt("fbnet", "search space: fbnet | fbnet_cifar | tiny")
+    input_size: int = opt(0, "input side in pixels; 0 = the search space's default")
+    batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
+    cnt_classes: int = opt(0, "classifier width; 0 = 10 for inputs up to 64 px, else 1000")
+    device: str = opt("cpu", "cpu | cuda | auto", choices=("cpu", "cuda", "auto"))
+    threads: int = opt(2, "CPU threads for measuring (fixed, recorded in the table)")
+    seed: int = opt(0, "seed of the build's permutations and of the sampled architectures")
+    time_budget_s: float = opt(150.0, "build: seconds of measuring when --rounds is 0")
+    rounds: int = opt(0, "build: measuring rounds (every entry once each); 0 = from the budget")
+    reps: int = opt(3, "build and validation: timed passes per network per round")
+    method: str = opt(
+        "in_network", "build: time ops inside networks or alone", choices=("in_network", "isolated")
+    )
+    normalize_rounds: bool = opt(True, "scale each round to the median round's machine speed")
+    num_archs: int = opt(20, "validation: random architectures (the named ones are added)")
+    named_archs: bool = opt(True, "validation: add the named architectures that fit the table")
+    val_rounds: int = opt(15, "validation: interleaved measuring rounds")
+    report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
+    progress: bool = opt(True, "show progress bars")
+
+
+def report_paths(cfg: LUTConfig) -> tuple[Path, Path]:
+    """Where the validation report and its scatter plot go."""
+    if cfg.report_path:
+        report = Path(cfg.report_path)
+    else:
+        lut = Path(cfg.lut_path)
+        report = lut.with_name(lut.stem + ".validation.json")
+    return report, report.with_suffix(".png")
+
+
+def _build(cfg: LUTConfig, log: logging.Logger) -> LatencyLookupTable:
+    kwargs = dict(
+        search_space=cfg.search_space,
+        input_size=cfg.input_size or None,
+        batch_size=cfg.batch_size,
+        cnt_classes=cfg.cnt_classes or None,
+    )
+    if cfg.cost != "latency":
+        return build_cost_table(cfg.cost, **kwargs)
+    return build_lut(
+        device=cfg.device,
+        threads=cfg.threads,
+        rounds=cfg.rounds,
+        time_budget_s=cfg.time_budget_s,
+        reps=cfg.reps,
+        normalize_rounds=cfg.normalize_rounds,
+        seed=cfg.seed,
+        method=cfg.method,
+        progress=cfg.progress,
+        **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the command in ``argv`` (``sys.argv[1:]`` by default); returns what it printed as JSON."""
+    cfg = parse_config(LUTConfig, argv, description=__doc__)
+    if not cfg.lut_path:
+        raise SystemExit("error: --lut_path is required")
+    path = Path(cfg.lut_path)
+    if cfg.train_or_sample == "build_lut":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = get_logger(None, "fbnet.lut")
+        handler = logging.FileHandler(path.with_name(path.stem + ".build.log"), mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        pkg_logger = logging.getLogger("supernet_functions")
+        pkg_logger.setLevel(logging.INFO)
+        pkg_logger.addHandler(handler)
+        log.info("build_lut config: %s", json.dumps(config_to_dict(cfg)))
+        lut = _build(cfg, log)
+        lut.meta["command"] = "build_lut " + " ".join(argv if argv is not None else sys.argv[1:])
+        lut.save(path)
+        log.info("wrote %s: %s", path, lut.describe())
+        if lut.cost == "latency":
+            log.info("round speed: %s", lut.meta.get("round_speed"))
+            log.info("fastest op per layer: %s", " ".join(lut.fastest_ops()))
+        out = {
+            "lut_path": str(path),
+            "cost": lut.cost,
+            "build_time_s": lut.meta.get("build_time_s"),
+        }
+        pkg_logger.removeHandler(handler)
+        handler.close()
+    else:
+        log = get_logger(None, "fbnet.lut")
+        try:
+            lut = LatencyLookupTable.load(path)
+        except LUTError as err:
+            raise SystemExit(f"error: {err}") from None
+        if cfg.train_or_sample == "show_lut":
+            out = {"lut_path": str(path), "description": lut.describe(), "meta": lut.meta}
+        else:
+            log.info("validating %s: %s", path, lut.describe())
+            report = validate_lut(
+                lut,
+                num_archs=cfg.num_archs,
+                seed=cfg.seed,
+                include_named=cfg.named_archs,
+                device=cfg.device if lut.cost == "latency" else "cpu",
+                threads=cfg.threads,
+                rounds=cfg.val_rounds,
+                reps=cfg.reps,
+                normalize_rounds=cfg.normalize_rounds,
+                progress=cfg.progress,
+            )
+            report_json, report_png = report_paths(cfg)
+            save_report(report, report_json)
+            plot_report(report, report_png)
+            log.info("wrote %s and %s", report_json, report_png)
+            keys = ("pearson_r", "kendall_tau", "spearman_rho", "mape_percent", "max_ape_percent")
+            out = {k: report[k] for k in keys}
+            out.update(num_archs=report["num_archs"], cost=report["cost"], report=str(report_json))
+    print(json.dumps(out), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

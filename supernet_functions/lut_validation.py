@@ -1,0 +1,297 @@
+"""Does the lookup table predict real networks? Build them, measure them end to end, compare.
+
+:func:`validate_lut` samples architectures uniformly from the table's search space (plus the named ones
+that fit it), builds each as a real :class:`FBNet`, and measures it:
+
+- latency: ``model(x)`` end to end (eval, inference mode, the table's thread count and batch size) with
+  the build's statistics: the architectures are measured in interleaved rounds (every architecture once
+  per round, in a fresh random order, one untimed pass then the fastest of ``reps`` timed passes), each
+  round scaled to the median round's speed (the work is the same every round), and a network's latency
+  is its median over rounds;
+- FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
+
+It reports Pearson's r, Kendall's tau and the mean absolute percentage error (MAPE) between the table's
+prediction (sum of ops + fixed parts) and the measurement, and draws a scatter plot.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
+from fbnet_building_blocks.fbnet_builder import FBNet
+from fbnet_building_blocks.search_space import get_search_space
+from fbnet_building_blocks.summary import count_params
+from general_functions.io_utils import atomic_write, atomic_write_json
+from general_functions.utils import resolve_device, set_threads
+
+from .lookup_table_builder import LatencyLookupTable, _sync, load_average
+
+__all__ = [
+    "build_network",
+    "compare",
+    "measure_latencies",
+    "named_archs",
+    "plot_report",
+    "sample_archs",
+    "validate_lut",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def named_archs(lut: LatencyLookupTable) -> list[ArchSpec]:
+    """Built-in architectures whose ops fit the table (same layer count, default width and input)."""
+    ops_known = set.intersection(*(set(d) for d in lut.layers))
+    return [
+        spec
+        for spec in ARCHS.values()
+        if len(spec.ops) == lut.num_layers
+        and spec.width_mult == 1.0
+        and spec.input_size is None
+        and set(spec.ops) <= ops_known
+    ]
+
+
+def sample_archs(lut: LatencyLookupTable, num_archs: int, seed: int = 0) -> list[ArchSpec]:
+    """``num_archs`` architectures with every layer's op drawn uniformly from the table's ops."""
+    rng = np.random.default_rng(seed)
+    space = lut.meta["search_space"]
+    specs = []
+    for i in range(num_archs):
+        ops = tuple(str(rng.choice(sorted(d))) for d in lut.layers)
+        specs.append(ArchSpec(f"random_{seed}_{i:03d}", ops, space))
+    return specs
+
+
+def build_network(lut: LatencyLookupTable, spec: ArchSpec, device: torch.device) -> FBNet:
+    """``spec``'s ops in the table's macro: its search space, input size, head and classifier width."""
+    meta = lut.meta
+    space = get_search_space(meta["search_space"])
+    spec = ArchSpec(spec.name, spec.ops, space.name)  # the table's head, not a named arch's own
+    model = FBNet(
+        spec,
+        space,
+        cnt_classes=meta["cnt_classes"],
+        input_size=meta["input_size"],
+        head_channels=meta["head_channels"],
+    )
+    return model.to(device).eval()
+
+
+def measure_latencies(
+    models: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    rounds: int = 15,
+    reps: int = 3,
+    warmup: int = 1,
+    normalize_rounds: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR."""
+    rng = np.random.default_rng(seed)
+    clock = time.perf_counter
+    ms = np.zeros((rounds, len(models)))
+    with torch.inference_mode():
+        for m in models:  # untimed warm-up of every network
+            m(x)
+        for r in tqdm(range(rounds), desc="validation rounds", disable=not progress):
+            for i in rng.permutation(len(models)):
+                model = models[i]
+                for _ in range(warmup):
+                    model(x)
+                passes = []
+                for _ in range(reps):
+                    t0 = clock()
+                    model(x)
+                    _sync(x.device)
+                    passes.append(clock() - t0)
+                ms[r, i] = min(passes) * 1e3
+    totals = ms.sum(axis=1)
+    scale = np.median(totals) / totals if normalize_rounds else np.ones(rounds)
+    scaled = ms * scale[:, None]
+    q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
+    speed = totals / np.median(totals)
+    info = {
+        "round_speed_min": round(float(speed.min()), 3),
+        "round_speed_max": round(float(speed.max()), 3),
+    }
+    return q50, q75 - q25, info
+
+
+def _count_macs(model: torch.nn.Module, input_size: int, batch_size: int) -> float:
+    """Multiply-adds per image of the whole network (``torch.utils.flop_counter``)."""
+    x = torch.zeros(batch_size, 3, input_size, input_size, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 2 / batch_size
+
+
+def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """Pearson r, Kendall tau, Spearman rho, MAPE, max APE and mean signed error (percent)."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = (p - m) / m * 100.0
+    return {
+        "pearson_r": float(stats.pearsonr(p, m)[0]),
+        "kendall_tau": float(stats.kendalltau(p, m)[0]),
+        "spearman_rho": float(stats.spearmanr(p, m)[0]),
+        "mape_percent": float(np.mean(np.abs(err))),
+        "max_ape_percent": float(np.max(np.abs(err))),
+        "mean_signed_error_percent": float(np.mean(err)),
+    }
+
+
+def validate_lut(
+    lut: LatencyLookupTable,
+    num_archs: int = 20,
+    seed: int = 0,
+    include_named: bool = True,
+    device: str = "cpu",
+    threads: int | None = None,
+    rounds: int = 15,
+    reps: int = 3,
+    normalize_rounds: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
+
+    For a latency table the device and thread count default to the table's own.
+    """
+    start = time.perf_counter()
+    meta = lut.meta
+    specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
+    if len(specs) < 3:
+        raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")
+    cost = lut.cost
+    dev = resolve_device(device)
+    if threads is None:
+        threads = meta.get("threads") or torch.get_num_threads()
+    if dev.type == "cpu":
+        set_threads(threads)
+    torch.manual_seed(seed)
+    if cost != "latency":  # counting needs shapes only: build on the meta device
+        dev = torch.device("meta")
+    with dev:
+        models = [build_network(lut, spec, dev) for spec in specs]
+    batch = meta.get("batch_size", 1)
+    size = meta["input_size"]
+    info: dict[str, Any] = {}
+    if cost == "latency":
+        x = torch.randn(batch, 3, size, size, device=dev)
+        load_before = load_average()
+        measured, spread, info = measure_latencies(
+            models, x, rounds, reps, 1, normalize_rounds, seed, progress
+        )
+        info.update(load_average_before=load_before, load_average_after=load_average())
+    elif cost == "flops":
+        measured = np.array([_count_macs(m, size, batch) / 1e6 for m in models])
+        spread = np.zeros(len(models))
+    else:
+        measured = np.array([count_params(m) / 1e6 for m in models])
+        spread = np.zeros(len(models))
+    predicted = [lut.predict(spec.ops) for spec in specs]
+    metrics = compare(predicted, measured)
+    archs = [
+        {
+            "name": spec.name,
+            "ops": list(spec.ops),
+            "predicted": round(float(p), 5),
+            "measured": round(float(m), 5),
+            "measured_iqr": round(float(s), 5),
+            "error_percent": round(float((p - m) / m * 100.0), 3),
+        }
+        for spec, p, m, s in zip(specs, predicted, measured, spread)
+    ]
+    report = {
+        **{k: round(v, 4) for k, v in metrics.items()},
+        "num_archs": len(specs),
+        "num_random": num_archs,
+        "num_named": len(specs) - num_archs,
+        "cost": cost,
+        "unit": meta.get("unit"),
+        "lut_path": str(lut.path) if lut.path else None,
+        "lut_meta": {
+            k: meta.get(k)
+            for k in (
+                "search_space",
+                "input_size",
+                "batch_size",
+                "device",
+                "device_name",
+                "threads",
+                "date",
+                "method",
+                "rounds",
+                "build_time_s",
+            )
+        },  # fmt: skip
+        "validation": {
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "device": dev.type,
+            "threads": threads if dev.type == "cpu" else None,
+            "seed": seed,
+            "rounds": rounds if cost == "latency" else None,
+            "reps": reps if cost == "latency" else None,
+            "normalize_rounds": normalize_rounds,
+            "torch_version": torch.__version__,
+            "time_s": round(time.perf_counter() - start, 1),
+            **info,
+        },
+        "archs": archs,
+    }
+    return report
+
+
+def save_report(report: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write_json(path, report)
+    return path
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Scatter of predicted vs measured, with the y = x line; named architectures labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred = np.array([a["predicted"] for a in report["archs"]])
+    meas = np.array([a["measured"] for a in report["archs"]])
+    named = np.array([not a["name"].startswith("random_") for a in report["archs"]])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(meas[~named], pred[~named], s=18, label="random")
+    ax.scatter(meas[named], pred[named], s=24, marker="s", label="named")
+    for a, is_named in zip(report["archs"], named):
+        if is_named:
+            ax.annotate(a["name"], (a["measured"], a["predicted"]), fontsize=6)
+    lo, hi = min(pred.min(), meas.min()) * 0.95, max(pred.max(), meas.max()) * 1.05
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+    unit = report.get("unit", "")
+    meta = report["lut_meta"]
+    ax.set_xlabel(f"measured ({unit})")
+    ax.set_ylabel(f"predicted by the table ({unit})")
+    ax.set_title(
+        f"{report['cost']}: {meta['search_space']} {meta['input_size']}px batch {meta['batch_size']}\n"
+        f"r={report['pearson_r']:.3f} tau={report['kendall_tau']:.3f} "
+        f"MAPE={report['mape_percent']:.1f}% (n={report['num_archs']})",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

@@ -1,0 +1,288 @@
+"""The lookup table: file round trip, every kind of bad file refused with its own message, predictions
+that match what a real network gives, and small measurements that run fast on CPU."""
+
+import json
+
+import pytest
+import torch
+
+from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
+from fbnet_building_blocks.fbnet_builder import FBNet
+from fbnet_building_blocks.search_space import get_search_space
+from fbnet_building_blocks.summary import count_params, model_summary
+from supernet_functions.lookup_table_builder import (
+    LatencyLookupTable,
+    LUTError,
+    build_cost_table,
+    build_lut,
+    lut_key,
+    measure_op_latency,
+    network_parts,
+)
+from supernet_functions.lut_cli import main as lut_main
+from supernet_functions.lut_validation import (
+    build_network,
+    compare,
+    named_archs,
+    sample_archs,
+    validate_lut,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_lut():
+    return build_lut("tiny", rounds=2, reps=1, warmup=0, threads=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fbnet_flops():
+    return build_cost_table("flops", "fbnet", input_size=32)
+
+
+def _write(tmp_path, data, name="lut.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_key_is_stable():
+    assert lut_key("ir_k3_e6", 16, 24, 2, 112) == "ir_k3_e6|16->24|s2|112"
+
+
+def test_tiny_build_has_every_entry_and_positive_values(tiny_lut):
+    space = get_search_space("tiny")
+    assert tiny_lut.num_layers == space.num_layers
+    for layer in tiny_lut.layers:
+        assert set(layer) == set(space.candidate_ops)
+        assert all(e["median"] > 0 and e["n"] == 2 for e in layer.values())
+    assert set(tiny_lut.fixed) == {"stem", "head", "pool", "classifier"}
+    assert tiny_lut.meta["unit"] == "ms" and tiny_lut.meta["threads"] == 2
+    # an identity skip costs far less than any conv block of the same layer
+    assert tiny_lut.query(2, "skip") < tiny_lut.query(2, "ir_k5_e6")
+    tiny_lut.check_compatible("tiny", 32, space.candidate_ops)
+
+
+def test_json_round_trip(tiny_lut, tmp_path):
+    path = tiny_lut.save(tmp_path / "t.json")
+    loaded = LatencyLookupTable.load(path)
+    assert loaded.to_dict() == json.loads(json.dumps(tiny_lut.to_dict()))
+    ops = ["ir_k3_e1", "skip", "ir_k5_e6", "ir_k3_s2"]
+    assert loaded.predict(ops) == pytest.approx(tiny_lut.predict(ops))
+    vec = loaded.latency_vector(1, ["skip", "ir_k3_e1"])
+    assert vec.dtype == torch.float32 and vec.tolist() == pytest.approx(
+        [tiny_lut.query(1, "skip"), tiny_lut.query(1, "ir_k3_e1")]
+    )
+    assert loaded.path == path
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+
+
+def test_missing_entry_names_op_layer_and_path(tiny_lut, tmp_path):
+    loaded = LatencyLookupTable.load(tiny_lut.save(tmp_path / "t.json"))
+    with pytest.raises(KeyError, match=r"ir_k7_e6.*layer 1.*t\.json"):
+        loaded.query(1, "ir_k7_e6")
+
+
+def _bad_files(good: dict):
+    text = json.dumps(good, indent=1)
+
+    def edited(fn):
+        d = json.loads(text)
+        fn(d)
+        return d
+
+    return {
+        "missing": (None, "does not exist"),
+        "empty": ("", "is empty"),
+        "truncated": (text[: len(text) // 2], "is truncated"),
+        "corrupt": (text.replace('"median":', '"median";', 1), "is corrupt"),
+        "not_object": ("[1, 2]", "must hold a JSON object"),
+        "no_layers": (edited(lambda d: d.pop("layers")), "missing its 'layers' section"),
+        "missing_layers": (edited(lambda d: d["layers"].pop()), "layers are missing"),
+        "unknown_op": (
+            edited(lambda d: d["layers"][0].update(ir_k9_e9={"median": 1.0})),
+            "unknown op 'ir_k9_e9'",
+        ),
+        "zero": (
+            edited(lambda d: d["layers"][1]["skip"].update(median=0.0)),
+            "'median' must be positive",
+        ),
+        "negative": (
+            edited(lambda d: d["fixed"]["stem"].update(median=-1.0)),
+            "'median' must be positive",
+        ),
+        "not_number": (
+            edited(lambda d: d["layers"][0]["skip"].update(median="fast")),
+            "'median' must be a number",
+        ),
+        "no_median": (
+            edited(lambda d: d["layers"][0].update(skip={"iqr": 0.1})),
+            "must be an object with a 'median'",
+        ),
+        "version": (edited(lambda d: d["meta"].update(format_version=99)), "format_version 99"),
+        "bad_cost": (edited(lambda d: d["meta"].update(cost="energy")), "unknown cost 'energy'"),
+    }
+
+
+BAD_KINDS = (
+    "missing empty truncated corrupt not_object no_layers missing_layers unknown_op zero negative "
+    "not_number no_median version bad_cost"
+).split()
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_file_is_refused_with_its_own_message(kind, tiny_lut, tmp_path):
+    bad = _bad_files(tiny_lut.to_dict())
+    assert set(bad) == set(BAD_KINDS)
+    content, message = bad[kind]
+    path = tmp_path / "bad.json" if content is None else _write(tmp_path, content)
+    with pytest.raises(LUTError, match=message) as err:
+        LatencyLookupTable.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_nan_is_refused(tiny_lut, tmp_path):
+    data = json.loads(json.dumps(tiny_lut.to_dict()))
+    data["layers"][3]["ir_k3_e6"]["median"] = float("nan")
+    text = json.dumps(data)  # writes NaN, which Python's json reads back
+    assert "NaN" in text
+    with pytest.raises(LUTError, match="not finite"):
+        LatencyLookupTable.load(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("fbnet", 32), "built for search space 'tiny', not 'fbnet'; .*has 4 layers.*fbnet.*22"),
+        (("tiny", 64), "measured at input size 32, not 64"),
+        (("tiny", 32, ["ir_k3_e1", "ir_k7_e6"]), r"layer 0 has no entry for ops \['ir_k7_e6'\]"),
+        (("tiny", 32, None, 8), "measured at batch size 1, not 8"),
+    ],
+)
+def test_incompatible_table_names_the_mismatch(args, message, tiny_lut):
+    with pytest.raises(LUTError, match=message):
+        tiny_lut.check_compatible(*args)
+
+
+def test_changed_layer_shape_is_named(tiny_lut):
+    lut = LatencyLookupTable(dict(tiny_lut.meta), tiny_lut.layers, tiny_lut.fixed)
+    lut.meta["layer_shapes"] = [list(s) for s in tiny_lut.meta["layer_shapes"]]
+    lut.meta["layer_shapes"][2][1] = 99
+    with pytest.raises(LUTError, match="layer 2 has shape"):
+        lut.check_compatible("tiny", 32)
+
+
+def test_one_hot_sum_matches_hand_computed_value():
+    lut = LatencyLookupTable.from_latencies(
+        "tiny",
+        [
+            {op: 0.1 * (i + 1) + 0.01 * j for j, op in enumerate(("skip", "ir_k3_e1"))}
+            for i in range(4)
+        ],
+        fixed_ms={"stem": 0.5, "head": 0.25},
+    )
+    one_hot = [torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])] * 2
+    by_vectors = sum(
+        float(w @ lut.latency_vector(i, ["skip", "ir_k3_e1"])) for i, w in enumerate(one_hot)
+    )
+    expected = 0.11 + 0.2 + 0.3 + 0.41 + 0.75
+    assert by_vectors + lut.fixed_cost == pytest.approx(expected, rel=1e-6)
+    assert lut.predict(["ir_k3_e1", "skip", "skip", "ir_k3_e1"]) == pytest.approx(expected)
+
+
+def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
+    report = validate_lut(tiny_lut, num_archs=3, seed=2, rounds=1, reps=1, progress=False)
+    ops = list(tiny_lut.layers[0])
+    assert report["num_archs"] == 3 and report["cost"] == "latency"
+    for arch in report["archs"]:
+        one_hot = [
+            torch.nn.functional.one_hot(torch.tensor(ops.index(o)), len(ops)) for o in arch["ops"]
+        ]
+        total = sum(
+            float(w.float() @ tiny_lut.latency_vector(i, ops)) for i, w in enumerate(one_hot)
+        )
+        assert arch["predicted"] == pytest.approx(total + tiny_lut.fixed_cost, abs=1e-4)
+        assert arch["measured"] > 0
+
+
+def test_flops_and_params_tables_match_whole_networks(fbnet_flops, tiny_lut):
+    flops = build_cost_table("flops", "tiny")
+    params = build_cost_table("params", "tiny")
+    assert flops.meta["unit"] == "M multiply-adds" and params.meta["cost"] == "params"
+    for spec in sample_archs(tiny_lut, 3, seed=5):
+        model = build_network(flops, spec, torch.device("cpu"))  # real weights, real tensors
+        assert flops.predict(spec.ops) == pytest.approx(model_summary(model, 32)["macs"] / 1e6)
+        assert params.predict(spec.ops) == pytest.approx(count_params(model) / 1e6, rel=1e-6)
+    model = build_network(fbnet_flops, ARCHS["fbnet_a"], torch.device("cpu"))
+    macs = model_summary(model, 32)["macs"] / 1e6
+    assert fbnet_flops.predict(ARCHS["fbnet_a"].ops) == pytest.approx(macs, rel=1e-6)
+    # an identity skip has neither FLOPs nor parameters, and such a table still loads
+    assert fbnet_flops.query(2, "skip") == 0.0 and params.query(2, "skip") == 0.0
+
+
+def test_validation_of_flops_table_is_exact_and_reports_each_arch(fbnet_flops):
+    report = validate_lut(fbnet_flops, num_archs=3, seed=1, progress=False)
+    assert report["num_archs"] == 3 + len(named_archs(fbnet_flops))
+    assert report["mape_percent"] < 1e-6 and report["kendall_tau"] == pytest.approx(1.0)
+    for arch in report["archs"]:
+        assert arch["predicted"] == pytest.approx(fbnet_flops.predict(arch["ops"]), rel=1e-6)
+
+
+def test_sampling_is_seeded_and_uniform_over_the_table(tiny_lut):
+    a, b = sample_archs(tiny_lut, 50, seed=3), sample_archs(tiny_lut, 50, seed=3)
+    assert [s.ops for s in a] == [s.ops for s in b]
+    assert {op for s in a for op in s.ops} == set(tiny_lut.layers[0])
+
+
+def test_named_archs_fit_fbnet(fbnet_flops):
+    names = {s.name for s in named_archs(fbnet_flops)}
+    assert {"fbnet_a", "fbnet_b", "fbnet_c"} <= names and "fbnet_96_035_1" not in names
+
+
+def test_compare_metrics():
+    m = compare([1.0, 2.0, 3.3], [1.0, 2.0, 3.0])
+    assert m["mape_percent"] == pytest.approx(10 / 3)
+    assert m["kendall_tau"] == pytest.approx(1.0)
+    assert compare([3, 2, 1], [1, 2, 3])["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_parts_in_sequence_equal_the_network():
+    space = get_search_space("tiny")
+    spec = ArchSpec("t", ("ir_k3_e1", "skip", "ir_k5_s2", "ir_k3_e6"), "tiny")
+    model = FBNet(spec, space, cnt_classes=10).eval()
+    fixed, blocks = network_parts(model)
+    x = torch.randn(2, 3, 32, 32)
+    h = fixed["stem"](x)
+    for block in blocks:
+        h = block(h)
+    h = fixed["classifier"](fixed["pool"](fixed["head"](h)))
+    torch.testing.assert_close(h, model(x))
+
+
+def test_measure_tiny_op_with_few_runs():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    result = measure_op_latency(conv, torch.randn(1, 4, 8, 8), threads=1, number=2)
+    assert result["n"] == 2 and result["median"] > 0 and result["iqr"] >= 0
+    assert not conv.training
+
+
+def test_cli_builds_flops_table_and_validates(tmp_path, capsys):
+    path = tmp_path / "flops.json"
+    argv = ["--train_or_sample", "build_lut", "--cost", "flops", "--lut_path", str(path)]
+    lut_main(argv + ["--search_space", "tiny", "--progress", "False"])
+    lut = LatencyLookupTable.load(path)
+    lut.check_compatible("tiny", 32)
+    out = lut_main(
+        ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--num_archs", "4"]
+        + ["--progress", "False"]
+    )
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == out and last["num_archs"] == 4
+    assert {"pearson_r", "kendall_tau", "mape_percent"} <= set(last)
+    assert (tmp_path / "flops.validation.json").is_file()
+    assert (tmp_path / "flops.validation.png").stat().st_size > 1000
+
+
+def test_cli_refuses_bad_table_clearly(tmp_path):
+    path = _write(tmp_path, '{"meta": {"search_space": "tiny"')
+    with pytest.raises(SystemExit, match="is truncated"):
+        lut_main(["--train_or_sample", "validate_lut", "--lut_path", str(path)])
