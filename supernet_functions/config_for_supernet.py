@@ -1,0 +1,145 @@
+"""Configuration of the supernet search and of sampling: one flat dataclass, every field a flag.
+
+Defaults reproduce the original CIFAR-10 reproduction's run (github AnnaAraslanova/FBNet,
+``supernet_functions/config_for_supernet.py``), which follows the paper's Sec. 4.1 schedule where the
+paper gives one. ``--preset smoke`` runs the whole pipeline on synthetic data in a few minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from general_functions.config_utils import opt
+
+__all__ = ["SupernetConfig", "PRESETS", "MODES"]
+
+MODES = ("train", "sample", "build_lut", "validate_lut")
+_ORIG = "original reproduction"
+
+
+@dataclass
+class SupernetConfig:
+    # ---------------------------------------------------------------- what to do
+    train_or_sample: str = opt(
+        "train",
+        "train: search; sample: turn a search's thetas into architectures; build_lut / "
+        "validate_lut: measure or check a latency table (supernet_functions.lut_cli)",
+        _ORIG,
+        choices=MODES,
+    )
+    # ---------------------------------------------------------------- data
+    dataset: str = opt("cifar10", "cifar10 | fake (synthetic)", _ORIG, ("cifar10", "fake"))
+    data_dir: str = opt("./cifar10_data", "folder holding cifar-10-batches-py/", _ORIG)
+    download: bool = opt(False, "download CIFAR-10 when it is absent (checksums verified)")
+    train_limit: int = opt(0, "keep a random subset of this many training images (0: all)")
+    w_share: float = opt(
+        0.8, "share of the training images for the weights; the rest trains thetas", _ORIG
+    )
+    val_fraction: float = opt(
+        0.0,
+        "share of the training images held out to pick best.pth (0: none; never the test set)",
+    )
+    fake_train_size: int = opt(512, "training images of the fake data set")
+    batch_size: int = opt(1000, "batch size of both splits", _ORIG)
+    steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
+    loader: str = opt(
+        "tensor", "tensor (batched on the device) | torchvision", None, ("tensor", "torchvision")
+    )
+    workers: int = opt(2, "data-loader workers of the torchvision loader")
+    # ---------------------------------------------------------------- supernet
+    search_space: str = opt(
+        "fbnet",
+        "fbnet (paper macro; the original kept it on 32x32 inputs) | fbnet_cifar | tiny",
+        _ORIG,
+        ("fbnet", "fbnet_cifar", "tiny"),
+    )
+    input_size: int = opt(0, "input side (0: the data set's, 32 for CIFAR-10)")
+    mixing: str = opt(
+        "gumbel",
+        "gumbel (FBNet) | softmax (DARTS-style, deterministic)",
+        "paper Eq. 5",
+        ("gumbel", "softmax"),
+    )
+    per_sample: bool = opt(
+        False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
+    )
+    # ---------------------------------------------------------------- latency table and loss
+    lut_path: str = opt(
+        "",
+        "latency (or FLOPs) table JSON; empty: the committed table for this space and input size in "
+        "luts/ if there is one, else measure one on --device",
+    )
+    lut_batch_size: int = opt(1, "batch size a freshly measured table uses", _ORIG)
+    lut_time_budget_s: float = opt(150.0, "seconds a freshly measured table may take")
+    lut_rounds: int = opt(0, "rounds of a freshly measured table (0: as many as the budget allows)")
+    alpha: float = opt(0.2, "loss: CE * alpha * log(LAT)^beta", "paper Eq. 2; " + _ORIG)
+    beta: float = opt(0.6, "loss exponent", "paper Eq. 2; " + _ORIG)
+    loss_variant: str = opt(
+        "paper",
+        "paper: CE*alpha*log(LAT)^beta | original: alpha*CE*beta*log(LAT) (the original's formula)",
+        "paper Eq. 2",
+        ("paper", "original"),
+    )
+    cost_scale: float = opt(
+        1000.0,
+        "LAT is the table's cost times this before the log (1000: ms -> us)",
+        _ORIG + " used us",
+    )
+    loss_include_fixed: bool = opt(
+        False, "add the table's fixed parts (stem, head) to LAT", "paper Eq. 4 sums the layers only"
+    )
+    # ---------------------------------------------------------------- schedule
+    epochs: int = opt(180, "epochs in all, warm-up included", _ORIG)
+    warmup_epochs: int = opt(10, "first epochs train the weights only", _ORIG)
+    w_lr: float = opt(0.1, "SGD learning rate of the weights (cosine over all epochs)", _ORIG)
+    w_momentum: float = opt(0.9, "SGD momentum", _ORIG)
+    w_weight_decay: float = opt(1e-4, "SGD weight decay", _ORIG)
+    w_lr_min: float = opt(0.0, "cosine schedule's final learning rate", _ORIG)
+    thetas_lr: float = opt(0.01, "Adam learning rate of the thetas", _ORIG)
+    thetas_weight_decay: float = opt(5e-4, "Adam weight decay of the thetas", _ORIG)
+    init_temperature: float = opt(
+        5.0, "Gumbel-softmax temperature at the first search epoch", _ORIG
+    )
+    temperature_decay: float = opt(
+        math.exp(-0.045), "temperature factor per search epoch (exp(-0.045))", _ORIG
+    )
+    # ---------------------------------------------------------------- run
+    device: str = opt("auto", "auto | cpu | cuda")
+    threads: int = opt(0, "CPU threads (0: torch's default)")
+    seed: int = opt(0, "seed of weights, split, batches and Gumbel noise")
+    log_dir: str = opt("runs/supernet", "folder of run folders")
+    run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
+    resume: str = opt("", "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth)")
+    stop_epoch: int = opt(0, "stop after this many epochs, resumable (0: run all)")
+    save_checkpoints: bool = opt(
+        True, "write last.pth every epoch (and best.pth with --val_fraction)"
+    )
+    progress: bool = opt(True, "tqdm progress bars")
+    # ---------------------------------------------------------------- sampling
+    architecture_name: str = opt("", "name to save a sampled architecture under", _ORIG)
+    hardsampling_bool_value: bool = opt(
+        True, "True: argmax of every layer's thetas; False: draw from softmax(thetas)", _ORIG
+    )
+    num_samples: int = opt(1, "architectures to draw (NAME_1..NAME_N when more than one)")
+    arch_dir: str = opt(
+        "",
+        "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
+    )
+
+
+PRESETS = {
+    # The whole pipeline on 160 synthetic images of the 4-layer space: a few minutes on 2 CPU cores.
+    "smoke": {
+        "dataset": "fake",
+        "search_space": "tiny",
+        "fake_train_size": 160,
+        "batch_size": 32,
+        "epochs": 3,
+        "warmup_epochs": 1,
+        "loader": "tensor",
+        "log_dir": "runs/supernet_smoke",
+        "lut_time_budget_s": 5.0,
+        "lut_rounds": 2,
+    },
+}

@@ -1,0 +1,105 @@
+"""FBNet's latency-aware loss (Wu et al., CVPR 2019, Eq. 2).
+
+    L(a, w_a) = CE(a, w_a) * alpha * log(LAT(a)) ** beta                                (paper Eq. 2)
+
+``LAT(a)`` is the expected cost of the sampled architecture from the lookup table (summed over the
+searched layers), multiplied by ``cost_scale`` before the log. The table is in milliseconds; the default
+scale 1000 turns it into microseconds, the unit the original CIFAR-10 reproduction measured in. The log
+must be positive for every architecture (a fractional power of a negative log is not a real number, and
+a log near 0 would flip the term's meaning), so :func:`check_cost_table` refuses a table whose cheapest
+architecture costs 1 unit or less after scaling. Any per-op cost works the same way: a FLOPs or
+parameter table passes through unchanged, as long as its cheapest architecture passes that check.
+
+Variants (``variant``):
+
+- ``"paper"`` (default): Eq. 2 as written.
+- ``"original"``: ``alpha * CE * beta * log(LAT)``, what the original reproduction computed
+  (``alpha * ce * log(LAT ** beta)``); kept for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LOSS_VARIANTS", "SupernetLoss", "check_cost_table", "min_architecture_cost"]
+
+LOSS_VARIANTS = ("paper", "original")
+
+
+class SupernetLoss(nn.Module):
+    """``CE * alpha * log(scale * LAT) ** beta`` (paper Eq. 2) or the original's product variant.
+
+    ``fixed_cost`` (table unit) is added to ``LAT`` first: the stem and head, when the search counts
+    them (the paper's Eq. 4 sums the searched layers only, so the default is 0).
+
+    ``forward(logits, targets, latency)`` returns ``(loss, ce, latency_term)``. ``latency`` is a scalar,
+    or one value per example (per-sample Gumbel draws); then the loss is the batch mean of the
+    per-example products.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        beta: float = 0.6,
+        variant: str = "paper",
+        cost_scale: float = 1000.0,
+        fixed_cost: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if variant not in LOSS_VARIANTS:
+            raise ValueError(f"unknown loss variant {variant!r}; use one of {LOSS_VARIANTS}")
+        if cost_scale <= 0:
+            raise ValueError(f"cost_scale must be positive, got {cost_scale}")
+        self.alpha, self.beta, self.variant, self.cost_scale = alpha, beta, variant, cost_scale
+        self.fixed_cost = fixed_cost
+
+    def latency_term(self, latency: torch.Tensor) -> torch.Tensor:
+        """``alpha * log(scale * LAT) ** beta`` (paper) or ``alpha * beta * log(scale * LAT)``."""
+        log_lat = torch.log((latency + self.fixed_cost) * self.cost_scale)
+        if self.variant == "paper":
+            return self.alpha * log_lat.pow(self.beta)
+        return self.alpha * self.beta * log_lat
+
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, latency: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        term = self.latency_term(latency)
+        if term.dim() == 0:
+            ce = F.cross_entropy(logits, targets)
+            return ce * term, ce, term
+        ce_each = F.cross_entropy(logits, targets, reduction="none")
+        return (ce_each * term).mean(), ce_each.mean(), term.mean()
+
+
+def min_architecture_cost(lut, candidate_ops=None, include_fixed: bool = False) -> float:
+    """The cost of the cheapest architecture in the table: the sum of every layer's cheapest op."""
+    total = 0.0
+    for i in range(lut.num_layers):
+        ops = candidate_ops or list(lut.layers[i])
+        total += min(lut.query(i, op) for op in ops)
+    return total + (lut.fixed_cost if include_fixed else 0.0)
+
+
+def check_cost_table(
+    lut, cost_scale: float = 1000.0, candidate_ops=None, include_fixed: bool = False
+) -> float:
+    """Refuse a table for which ``log(scale * LAT) <= 0`` for some architecture; return the minimum.
+
+    The expected latency of any mixture is at least that of the cheapest architecture, so checking the
+    cheapest one covers every architecture and every point of the search.
+    """
+    cheapest = min_architecture_cost(lut, candidate_ops, include_fixed)
+    unit = lut.meta.get("unit", "?")
+    where = f" ({lut.path})" if getattr(lut, "path", None) else ""
+    if not math.isfinite(cheapest) or cheapest * cost_scale <= 1.0:
+        raise ValueError(
+            f"cost table{where}: the cheapest architecture costs {cheapest:.6g} {unit}, so "
+            f"log({cost_scale:g} * LAT) = log({cheapest * cost_scale:.6g}) is not positive and the "
+            "loss CE * alpha * log(LAT)^beta is undefined or inverted. Use a larger --cost_scale "
+            "(e.g. 1000 turns ms into microseconds) or a table in a finer unit."
+        )
+    return cheapest

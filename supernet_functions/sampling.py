@@ -1,0 +1,223 @@
+"""From learned thetas to architectures: argmax, or draws from every layer's softmax(thetas).
+
+A search run writes ``thetas.json`` into its folder after every epoch (thetas, the search space, the
+candidate ops, the table it used), so sampling needs no checkpoint and works on a run copied into
+``SAVED_LOGS``. Every sampled architecture is saved with
+:func:`fbnet_building_blocks.arch_specs.save_arch` (validated name, never overwritten, JSON in the
+registry folder that ``architecture_main_file.py --architecture_name NAME`` reads), and its source
+(run, epoch, table, predicted latency) travels inside the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec, arch_registry_dir, save_arch
+from fbnet_building_blocks.search_space import get_search_space
+
+__all__ = [
+    "SAMPLING_MODES",
+    "find_latest_run",
+    "predicted_cost",
+    "read_thetas",
+    "sample_architecture",
+    "sample_ops",
+    "sample_and_save",
+    "run_sampling",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_MODES = ("argmax", "sample")
+THETAS_FILE = "thetas.json"
+LUT_FILE = "lut.json"
+
+
+def sample_ops(
+    thetas: torch.Tensor,
+    candidate_ops: Sequence[str],
+    mode: str = "argmax",
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """One op per layer from a ``[layers, ops]`` thetas matrix.
+
+    ``argmax``: the most likely op of every layer. ``sample``: a draw from every layer's softmax(thetas).
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; use one of {SAMPLING_MODES}")
+    thetas = torch.as_tensor(thetas, dtype=torch.float64)
+    if thetas.dim() != 2 or thetas.shape[1] != len(candidate_ops):
+        raise ValueError(
+            f"thetas of shape {tuple(thetas.shape)} do not match {len(candidate_ops)} candidate ops"
+        )
+    if mode == "argmax":
+        index = thetas.argmax(dim=1)
+    else:
+        index = torch.multinomial(torch.softmax(thetas, dim=1), 1, generator=generator).squeeze(1)
+    return [candidate_ops[i] for i in index.tolist()]
+
+
+def sample_architecture(
+    supernet,
+    mode: str = "argmax",
+    name: str = "sampled",
+    generator: torch.Generator | None = None,
+    source: dict[str, Any] | None = None,
+) -> ArchSpec:
+    """An :class:`ArchSpec` from a :class:`~supernet_functions.model_supernet.StochasticSuperNet`."""
+    ops = sample_ops(supernet.thetas_matrix(), supernet.candidate_ops, mode, generator)
+    return _spec(name, ops, supernet.space.name, supernet.input_size, source or {})
+
+
+def _spec(name: str, ops: list[str], space_name: str, input_size: int, source: dict) -> ArchSpec:
+    space = get_search_space(space_name)
+    return ArchSpec(
+        name=name,
+        ops=tuple(ops),
+        search_space=space_name,
+        input_size=None if input_size == space.input_size else input_size,
+        source=source,
+    )
+
+
+def predicted_cost(lut, ops: Sequence[str]) -> dict[str, Any]:
+    """The table's prediction for ``ops``: whole network (fixed parts included) and the layers alone."""
+    unit = lut.meta.get("unit", "ms")
+    whole = lut.predict(ops, include_fixed=True)
+    layers = lut.predict(ops, include_fixed=False)
+    out: dict[str, Any] = {"predicted_cost": whole, "predicted_layers_cost": layers, "unit": unit}
+    out["predicted_latency_ms"] = whole if unit == "ms" else None
+    return out
+
+
+def read_thetas(run_dir: str | Path) -> dict[str, Any]:
+    """The ``thetas.json`` a search run wrote (with a clear error when it is absent or broken)."""
+    path = Path(run_dir) / THETAS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run `supernet_main_file.py --train_or_sample train` first, or "
+            "name the run with --run_name (and its folder with --log_dir)"
+        )
+    try:
+        state = json.loads(path.read_text())
+        _ = state["thetas"], state["candidate_ops"], state["search_space"], state["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a thetas file of a search run: {err}") from None
+    return state
+
+
+def find_latest_run(log_dir: str | Path) -> Path:
+    """The run folder under ``log_dir`` whose ``thetas.json`` was written last."""
+    runs = sorted(Path(log_dir).glob(f"*/{THETAS_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(
+            f"no search run under {log_dir}: run `supernet_main_file.py --train_or_sample train` "
+            "first, or point --log_dir / --run_name at one"
+        )
+    return runs[-1].parent
+
+
+def sample_and_save(
+    run_dir: str | Path,
+    name: str,
+    mode: str = "argmax",
+    num_samples: int = 1,
+    seed: int = 0,
+    arch_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Sample ``num_samples`` architectures from a run and save them; returns one record per sample.
+
+    Names are ``name`` for one sample and ``name_1 .. name_N`` for several; an existing name is an
+    error (nothing is overwritten), checked for all names before anything is written.
+    """
+    from .lookup_table_builder import LatencyLookupTable
+
+    if not name:
+        raise ValueError("--architecture_name is required: the name to save the architecture under")
+    if num_samples < 1:
+        raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
+    if mode == "argmax" and num_samples > 1:
+        raise ValueError(
+            "argmax sampling (--hardsampling_bool_value True) gives one architecture; use "
+            "--hardsampling_bool_value False to draw several"
+        )
+    run_dir = Path(run_dir)
+    state = read_thetas(run_dir)
+    lut = _read_run_lut(run_dir, LatencyLookupTable)
+    thetas = torch.tensor(state["thetas"], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    names = [name] if num_samples == 1 else [f"{name}_{i}" for i in range(1, num_samples + 1)]
+    specs = []
+    for arch_name in names:
+        ops = sample_ops(thetas, state["candidate_ops"], mode, gen)
+        cost = predicted_cost(lut, ops) if lut is not None else {"predicted_latency_ms": None}
+        source = {
+            "run": str(run_dir),
+            "epoch": state["epoch"],
+            "sampling": mode,
+            "seed": seed,
+            "lut_path": state.get("lut_path"),
+            "lut_device": state.get("lut_device"),
+            **cost,
+        }
+        specs.append(
+            _spec(arch_name, ops, state["search_space"], state.get("input_size", 0), source)
+        )
+    folder = Path(arch_dir) if arch_dir else arch_registry_dir()
+    for spec in specs:  # check every spec and name before the first write
+        spec.validate()
+        if spec.name in ARCHS or (folder / f"{spec.name}.json").exists():
+            raise FileExistsError(
+                f"architecture {spec.name!r} already exists (built-in or in {folder}); "
+                "choose another --architecture_name"
+            )
+    records = []
+    for spec in specs:
+        path = save_arch(spec, arch_dir)
+        logger.info("saved architecture %s to %s", spec.name, path)
+        records.append(
+            {
+                "name": spec.name,
+                "ops": list(spec.ops),
+                "search_space": spec.search_space,
+                "predicted_latency_ms": spec.source.get("predicted_latency_ms"),
+                "path": str(path),
+            }
+        )
+    return records
+
+
+def _read_run_lut(run_dir: Path, table_cls):
+    path = run_dir / LUT_FILE
+    if not path.is_file():
+        logger.warning("%s is absent: no predicted latency for the sampled architectures", path)
+        return None
+    return load_table(path, table_cls)
+
+
+def load_table(path: str | Path, table_cls=None):
+    """Read a table JSON with ``LatencyLookupTable.load`` (or its plain constructor)."""
+    if table_cls is None:
+        from .lookup_table_builder import LatencyLookupTable as table_cls
+    path = Path(path)
+    if hasattr(table_cls, "load"):
+        return table_cls.load(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lookup table {path} does not exist")
+    d = json.loads(path.read_text())
+    return table_cls(d["meta"], d["layers"], d.get("fixed"), path=path)
+
+
+def run_sampling(cfg) -> list[dict[str, Any]]:
+    """``--train_or_sample sample``: the run ``--run_name`` (default: the latest under ``--log_dir``)."""
+    run_dir = Path(cfg.log_dir) / cfg.run_name if cfg.run_name else find_latest_run(cfg.log_dir)
+    mode = "argmax" if cfg.hardsampling_bool_value else "sample"
+    return sample_and_save(
+        run_dir, cfg.architecture_name, mode, cfg.num_samples, cfg.seed, cfg.arch_dir or None
+    )

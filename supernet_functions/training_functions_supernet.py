@@ -1,0 +1,578 @@
+"""The supernet search loop (Wu et al., CVPR 2019, Sec. 3.3 and 4.1; the original CIFAR-10 reproduction).
+
+    split the training set: w_share (80%) for the weights, the rest (20%) for the thetas
+    for epoch in range(epochs):
+        temperature = init_temperature * temperature_decay ** max(0, epoch - warmup_epochs)
+        train the weights one epoch on their split (SGD; the thetas are frozen)
+        step the weights' cosine schedule
+        if epoch >= warmup_epochs: train the thetas one epoch on their split (Adam; the weights frozen)
+        log, write thetas.json, checkpoint
+
+A frozen set has ``requires_grad`` off, so no gradient is computed for it, and its optimizer is not
+stepped: a weight step leaves every theta bitwise unchanged and a theta step every weight parameter.
+Both phases run the network in training mode, so batch-norm running statistics (buffers, not
+parameters) follow the batches of either split, as in the original reproduction.
+Nothing is ever chosen on the test set: ``best.pth`` needs a held-out part of the training set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from general_functions.config_utils import config_to_dict
+from general_functions.dataloaders import load_dataset, make_loader, split_train
+from general_functions.io_utils import atomic_write_json
+from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
+from general_functions.utils import (
+    AverageMeter,
+    accuracy,
+    get_rng_state,
+    resolve_device,
+    set_rng_state,
+    set_seed,
+    set_threads,
+)
+
+from .config_for_supernet import SupernetConfig
+from .loss import SupernetLoss, check_cost_table
+from .model_supernet import StochasticSuperNet
+from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
+
+__all__ = [
+    "temperature_at",
+    "train_weights_epoch",
+    "train_thetas_epoch",
+    "validate",
+    "resolve_lut",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGE = "supernet"
+# Settings that must match for --resume to continue a run (the rest may change, e.g. --epochs).
+_RESUME_KEYS = (
+    "search_space",
+    "input_size",
+    "dataset",
+    "train_limit",
+    "w_share",
+    "val_fraction",
+    "batch_size",
+    "mixing",
+    "per_sample",
+    "seed",
+)
+
+
+def temperature_at(epoch: int, cfg: SupernetConfig) -> float:
+    """Gumbel-softmax temperature of ``epoch`` (0-based): annealed once per search epoch."""
+    return cfg.init_temperature * cfg.temperature_decay ** max(0, epoch - cfg.warmup_epochs)
+
+
+@contextlib.contextmanager
+def _trainable_only(trainable: Iterable[nn.Parameter], frozen: Iterable[nn.Parameter]) -> Iterator:
+    """Turn ``requires_grad`` off for ``frozen`` (and on for ``trainable``) inside the block."""
+    trainable, frozen = list(trainable), list(frozen)
+    for p in frozen:
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train_phase(
+    model: StochasticSuperNet,
+    loader,
+    criterion: SupernetLoss,
+    optimizer: torch.optim.Optimizer,
+    trainable: Iterable[nn.Parameter],
+    frozen: Iterable[nn.Parameter],
+    temperature: float,
+    max_steps: int = 0,
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, float]:
+    model.train()
+    meters = {k: AverageMeter() for k in ("loss", "ce", "latency", "top1")}
+    steps = len(loader) if not max_steps else min(max_steps, len(loader))
+    with _trainable_only(trainable, frozen):
+        bar = tqdm(loader, total=steps, desc=desc, disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            if step >= steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            logits, latency = model(x, temperature)
+            loss, ce, _ = criterion(logits, y, latency)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}")
+            loss.backward()
+            optimizer.step()
+            n = y.shape[0]
+            meters["loss"].update(loss.item(), n)
+            meters["ce"].update(ce.item(), n)
+            meters["latency"].update(latency.detach().mean().item(), n)
+            meters["top1"].update(accuracy(logits, y)[0], n)
+            bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", top1=f"{meters['top1'].avg:.1f}")
+        bar.close()
+    optimizer.zero_grad(set_to_none=True)
+    return {k: m.avg for k, m in meters.items()}
+
+
+def train_weights_epoch(
+    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
+) -> dict[str, float]:
+    """One epoch of SGD on the weights over their split; the thetas are frozen."""
+    return _train_phase(
+        model,
+        loader,
+        criterion,
+        optimizer,
+        model.weight_parameters(),
+        model.arch_parameters(),
+        temperature,
+        max_steps,
+        progress,
+        "weights",
+    )
+
+
+def train_thetas_epoch(
+    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
+) -> dict[str, float]:
+    """One epoch of Adam on the thetas over their split; the weights are frozen."""
+    return _train_phase(
+        model,
+        loader,
+        criterion,
+        optimizer,
+        model.arch_parameters(),
+        model.weight_parameters(),
+        temperature,
+        max_steps,
+        progress,
+        "thetas",
+    )
+
+
+@torch.no_grad()
+def validate(
+    model, loader, criterion, temperature, max_steps=0, progress=False
+) -> dict[str, float]:
+    """Loss and top-1 of the supernet (Gumbel mixing at ``temperature``) on held-out training data."""
+    model.eval()
+    meters = {k: AverageMeter() for k in ("loss", "ce", "top1")}
+    for step, (x, y) in enumerate(tqdm(loader, desc="held-out", disable=not progress, leave=False)):
+        if max_steps and step >= max_steps:
+            break
+        logits, latency = model(x, temperature)
+        loss, ce, _ = criterion(logits, y, latency)
+        meters["loss"].update(loss.item(), y.shape[0])
+        meters["ce"].update(ce.item(), y.shape[0])
+        meters["top1"].update(accuracy(logits, y)[0], y.shape[0])
+    return {k: m.avg for k, m in meters.items()}
+
+
+# ---------------------------------------------------------------------------------- lookup table
+def resolve_lut(cfg: SupernetConfig, space: SearchSpace, input_size: int, device, run_dir: Path):
+    """The cost table of the search: ``--lut_path``, else the committed one, else measure one."""
+    from . import lookup_table_builder as ltb
+
+    ops = list(space.candidate_ops)
+    if cfg.lut_path:
+        lut = load_table(cfg.lut_path)
+        source = cfg.lut_path
+    else:
+        default = _committed_table(ltb, space.name, input_size)
+        if default is not None:
+            lut, source = load_table(default), str(default)
+        elif hasattr(ltb, "build_lut"):
+            logger.info(
+                "no --lut_path and no committed table for %s at %dx%d: measuring one on %s",
+                space.name,
+                input_size,
+                input_size,
+                device,
+            )
+            lut = ltb.build_lut(
+                space.name,
+                input_size=input_size,
+                batch_size=cfg.lut_batch_size,
+                device=device,
+                threads=cfg.threads or torch.get_num_threads(),
+                time_budget_s=cfg.lut_time_budget_s,
+                rounds=cfg.lut_rounds,
+                progress=cfg.progress,
+            )
+            source = str(run_dir / LUT_FILE)
+        else:
+            raise FileNotFoundError(
+                f"no latency table for search space {space.name!r} at {input_size}x{input_size}: "
+                "pass --lut_path (build one with --train_or_sample build_lut)"
+            )
+    if hasattr(lut, "check_compatible"):
+        lut.check_compatible(space.name, input_size, ops)
+    elif lut.num_layers != space.num_layers:
+        raise ValueError(
+            f"table {source} has {lut.num_layers} layers, search space {space.name!r} has "
+            f"{space.num_layers}"
+        )
+    return lut, source
+
+
+def _committed_table(ltb, space_name: str, input_size: int) -> Path | None:
+    finder = getattr(ltb, "default_lut_path", None)
+    if finder is None:
+        return None
+    path = finder(space_name, input_size)
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def _save_table(lut, path: Path) -> None:
+    if hasattr(lut, "save"):
+        lut.save(path)
+    else:
+        atomic_write_json(path, lut.to_dict())
+
+
+# ---------------------------------------------------------------------------------- logging
+def _heatmap(probs: torch.Tensor, ops: list[str], title: str):
+    """A layers x ops image of softmax(thetas) as an HWC uint8 array (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = probs.shape[0]
+    fig, ax = plt.subplots(figsize=(0.55 * len(ops) + 2.0, 0.28 * layers + 1.6), dpi=80)
+    im = ax.imshow(probs.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _thetas_state(model, epoch, cfg, lut, lut_source, run_dir) -> dict[str, Any]:
+    probs = model.probabilities()
+    latency = model.latency_matrix()
+    argmax_ops = sample_ops(model.thetas_matrix(), model.candidate_ops, "argmax")
+    return {
+        "run": run_dir.name,
+        "epoch": epoch,
+        "search_space": model.space.name,
+        "input_size": model.input_size,
+        "candidate_ops": list(model.candidate_ops),
+        "temperature": temperature_at(epoch, cfg),
+        "thetas": model.thetas_matrix().tolist(),
+        "probabilities": probs.tolist(),
+        "expected_layers_cost": float((probs * latency).sum()),
+        "uniform_layers_cost": float(latency.mean(dim=1).sum()),
+        "argmax_ops": argmax_ops,
+        "argmax_cost": predicted_cost(lut, argmax_ops),
+        "lut_path": lut_source,
+        "lut_device": lut.meta.get("device_name") or lut.meta.get("device"),
+        "lut_unit": lut.meta.get("unit", "ms"),
+    }
+
+
+# ---------------------------------------------------------------------------------- run
+def run(cfg: SupernetConfig) -> dict[str, Any]:
+    """Search: train weights and thetas as in the module docstring; returns the final summary."""
+    _check_config(cfg)
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    ckpt = load_checkpoint(cfg.resume, stage=STAGE) if cfg.resume else None
+    if ckpt is not None:
+        _check_resume(cfg, ckpt["config"], cfg.resume)
+    run_name = cfg.run_name or (Path(cfg.resume).parent.name if cfg.resume else "")
+    log_dir = Path(cfg.resume).parent.parent if cfg.resume and not cfg.run_name else cfg.log_dir
+    run_dir = setup_run_dir(log_dir, run_name, prefix="supernet")
+    log = get_logger(run_dir, "fbnet.supernet")
+    log.info("run folder %s, device %s", run_dir, device)
+    set_seed(cfg.seed)
+
+    # ---- data: held-out (optional) | weights | thetas, all from the training set
+    data = load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.download,
+        fake_sizes=(cfg.fake_train_size, 64),
+        seed=cfg.seed,
+    )
+    train, held_out = data.train, None
+    if cfg.val_fraction > 0:
+        train, held_out = split_train(train, 1.0 - cfg.val_fraction, cfg.seed, cfg.train_limit)
+        w_data, thetas_data = split_train(train, cfg.w_share, cfg.seed + 1)
+    else:
+        w_data, thetas_data = split_train(train, cfg.w_share, cfg.seed, cfg.train_limit)
+    if len(w_data) == 0 or len(thetas_data) == 0:
+        raise ValueError(
+            f"the split gives {len(w_data)} weight and {len(thetas_data)} theta images; "
+            "use more images or another --w_share"
+        )
+
+    def loader(part, train_mode, seed):
+        return make_loader(
+            part,
+            cfg.batch_size,
+            train_mode,
+            device,
+            cfg.loader,
+            data.mean,
+            data.std,
+            seed=seed,
+            workers=cfg.workers,
+        )
+
+    w_loader = loader(w_data, True, cfg.seed)
+    thetas_loader = loader(thetas_data, True, cfg.seed + 1)
+    held_loader = loader(held_out, False, cfg.seed + 2) if held_out is not None else None
+    log.info(
+        "images: %d weights, %d thetas, %d held-out (%s)",
+        len(w_data),
+        len(thetas_data),
+        len(held_out) if held_out is not None else 0,
+        cfg.dataset,
+    )
+
+    # ---- table, model, loss, optimizers
+    space = get_search_space(cfg.search_space)
+    input_size = cfg.input_size or data.input_size
+    if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
+        lut, lut_source = load_table(run_dir / LUT_FILE), ckpt["lut_source"]
+    else:
+        lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir)
+    cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
+    _save_table(lut, run_dir / LUT_FILE)
+    unit = lut.meta.get("unit", "ms")
+    log.info(
+        "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
+    )
+
+    model = StochasticSuperNet(
+        space, lut, data.num_classes, input_size, mixing=cfg.mixing, per_sample=cfg.per_sample
+    ).to(device)
+    criterion = SupernetLoss(
+        cfg.alpha,
+        cfg.beta,
+        cfg.loss_variant,
+        cfg.cost_scale,
+        fixed_cost=lut.fixed_cost if cfg.loss_include_fixed else 0.0,
+    )
+    w_optimizer = torch.optim.SGD(
+        model.weight_parameters(),
+        lr=cfg.w_lr,
+        momentum=cfg.w_momentum,
+        weight_decay=cfg.w_weight_decay,
+    )
+    thetas_optimizer = torch.optim.Adam(
+        model.arch_parameters(), lr=cfg.thetas_lr, weight_decay=cfg.thetas_weight_decay
+    )
+    w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        w_optimizer, T_max=cfg.epochs, eta_min=cfg.w_lr_min
+    )
+    start_epoch, best_top1 = 0, -math.inf
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        w_optimizer.load_state_dict(ckpt["optimizers"]["w"])
+        thetas_optimizer.load_state_dict(ckpt["optimizers"]["thetas"])
+        w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
+        start_epoch, best_top1 = ckpt["epoch"] + 1, ckpt["best_top1"]
+        set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
+    atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+    writer = MetricWriter(run_dir, resume_step=start_epoch - 1 if ckpt is not None else None)
+
+    # ---- the loop
+    last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
+    ops = list(model.candidate_ops)
+    summary: dict[str, Any] = {}
+    for epoch in range(start_epoch, last):
+        temperature = temperature_at(epoch, cfg)
+        w_lr = w_optimizer.param_groups[0]["lr"]
+        w_loader.set_epoch(epoch)
+        w_stats = train_weights_epoch(
+            model, w_loader, criterion, w_optimizer, temperature, cfg.steps_per_epoch, cfg.progress
+        )
+        w_scheduler.step()
+        values = {f"train_w/{k}": v for k, v in w_stats.items()}
+        if epoch >= cfg.warmup_epochs:
+            thetas_loader.set_epoch(epoch)
+            t_stats = train_thetas_epoch(
+                model,
+                thetas_loader,
+                criterion,
+                thetas_optimizer,
+                temperature,
+                cfg.steps_per_epoch,
+                cfg.progress,
+            )
+            values.update({f"train_thetas/{k}": v for k, v in t_stats.items()})
+        held = None
+        if held_loader is not None:
+            held = validate(
+                model, held_loader, criterion, temperature, cfg.steps_per_epoch, cfg.progress
+            )
+            values.update({f"held_out/{k}": v for k, v in held.items()})
+        state = _thetas_state(model, epoch, cfg, lut, lut_source, run_dir)
+        values.update(
+            {
+                f"search/expected_latency_{unit}": state["expected_layers_cost"],
+                f"search/argmax_latency_{unit}": state["argmax_cost"]["predicted_layers_cost"],
+                f"search/uniform_latency_{unit}": state["uniform_layers_cost"],
+                "sched/temperature": temperature,
+                "sched/w_lr": w_lr,
+                "sched/thetas_lr": thetas_optimizer.param_groups[0]["lr"],
+            }
+        )
+        writer.scalars(epoch, values)
+        _log_thetas(writer, model, epoch, ops)
+        atomic_write_json(run_dir / THETAS_FILE, state)
+        log.info(
+            "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s  E[LAT] %.4g %s  argmax %s",
+            epoch + 1,
+            cfg.epochs,
+            temperature,
+            w_stats["loss"],
+            w_stats["ce"],
+            w_stats["top1"],
+            (
+                f"  thetas: loss {values['train_thetas/loss']:.4f} top1 {values['train_thetas/top1']:.2f}"
+                if epoch >= cfg.warmup_epochs
+                else "  (warm-up)"
+            ),
+            f"  held-out top1 {held['top1']:.2f}" if held else "",
+            state["expected_layers_cost"],
+            unit,
+            " ".join(state["argmax_ops"]),
+        )
+        improved = held is not None and held["top1"] > best_top1
+        if improved:
+            best_top1 = held["top1"]
+        if cfg.save_checkpoints:
+            ckpt_state = {
+                "stage": STAGE,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizers": {
+                    "w": w_optimizer.state_dict(),
+                    "thetas": thetas_optimizer.state_dict(),
+                },
+                "schedulers": {"w": w_scheduler.state_dict()},
+                "config": config_to_dict(cfg),
+                "lut_meta": lut.meta,
+                "lut_source": lut_source,
+                "best_top1": best_top1,
+                "rng": get_rng_state(),
+                "git_sha": _git_sha(),
+            }
+            save_checkpoint(run_dir / "last.pth", ckpt_state)
+            if improved:
+                save_checkpoint(run_dir / "best.pth", ckpt_state)
+        summary = {"epoch": epoch, **values}
+    writer.close()
+    if (run_dir / THETAS_FILE).is_file():
+        _write_arch(run_dir)
+    log.info("done: %s", run_dir)
+    return {"run_dir": str(run_dir), **summary}
+
+
+def _log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
+    if writer.tb is None:
+        return
+    probs = model.probabilities()
+    for i, row in enumerate(probs):
+        writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
+    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch + 1}")
+    writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
+    writer.tb.flush()
+
+
+def _write_arch(run_dir: Path) -> None:
+    """``arch.json``: the argmax architecture of the last thetas, as an architecture file."""
+    import json
+
+    state = json.loads((run_dir / THETAS_FILE).read_text())
+    space = get_search_space(state["search_space"])
+    spec = {
+        "name": f"{run_dir.name}_argmax",
+        "ops": state["argmax_ops"],
+        "search_space": state["search_space"],
+        "head_channels": None,
+        "width_mult": 1.0,
+        "input_size": None if state["input_size"] == space.input_size else state["input_size"],
+        "source": {
+            "run": str(run_dir),
+            "epoch": state["epoch"],
+            "sampling": "argmax",
+            "lut_path": state["lut_path"],
+            "lut_device": state["lut_device"],
+            **state["argmax_cost"],
+        },
+    }
+    atomic_write_json(run_dir / "arch.json", spec)
+
+
+def _check_config(cfg: SupernetConfig) -> None:
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
+    if not 0 < cfg.w_share < 1:
+        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
+    if cfg.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
+    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
+        problems.append("--init_temperature and --temperature_decay must be positive")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _check_resume(cfg: SupernetConfig, saved: dict[str, Any], path: str) -> None:
+    now = config_to_dict(cfg)
+    diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
+    if diff:
+        raise CheckpointError(
+            f"{path} was made with other settings: "
+            + ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items())
+        )

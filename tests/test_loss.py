@@ -1,0 +1,87 @@
+"""The latency-aware loss (paper Eq. 2) against hand computations, and the table check."""
+
+import math
+
+import pytest
+import torch
+
+from supernet_functions.lookup_table_builder import LatencyLookupTable
+from supernet_functions.loss import SupernetLoss, check_cost_table, min_architecture_cost
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+TARGETS = torch.tensor([0, 2])
+
+
+def _hand_ce() -> float:
+    """Mean cross-entropy written out: -log(exp(z_y) / sum_j exp(z_j))."""
+    total = 0.0
+    for row, y in zip(LOGITS.tolist(), TARGETS.tolist()):
+        total += -(row[y] - math.log(sum(math.exp(z) for z in row)))
+    return total / len(TARGETS)
+
+
+def test_paper_variant_matches_hand_computation():
+    latency_ms = 12.5
+    loss, ce, term = SupernetLoss(alpha=0.2, beta=0.6)(LOGITS, TARGETS, torch.tensor(latency_ms))
+    expected = _hand_ce() * 0.2 * math.log(latency_ms * 1000.0) ** 0.6  # CE * a * log(LAT us)^b
+    assert ce.item() == pytest.approx(_hand_ce(), rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert term.item() == pytest.approx(0.2 * math.log(12500.0) ** 0.6, rel=1e-6)
+
+
+def test_original_variant_matches_hand_computation():
+    latency_ms = 12.5
+    loss, _, _ = SupernetLoss(0.2, 0.6, variant="original")(LOGITS, TARGETS, torch.tensor(12.5))
+    expected = 0.2 * _hand_ce() * 0.6 * math.log(latency_ms * 1000.0)  # alpha*CE*beta*log(LAT)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_scale_and_fixed_cost_enter_before_the_log():
+    loss, _, _ = SupernetLoss(0.5, 1.0, cost_scale=10.0, fixed_cost=3.0)(
+        LOGITS, TARGETS, torch.tensor(2.0)
+    )
+    assert loss.item() == pytest.approx(_hand_ce() * 0.5 * math.log((2.0 + 3.0) * 10.0), rel=1e-6)
+
+
+def test_per_example_latency_averages_the_products():
+    latency = torch.tensor([2.0, 40.0])
+    loss, _, _ = SupernetLoss()(LOGITS, TARGETS, latency)
+    ce_each = torch.nn.functional.cross_entropy(LOGITS, TARGETS, reduction="none")
+    term = 0.2 * torch.log(latency * 1000.0) ** 0.6
+    assert loss.item() == pytest.approx((ce_each * term).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["paper", "original"])
+def test_loss_grows_with_latency(variant):
+    criterion = SupernetLoss(variant=variant)
+    latency = torch.tensor(5.0, requires_grad=True)
+    loss, _, _ = criterion(LOGITS, TARGETS, latency)
+    loss.backward()
+    assert latency.grad.item() > 0
+    slower, _, _ = criterion(LOGITS, TARGETS, torch.tensor(50.0))
+    assert slower.item() > loss.item()
+
+
+def _table(value_ms: float, layers: int = 4) -> LatencyLookupTable:
+    return LatencyLookupTable.from_latencies(
+        "tiny", [{"ir_k3_e1": value_ms, "skip": value_ms * 3} for _ in range(layers)]
+    )
+
+
+def test_table_check_accepts_and_returns_the_cheapest_architecture():
+    lut = _table(0.01)
+    assert min_architecture_cost(lut) == pytest.approx(0.04)
+    assert check_cost_table(lut, cost_scale=1000.0) == pytest.approx(0.04)  # 40 us: log > 0
+
+
+def test_table_check_refuses_a_non_positive_log():
+    lut = _table(0.0001)  # cheapest architecture 0.4 us: log(0.4) < 0
+    with pytest.raises(ValueError, match="not positive"):
+        check_cost_table(lut, cost_scale=1000.0)
+    with pytest.raises(ValueError, match="cost_scale"):
+        check_cost_table(_table(0.01), cost_scale=1.0)  # 0.04 "ms" unscaled: log < 0
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="variant"):
+        SupernetLoss(variant="other")
