@@ -74,6 +74,7 @@ __all__ = [
     "build_cost_table",
     "build_lut",
     "default_cnt_classes",
+    "default_lut_path",
     "device_name",
     "load_average",
     "lut_key",
@@ -96,6 +97,21 @@ class LUTError(ValueError):
 def lut_key(op: str, in_channels: int, out_channels: int, stride: int, input_hw: int) -> str:
     """A readable, stable name for one entry: ``ir_k3_e6|16->24|s2|112``."""
     return f"{op}|{in_channels}->{out_channels}|s{stride}|{input_hw}"
+
+
+LUT_DIR = Path(__file__).resolve().parent.parent / "luts"
+
+
+def default_lut_path(search_space: str, input_size: int, cost: str = "latency") -> Path | None:
+    """The committed table for a search space and input size (``luts/<space>_<size>_cpu.json`` for
+    latency, ``luts/<space>_<size>_<cost>.json`` otherwise), or ``None`` when there is none.
+
+    The committed latency tables were measured on this project's 2-core CPU; on other hardware,
+    build your own (``--train_or_sample build_lut``).
+    """
+    suffix = "cpu" if cost == "latency" else cost
+    path = LUT_DIR / f"{search_space}_{input_size}_{suffix}.json"
+    return path if path.is_file() else None
 
 
 def default_cnt_classes(input_size: int) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,10 @@ class LUTConfig:
     batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
     cnt_classes: int = opt(0, "classifier width; 0 = 10 for inputs up to 64 px, else 1000")
     device: str = opt("cpu", "cpu | cuda | auto", choices=("cpu", "cuda", "auto"))
-    threads: int = opt(2, "CPU threads for measuring (fixed, recorded in the table)")
+    threads: int = opt(
+        0,
+        "CPU threads for measuring, recorded in the table; 0 = build: every core, validate: the table's",
+    )
     seed: int = opt(0, "seed of the build's permutations and of the sampled architectures")
     time_budget_s: float = opt(150.0, "build: seconds of measuring when --rounds is 0")
     rounds: int = opt(0, "build: measuring rounds (every entry once each); 0 = from the budget")
@@ -77,7 +81,7 @@ def _build(cfg: LUTConfig, log: logging.Logger) -> LatencyLookupTable:
         return build_cost_table(cfg.cost, **kwargs)
     return build_lut(
         device=cfg.device,
-        threads=cfg.threads,
+        threads=cfg.threads or os.cpu_count() or 1,
         rounds=cfg.rounds,
         time_budget_s=cfg.time_budget_s,
         reps=cfg.reps,
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 seed=cfg.seed,
                 include_named=cfg.named_archs,
                 device=cfg.device if lut.cost == "latency" else "cpu",
-                threads=cfg.threads,
+                threads=cfg.threads or None,
                 rounds=cfg.val_rounds,
                 reps=cfg.reps,
                 normalize_rounds=cfg.normalize_rounds,

@@ -179,6 +179,12 @@ def validate_lut(
     dev = resolve_device(device)
     if threads is None:
         threads = meta.get("threads") or torch.get_num_threads()
+    elif cost == "latency" and meta.get("threads") and threads != meta["threads"]:
+        logger.warning(
+            "validating with %d threads a table measured with %d: expect a mismatch",
+            threads,
+            meta["threads"],
+        )
     if dev.type == "cpu":
         set_threads(threads)
     torch.manual_seed(seed)

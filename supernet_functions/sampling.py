@@ -136,8 +136,6 @@ def sample_and_save(
     Names are ``name`` for one sample and ``name_1 .. name_N`` for several; an existing name is an
     error (nothing is overwritten), checked for all names before anything is written.
     """
-    from .lookup_table_builder import LatencyLookupTable
-
     if not name:
         raise ValueError("--architecture_name is required: the name to save the architecture under")
     if num_samples < 1:
@@ -149,7 +147,7 @@ def sample_and_save(
         )
     run_dir = Path(run_dir)
     state = read_thetas(run_dir)
-    lut = _read_run_lut(run_dir, LatencyLookupTable)
+    lut = _read_run_lut(run_dir)
     thetas = torch.tensor(state["thetas"], dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     names = [name] if num_samples == 1 else [f"{name}_{i}" for i in range(1, num_samples + 1)]
@@ -193,25 +191,19 @@ def sample_and_save(
     return records
 
 
-def _read_run_lut(run_dir: Path, table_cls):
+def _read_run_lut(run_dir: Path):
     path = run_dir / LUT_FILE
     if not path.is_file():
         logger.warning("%s is absent: no predicted latency for the sampled architectures", path)
         return None
-    return load_table(path, table_cls)
+    return load_table(path)
 
 
-def load_table(path: str | Path, table_cls=None):
-    """Read a table JSON with ``LatencyLookupTable.load`` (or its plain constructor)."""
-    if table_cls is None:
-        from .lookup_table_builder import LatencyLookupTable as table_cls
-    path = Path(path)
-    if hasattr(table_cls, "load"):
-        return table_cls.load(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"lookup table {path} does not exist")
-    d = json.loads(path.read_text())
-    return table_cls(d["meta"], d["layers"], d.get("fixed"), path=path)
+def load_table(path: str | Path):
+    """Read and check a cost table (:meth:`LatencyLookupTable.load`)."""
+    from .lookup_table_builder import LatencyLookupTable
+
+    return LatencyLookupTable.load(path)
 
 
 def run_sampling(cfg) -> list[dict[str, Any]]:

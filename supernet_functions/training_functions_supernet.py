@@ -190,7 +190,9 @@ def validate(
 
 
 # ---------------------------------------------------------------------------------- lookup table
-def resolve_lut(cfg: SupernetConfig, space: SearchSpace, input_size: int, device, run_dir: Path):
+def resolve_lut(
+    cfg: SupernetConfig, space: SearchSpace, input_size: int, device, run_dir: Path, log=logger
+):
     """The cost table of the search: ``--lut_path``, else the committed one, else measure one."""
     from . import lookup_table_builder as ltb
 
@@ -202,8 +204,8 @@ def resolve_lut(cfg: SupernetConfig, space: SearchSpace, input_size: int, device
         default = _committed_table(ltb, space.name, input_size)
         if default is not None:
             lut, source = load_table(default), str(default)
-        elif hasattr(ltb, "build_lut"):
-            logger.info(
+        else:
+            log.info(
                 "no --lut_path and no committed table for %s at %dx%d: measuring one on %s",
                 space.name,
                 input_size,
@@ -221,34 +223,13 @@ def resolve_lut(cfg: SupernetConfig, space: SearchSpace, input_size: int, device
                 progress=cfg.progress,
             )
             source = str(run_dir / LUT_FILE)
-        else:
-            raise FileNotFoundError(
-                f"no latency table for search space {space.name!r} at {input_size}x{input_size}: "
-                "pass --lut_path (build one with --train_or_sample build_lut)"
-            )
-    if hasattr(lut, "check_compatible"):
-        lut.check_compatible(space.name, input_size, ops)
-    elif lut.num_layers != space.num_layers:
-        raise ValueError(
-            f"table {source} has {lut.num_layers} layers, search space {space.name!r} has "
-            f"{space.num_layers}"
-        )
+    lut.check_compatible(space.name, input_size, ops)
     return lut, source
 
 
 def _committed_table(ltb, space_name: str, input_size: int) -> Path | None:
-    finder = getattr(ltb, "default_lut_path", None)
-    if finder is None:
-        return None
-    path = finder(space_name, input_size)
+    path = ltb.default_lut_path(space_name, input_size)
     return Path(path) if path and Path(path).is_file() else None
-
-
-def _save_table(lut, path: Path) -> None:
-    if hasattr(lut, "save"):
-        lut.save(path)
-    else:
-        atomic_write_json(path, lut.to_dict())
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -378,9 +359,9 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
         lut, lut_source = load_table(run_dir / LUT_FILE), ckpt["lut_source"]
     else:
-        lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir)
+        lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
     cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
-    _save_table(lut, run_dir / LUT_FILE)
+    lut.save(run_dir / LUT_FILE)
     unit = lut.meta.get("unit", "ms")
     log.info(
         "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
