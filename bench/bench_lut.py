@@ -1,0 +1,125 @@
+"""Benchmarks of the latency lookup table: build time, agreement of two builds, repeated validations.
+
+Run every timing mode under the shared lock, one job at a time:
+
+    flock /tmp/fbnet_heavy.lock python bench/bench_lut.py build --lut_path /tmp/a.json --input_size 224
+    python bench/bench_lut.py agree --lut_a luts/fbnet_224_cpu.json --lut_b /tmp/b.json --num_archs 20
+    python bench/bench_lut.py summarize luts/fbnet_224_cpu.validation*.json
+
+``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two tables
+entry by entry and on the predictions for the validation's architectures (the same seed and named
+architectures as ``validate_lut``); it measures nothing. ``summarize`` gives the median and range of
+repeated validation reports. Each mode prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from supernet_functions import lut_cli  # noqa: E402
+from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
+from supernet_functions.lut_validation import named_archs, sample_archs  # noqa: E402
+
+
+def bench_build(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    argv = ["--train_or_sample", "build_lut", "--lut_path", args.lut_path]
+    argv += ["--input_size", str(args.input_size), "--search_space", args.search_space]
+    argv += ["--threads", str(args.threads), "--seed", str(args.seed), "--progress", "False"]
+    if args.time_budget_s:
+        argv += ["--time_budget_s", str(args.time_budget_s)]
+    lut_cli.main(argv)
+    wall = time.perf_counter() - start
+    meta = LatencyLookupTable.load(args.lut_path).meta
+    return {
+        "bench": "lut_build",
+        "wall_s": round(wall, 1),
+        "build_time_s": meta["build_time_s"],
+        "rounds": meta["rounds"],
+        "input_size": meta["input_size"],
+        "goal_s": 300,
+        "date": meta["date"],
+        "load_average_before": meta.get("load_average_before"),
+        "load_average_after": meta.get("load_average_after"),
+    }
+
+
+def bench_agree(args: argparse.Namespace) -> dict:
+    a, b = LatencyLookupTable.load(args.lut_a), LatencyLookupTable.load(args.lut_b)
+    a.check_compatible(b.meta["search_space"], b.meta["input_size"], list(b.layers[0]))
+    entry_diff = [
+        abs(a.query(i, op) - b.query(i, op)) / (0.5 * (a.query(i, op) + b.query(i, op))) * 100
+        for i, layer in enumerate(a.layers)
+        for op in layer
+    ]
+    fixed_diff = {
+        k: round(abs(a.fixed[k]["median"] - b.fixed[k]["median"]) / b.fixed[k]["median"] * 100, 2)
+        for k in a.fixed
+    }
+    specs = sample_archs(a, args.num_archs, args.seed) + named_archs(a)
+    pred_diff = [abs(a.predict(s.ops) - b.predict(s.ops)) / b.predict(s.ops) * 100 for s in specs]
+    same_fastest = sum(x == y for x, y in zip(a.fastest_ops(), b.fastest_ops()))
+    return {
+        "bench": "lut_agreement",
+        "entry_median_diff_percent": round(float(np.median(entry_diff)), 2),
+        "entry_p90_diff_percent": round(float(np.percentile(entry_diff, 90)), 2),
+        "entry_max_diff_percent": round(float(np.max(entry_diff)), 2),
+        "prediction_median_diff_percent": round(float(np.median(pred_diff)), 2),
+        "prediction_max_diff_percent": round(float(np.max(pred_diff)), 2),
+        "fixed_diff_percent": fixed_diff,
+        "same_fastest_op_layers": f"{same_fastest}/{a.num_layers}",
+        "num_archs": len(specs),
+        "dates": [a.meta.get("date"), b.meta.get("date")],
+    }
+
+
+def bench_summarize(args: argparse.Namespace) -> dict:
+    reports = [json.loads(Path(p).read_text()) for p in args.reports]
+    out: dict = {"bench": "lut_validations", "num_reports": len(reports)}
+    for key in ("pearson_r", "kendall_tau", "mape_percent", "max_ape_percent"):
+        values = [r[key] for r in reports]
+        out[key] = {
+            "median": round(float(np.median(values)), 4),
+            "min": round(min(values), 4),
+            "max": round(max(values), 4),
+        }
+    out["num_archs"] = sorted({r["num_archs"] for r in reports})
+    out["dates"] = [r["validation"]["date"] for r in reports]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("build", help="time one table build (run under the lock)")
+    p.add_argument("--lut_path", required=True)
+    p.add_argument("--search_space", default="fbnet")
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time_budget_s", type=float, default=0.0, help="0 = the CLI's default")
+    p = sub.add_parser("agree", help="compare two tables (no timing)")
+    p.add_argument("--lut_a", required=True)
+    p.add_argument("--lut_b", required=True)
+    p.add_argument("--num_archs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="the validation's seed")
+    p = sub.add_parser("summarize", help="median and range of validation reports")
+    p.add_argument("reports", nargs="+")
+    args = parser.parse_args(argv)
+    out = {"build": bench_build, "agree": bench_agree, "summarize": bench_summarize}[args.mode](
+        args
+    )
+    print(json.dumps(out), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
