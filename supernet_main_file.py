@@ -1,12 +1,9 @@
-"""FBNet supernet search, sampling and latency tables (Wu et al., CVPR 2019).
-
-Usage:
+"""FBNet supernet search, sampling and latency tables (Wu et al., CVPR 2019). Usage:
     python supernet_main_file.py --train_or_sample train --preset smoke      # minutes, CPU, fake data
     python supernet_main_file.py --train_or_sample train --data_dir DIR --lut_path luts/TABLE.json
-    python supernet_main_file.py --train_or_sample sample --architecture_name my_net \
-        --hardsampling_bool_value True                  # argmax of the latest run's thetas
+    python supernet_main_file.py --train_or_sample sample --architecture_name my_net  # argmax, latest run
     python supernet_main_file.py --train_or_sample sample --architecture_name d --hardsampling_bool_value False --num_samples 3
-    python supernet_main_file.py --train_or_sample build_lut --help     # measure a latency table
+    python supernet_main_file.py --train_or_sample build_lut --help      # measure a latency table
 Then `python architecture_main_file.py --architecture_name my_net`. Defaults: the original CIFAR-10 run.
 """
 
@@ -18,8 +15,7 @@ from general_functions.config_utils import parse_config
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
 
 
-def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def main(argv: list[str] | None = None):  # None: sys.argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--train_or_sample", default="train")
     if pre.parse_known_args(argv)[0].train_or_sample in ("build_lut", "validate_lut"):
@@ -27,12 +23,16 @@ def main(argv: list[str] | None = None):
 
         return lut_cli.main(argv)
     cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS)
-    from supernet_functions import sampling, training_functions_supernet
+    from supernet_functions.sampling import run_sampling
+    from supernet_functions.training_functions_supernet import USER_ERRORS, run
 
-    if cfg.train_or_sample == "train":
-        return training_functions_supernet.run(cfg)
-    for record in sampling.run_sampling(cfg):
-        print(json.dumps(record), flush=True)
+    try:  # a bad table, name, checkpoint or data folder: one clear line, no traceback
+        if cfg.train_or_sample == "train":
+            return run(cfg)
+        for record in run_sampling(cfg):
+            print(json.dumps(record), flush=True)
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err.args[0] if err.args else err}")
 
 
 if __name__ == "__main__":

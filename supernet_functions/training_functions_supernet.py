@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import config_to_dict
-from general_functions.dataloaders import load_dataset, make_loader, split_train
+from general_functions.dataloaders import DataError, load_dataset, make_loader, split_train
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
 from general_functions.utils import (
@@ -51,6 +51,7 @@ from .model_supernet import StochasticSuperNet
 from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
 
 __all__ = [
+    "USER_ERRORS",
     "temperature_at",
     "train_weights_epoch",
     "train_thetas_epoch",
@@ -62,6 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAGE = "supernet"
+# Errors that come from what the user passed (files, names, settings): reported without a traceback.
+USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError)
 # Settings that must match for --resume to continue a run (the rest may change, e.g. --epochs).
 _RESUME_KEYS = (
     "search_space",
