@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .utils import AverageMeter, resolve_device
+from .utils import AverageMeter, get_rng_state, resolve_device, set_rng_state
 
 __all__ = [
     "DistContext",
@@ -46,12 +46,15 @@ __all__ = [
     "broadcast_object",
     "broadcast_tensors",
     "cleanup_distributed",
+    "env_rank",
+    "gather_rng_states",
     "get_context",
     "init_distributed",
     "launched_by_torchrun",
     "local_main_first",
     "max_divergence",
     "reduce_meters",
+    "restore_rng_states",
     "sync_buffers",
     "sync_rng_state",
     "unwrap",
@@ -88,6 +91,14 @@ class DistContext:
 def launched_by_torchrun() -> bool:
     """True when torchrun (or anything that sets its variables) started this process."""
     return all(name in os.environ for name in _TORCHRUN_VARS)
+
+
+def env_rank() -> int:
+    """The global rank torchrun gave this process (0 when not launched by torchrun).
+
+    For one-process jobs (sampling, latency tables) started under torchrun: only rank 0 works.
+    """
+    return _env_int("RANK") if launched_by_torchrun() else 0
 
 
 def _env_int(name: str) -> int:
@@ -194,6 +205,7 @@ def wrap_model(
     ctx: DistContext,
     ignore: Iterable[nn.Parameter] = (),
     sync_bn: bool = False,
+    find_unused_parameters: bool = False,
 ) -> nn.Module:
     """``DistributedDataParallel(model)`` when ``ctx.enabled``, else ``model`` itself.
 
@@ -203,6 +215,8 @@ def wrap_model(
             :func:`all_reduce_grads`.
         sync_bn: convert every BatchNorm to ``SyncBatchNorm`` (statistics over the global batch;
             CUDA only in PyTorch).
+        find_unused_parameters: needed when a forward pass can leave some (non-ignored) parameters
+            without a gradient; it costs a graph traversal per step, so it is off by default.
     DDP broadcasts rank 0's parameters and buffers when it is built, so all ranks start equal.
     """
     if not ctx.enabled:
@@ -217,7 +231,9 @@ def wrap_model(
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
         broadcast_tensors([p.data for n, p in model.named_parameters() if id(p) in ignored])
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -332,13 +348,16 @@ def max_divergence(tensors: Iterable[torch.Tensor]) -> float:
     return float((high - low).max()) if flat.numel() else 0.0
 
 
-def sync_rng_state(src: int = 0) -> None:
+def sync_rng_state(src: int = 0, per_rank: bool = False) -> None:
     """Give every rank rank ``src``'s torch RNG state (CPU, and the current GPU's on CUDA).
 
     The supernet draws one Gumbel sample per layer for the whole batch from the global RNG; with the
     same state and the same draws on every rank, every rank draws the same sample, so all ranks train
     the same mixture. Called at the start of each phase, it also undoes any drift (a rank-0-only draw,
     an evaluation with a different number of batches).
+
+    ``per_rank``: then give each rank its own stream derived from the shared state, for noise drawn per
+    example (``--per_sample``), which should differ between the examples of different ranks.
     """
     if not _active():
         return
@@ -353,3 +372,31 @@ def sync_rng_state(src: int = 0) -> None:
             torch.set_rng_state(t.cpu())
         else:
             torch.cuda.set_rng_state(t.cpu())
+    if per_rank:
+        base = int(torch.randint(2**62, (1,)))  # the same draw on every rank...
+        torch.manual_seed(base + dist.get_rank())  # ...then one stream per rank
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's RNG states (:func:`~general_functions.utils.get_rng_state`), in rank order.
+
+    A collective: every rank calls it; rank 0 puts the list in its checkpoint so that a resumed run
+    gives each rank its own stream back.
+    """
+    state = get_rng_state()
+    if not _active():
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_states(ctx: DistContext, rank0_state: dict, all_states: list | None = None) -> None:
+    """Resume each rank's RNG: its own saved state when the run had as many processes, else rank 0's
+    state shifted by the rank (a checkpoint from a run with another number of processes)."""
+    if all_states and len(all_states) == ctx.world_size:
+        set_rng_state(all_states[ctx.rank])
+        return
+    set_rng_state(rank0_state)
+    if ctx.rank:
+        torch.manual_seed(int(torch.randint(2**62, (1,))) + ctx.rank)
