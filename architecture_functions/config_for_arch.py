@@ -87,6 +87,11 @@ class ArchTrainConfig:
         "for these depthwise nets on CPU and CUDA, see README)",
         choices=("auto", "on", "off"),
     )
+    trim_kernels: bool = opt(
+        True,
+        "compute depthwise convolutions whose kernel overhangs a small map with only the taps that "
+        "touch it (exact; about 2x faster FBNet-A steps on 32x32 CPU inputs, see README)",
+    )
     threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
     deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")

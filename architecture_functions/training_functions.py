@@ -55,6 +55,7 @@ from general_functions.utils import (
 )
 
 from .config_for_arch import ArchTrainConfig
+from .trim_kernels import trim_depthwise_convs
 
 __all__ = [
     "build_loaders",
@@ -171,6 +172,8 @@ def build_model(
         input_size=input_size,
         dropout=cfg.dropout,
     ).to(device)
+    if cfg.trim_kernels:
+        trim_depthwise_convs(model)
     if use_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     return model

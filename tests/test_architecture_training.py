@@ -192,3 +192,39 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "error: no CIFAR-10 at" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_trimmed_depthwise_conv_equals_full_conv(size, kernel, stride):
+    """Skipping the taps that only see padding changes neither outputs nor gradients."""
+    from architecture_functions.trim_kernels import TrimmedConv2d
+
+    full = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6)
+    trimmed = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6)
+    trimmed.load_state_dict(full.state_dict())
+    trimmed.__class__ = TrimmedConv2d
+    x = torch.randn(2, 6, size, size, requires_grad=True)
+    y_full, y_trim = full(x), trimmed(x)
+    assert y_trim.shape == y_full.shape
+    torch.testing.assert_close(y_trim, y_full, rtol=1e-5, atol=1e-6)
+    g_full = torch.autograd.grad(y_full.square().sum(), [x, full.weight, full.bias])
+    g_trim = torch.autograd.grad(y_trim.square().sum(), [x, trimmed.weight, trimmed.bias])
+    for a, b in zip(g_trim, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_trim_depthwise_convs_keeps_the_model():
+    from architecture_functions.trim_kernels import TrimmedConv2d, trim_depthwise_convs
+
+    torch.manual_seed(0)
+    model = get_model("fbnet_a", cnt_classes=10, input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before, keys = model(x), list(model.state_dict())
+    swapped = trim_depthwise_convs(model)
+    depthwise = [m for m in model.modules() if isinstance(m, TrimmedConv2d)]
+    assert swapped == len(depthwise) > 0
+    assert all(m.groups == m.in_channels for m in depthwise)
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
