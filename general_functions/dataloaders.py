@@ -449,7 +449,10 @@ class _DataLoaderLoader(EpochLoader):
         for i in range(len(self.loader)):
             with torch.random.fork_rng(devices=[]):
                 base = (self.seed * 100003 + self.epoch) * 65537 + i
-                torch.manual_seed(base * self.world_size + self.rank)  # its own stream per rank
+                # the CPU generator only (the transforms run on the CPU): torch.manual_seed would
+                # also reseed the GPU's, which fork_rng(devices=[]) does not restore, and so
+                # overwrite the stream the model draws its (Gumbel) noise from on CUDA
+                torch.default_generator.manual_seed(base * self.world_size + self.rank)
                 batch = next(it)
             yield batch
 
