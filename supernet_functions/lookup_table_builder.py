@@ -40,6 +40,7 @@ JSON layout (``format_version`` 1)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -63,7 +64,7 @@ from fbnet_building_blocks.fbnet_builder import FBNet
 from fbnet_building_blocks.registry import OPS
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from general_functions.io_utils import atomic_write_json
-from general_functions.utils import resolve_device, set_threads
+from general_functions.utils import resolve_device
 
 __all__ = [
     "COSTS",
@@ -80,6 +81,7 @@ __all__ = [
     "lut_key",
     "measure_op_latency",
     "network_parts",
+    "num_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -368,6 +370,18 @@ def load_average() -> float | None:
         return None
 
 
+@contextlib.contextmanager
+def num_threads(threads: int | None):
+    """Use ``threads`` intra-op CPU threads inside the block, then restore the previous count."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -542,10 +556,21 @@ def build_lut(
     head_channels = head_channels or space.head_channels
     candidate_ops = tuple(candidate_ops or space.candidate_ops)
     dev = resolve_device(str(device))
-    if dev.type == "cpu":
-        set_threads(threads)
     if method not in ("in_network", "isolated"):
         raise ValueError(f"unknown method {method!r}: use in_network or isolated")
+    with num_threads(threads if dev.type == "cpu" else None):
+        return _build_lut(
+            space, input_size, batch_size, dev, threads, rounds, time_budget_s, min_rounds,
+            max_rounds, reps, warmup, normalize_rounds, cnt_classes, head_channels, candidate_ops,
+            seed, method, progress,
+        )  # fmt: skip
+
+
+def _build_lut(
+    space, input_size, batch_size, dev, threads, rounds, time_budget_s, min_rounds, max_rounds,
+    reps, warmup, normalize_rounds, cnt_classes, head_channels, candidate_ops, seed, method,
+    progress,
+) -> LatencyLookupTable:  # fmt: skip
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -34,9 +34,9 @@ from fbnet_building_blocks.fbnet_builder import FBNet
 from fbnet_building_blocks.search_space import get_search_space
 from fbnet_building_blocks.summary import count_params
 from general_functions.io_utils import atomic_write, atomic_write_json
-from general_functions.utils import resolve_device, set_threads
+from general_functions.utils import resolve_device
 
-from .lookup_table_builder import LatencyLookupTable, _sync, load_average
+from .lookup_table_builder import LatencyLookupTable, _sync, load_average, num_threads
 
 __all__ = [
     "build_network",
@@ -170,7 +170,6 @@ def validate_lut(
 
     For a latency table the device and thread count default to the table's own.
     """
-    start = time.perf_counter()
     meta = lut.meta
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
@@ -185,8 +184,13 @@ def validate_lut(
             threads,
             meta["threads"],
         )
-    if dev.type == "cpu":
-        set_threads(threads)
+    with num_threads(threads if dev.type == "cpu" else None):
+        return _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, progress)
+
+
+def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, progress):
+    start = time.perf_counter()
+    meta, cost, num_archs = lut.meta, lut.cost, sum(s.name.startswith("random_") for s in specs)
     torch.manual_seed(seed)
     if cost != "latency":  # counting needs shapes only: build on the meta device
         dev = torch.device("meta")
