@@ -494,8 +494,29 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     writer.close()
     if (run_dir / THETAS_FILE).is_file():
         _write_arch(run_dir)
+        summary.update(_latency_summary(run_dir, lut))
+        log.info(
+            "predicted latency (whole network, %s): argmax architecture %.4g; expected under "
+            "softmax(thetas) %.4g; expected under uniform thetas %.4g",
+            unit,
+            summary["argmax_cost"],
+            summary["expected_cost"],
+            summary["uniform_cost"],
+        )
     log.info("done: %s", run_dir)
     return {"run_dir": str(run_dir), **summary}
+
+
+def _latency_summary(run_dir: Path, lut) -> dict[str, float]:
+    """Whole-network predictions of the last thetas: argmax, expected, and uniform-thetas expected."""
+    import json
+
+    state = json.loads((run_dir / THETAS_FILE).read_text())
+    return {
+        "argmax_cost": state["argmax_cost"]["predicted_cost"],
+        "expected_cost": state["expected_layers_cost"] + lut.fixed_cost,
+        "uniform_cost": state["uniform_layers_cost"] + lut.fixed_cost,
+    }
 
 
 def _log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:

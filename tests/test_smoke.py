@@ -60,6 +60,9 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     assert float(rows[2]["sched/temperature"]) < float(rows[1]["sched/temperature"])
     arch = json.loads((full_dir / "arch.json").read_text())
     assert len(arch["ops"]) == 4 and set(arch["ops"]) <= set(OPS)
+    lut = LatencyLookupTable.load(full_dir / "lut.json")
+    assert full["argmax_cost"] == pytest.approx(lut.predict(arch["ops"]))
+    assert arch["source"]["predicted_latency_ms"] == pytest.approx(full["argmax_cost"])
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
     part = run(_cfg(tmp_path, lut_path, run_name="part", val_fraction=0.2, stop_epoch=2))
