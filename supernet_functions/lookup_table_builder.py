@@ -15,8 +15,8 @@ How latency is measured (:func:`build_lut`), and why:
 - **Every entry in every round.** A round is a Latin square: ``K`` networks (``K`` candidate ops), where
   layer ``l`` of network ``j`` runs op ``perm_l[j]`` for a fresh random permutation ``perm_l``, so each
   (layer, op) runs exactly once per round next to random neighbours. Every round does the same work, so
-  its total time is a speed gauge of the machine: each round is scaled to the median round's speed
-  (``normalize_rounds``), and an entry is the median over rounds. A slow phase of the machine that
+  its times are a speed gauge of the machine: each round is scaled to the typical round's speed
+  (:func:`round_speed`, ``normalize_rounds``), and an entry is the median over rounds. A slow phase of the machine that
   lasts less than half the build then moves no entry.
 - eval mode, ``torch.inference_mode()``, a fixed thread count, an untimed warm-up round (oneDNN builds
   its kernels on first use), each network run ``warmup`` times untimed and ``reps`` times timed (the
@@ -82,6 +82,7 @@ __all__ = [
     "measure_op_latency",
     "network_parts",
     "num_threads",
+    "round_speed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -517,6 +518,15 @@ def _homogeneous_nets(
     return nets
 
 
+def round_speed(times: np.ndarray) -> np.ndarray:
+    """How slow each round was, relative to the typical round: ``times[round, item]`` -> ``[round]``.
+
+    Every round times the same items, so an item's time over its median across rounds shows the
+    machine's speed in that round; the median over items ignores a burst that hit only a few of them.
+    """
+    return np.median(times / np.median(times, axis=0, keepdims=True), axis=1)
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     q25, q50, q75 = np.percentile(np.asarray(values), [25, 50, 75])
     return {"median": float(q50), "iqr": float(q75 - q25), "n": len(values)}
@@ -661,8 +671,10 @@ def _build_in_network(
             results.append(run_round())
     op_ms = np.stack([r[0] for r in results])  # [round, layer, op]
     fixed_ms = np.stack([r[1] for r in results])  # [round, part, network]
-    totals = op_ms.sum(axis=(1, 2)) + fixed_ms.sum(axis=(1, 2))  # same work every round
-    scale = np.median(totals) / totals if normalize_rounds else np.ones_like(totals)
+    speed = round_speed(
+        np.concatenate([op_ms.reshape(len(op_ms), -1), fixed_ms.reshape(len(fixed_ms), -1)], 1)
+    )
+    scale = 1.0 / speed if normalize_rounds else np.ones_like(speed)
     op_ms = op_ms * scale[:, None, None]
     fixed_ms = np.median(fixed_ms, axis=2) * scale[:, None]  # [round, part]
     layers = [
@@ -670,7 +682,6 @@ def _build_in_network(
         for li in range(num_layers)
     ]
     fixed = {name: _stats(fixed_ms[:, i]) for i, name in enumerate(fixed_names)}
-    speed = totals / np.median(totals)
     info = {
         "rounds": int(rounds),
         "reps": reps,

@@ -6,7 +6,7 @@ that fit it), builds each as a real :class:`FBNet`, and measures it:
 - latency: ``model(x)`` end to end (eval, inference mode, the table's thread count and batch size) with
   the build's statistics: the architectures are measured in interleaved rounds (every architecture once
   per round, in a fresh random order, one untimed pass then the fastest of ``reps`` timed passes), each
-  round scaled to the median round's speed (the work is the same every round), and a network's latency
+  round scaled to the typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
   is its median over rounds;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
@@ -36,7 +36,7 @@ from fbnet_building_blocks.summary import count_params
 from general_functions.io_utils import atomic_write, atomic_write_json
 from general_functions.utils import resolve_device
 
-from .lookup_table_builder import LatencyLookupTable, _sync, load_average, num_threads
+from .lookup_table_builder import LatencyLookupTable, _sync, load_average, num_threads, round_speed
 
 __all__ = [
     "build_network",
@@ -119,11 +119,10 @@ def measure_latencies(
                     _sync(x.device)
                     passes.append(clock() - t0)
                 ms[r, i] = min(passes) * 1e3
-    totals = ms.sum(axis=1)
-    scale = np.median(totals) / totals if normalize_rounds else np.ones(rounds)
+    speed = round_speed(ms)
+    scale = 1.0 / speed if normalize_rounds else np.ones(rounds)
     scaled = ms * scale[:, None]
     q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
-    speed = totals / np.median(totals)
     info = {
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
