@@ -16,8 +16,8 @@ How latency is measured (:func:`build_lut`), and why:
   layer ``l`` of network ``j`` runs op ``perm_l[j]`` for a fresh random permutation ``perm_l``, so each
   (layer, op) runs exactly once per round next to random neighbours. Every round does the same work, so
   its times are a speed gauge of the machine: each round is scaled to the typical round's speed
-  (:func:`round_speed`, ``normalize_rounds``), and an entry is the median over rounds. A slow phase of the machine that
-  lasts less than half the build then moves no entry.
+  (:func:`round_speed`, ``normalize_rounds``), and an entry is the median over rounds. A slow phase
+  of the machine that lasts less than half the build then moves no entry.
 - eval mode, ``torch.inference_mode()``, a fixed thread count, an untimed warm-up round (oneDNN builds
   its kernels on first use), each network run ``warmup`` times untimed and ``reps`` times timed (the
   fastest rep of each part is kept: other load on the machine only ever adds time),
