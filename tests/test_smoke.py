@@ -91,18 +91,19 @@ def test_a_table_with_non_positive_log_is_refused(tmp_path):
         run(_cfg(tmp_path, path, run_name="bad"))
 
 
-def test_cli_search_sample_and_retrain(tmp_path, lut_path, monkeypatch, capsys):
-    """The contract: train, then sample NAME, then architecture_main_file.py trains NAME."""
+def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
+    """The contract: train (the table measured or committed), sample NAME, retrain NAME."""
     import supernet_main_file
 
     monkeypatch.setenv("FBNET_ARCH_DIR", str(tmp_path / "archs"))
     logs = str(tmp_path / "runs")
     common = ["--log_dir", logs, "--progress", "False"]
     supernet_main_file.main(
-        ["--train_or_sample", "train", "--preset", "smoke", "--lut_path", str(lut_path)]
-        + ["--fake_train_size", "40", "--batch_size", "10", "--run_name", "cli"]
+        ["--train_or_sample", "train", "--preset", "smoke", "--fake_train_size", "40"]
+        + ["--batch_size", "10", "--run_name", "cli"]
         + common
     )
+    assert LatencyLookupTable.load(Path(logs) / "cli" / "lut.json").meta["search_space"] == "tiny"
     capsys.readouterr()
     supernet_main_file.main(
         ["--train_or_sample", "sample", "--architecture_name", "smoke_net"]
@@ -124,3 +125,15 @@ def test_cli_search_sample_and_retrain(tmp_path, lut_path, monkeypatch, capsys):
         + ["--train_limit", "64", "--test_limit", "32", "--batch_size", "32", "--progress", "False"]
     )
     assert summary["architecture"] == "smoke_net" and summary["epochs"] == 1
+
+
+@pytest.mark.parametrize("mode", ["build_lut", "validate_lut"])
+def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
+    import supernet_main_file
+    from supernet_functions import lut_cli
+
+    seen = []
+    monkeypatch.setattr(lut_cli, "main", lambda argv: seen.append(argv) or {})
+    argv = ["--train_or_sample", mode, "--lut_path", "luts/x.json", "--input_size", "32"]
+    supernet_main_file.main(argv)
+    assert seen == [argv]
