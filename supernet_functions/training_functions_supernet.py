@@ -360,7 +360,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     space = get_search_space(cfg.search_space)
     input_size = cfg.input_size or data.input_size
     if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
-        lut, lut_source = load_table(run_dir / LUT_FILE), ckpt["lut_source"]
+        lut, lut_source = load_table(Path(cfg.resume).parent / LUT_FILE), ckpt["lut_source"]
     else:
         lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
     cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
