@@ -73,6 +73,30 @@ def test_prepared_supernet_uses_trimmed_kernels_and_channels_last():
     assert fast.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize(
+    "size,kernel,stride",
+    [(1, 5, 1), (2, 5, 1), (2, 3, 1), (3, 5, 2), (4, 5, 2), (4, 3, 2), (5, 3, 1)],
+)
+def test_small_map_depthwise_conv_equals_the_full_convolution(size, kernel, stride):
+    """Output, input gradient and weight gradient of the small-map depthwise conv (computed by hand
+    for outputs of at most 2x2 pixels) equal nn.Conv2d's, in channels_last."""
+    from supernet_functions.speed import SmallMapDepthwiseConv2d
+
+    full = torch.nn.Conv2d(12, 12, kernel, stride, kernel // 2, groups=12, bias=False)
+    small = torch.nn.Conv2d(12, 12, kernel, stride, kernel // 2, groups=12, bias=False)
+    small.load_state_dict(full.state_dict())
+    small.__class__ = SmallMapDepthwiseConv2d
+    x = torch.randn(5, 12, size, size).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    upstream = torch.randn_like(full(x))
+    y_full, y_small = full(x), small(x)
+    torch.testing.assert_close(y_small, y_full)
+    g_full = torch.autograd.grad((y_full * upstream).sum(), [x, full.weight])
+    g_small = torch.autograd.grad((y_small * upstream).sum(), [x, small.weight])
+    for a, b in zip(g_small, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_forward_matches_reference_with_the_same_noise():
     ref, fast = _pair()
     x, _ = _batch()
