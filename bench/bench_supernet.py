@@ -121,6 +121,20 @@ def build_variant(name: str, args, device: torch.device):
     return model, steps, (w_opt, t_opt)
 
 
+def _profile(name: str, kind: str, batch: int, step, rows: int, log) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    log(f"---- profile: {name}, {kind} step, batch {batch}")
+    log(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    log(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_shapes_column_width=60
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--min_time", type=float, default=1.0, help="seconds per variant and round (>= 1 step)"
     )
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory step")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="print the N most expensive ops (torch.profiler) of one step per variant and kind",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
@@ -171,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
                 model, steps, opts = built[name]
                 step = steps[kind]
                 step(x, y)  # warm-up (oneDNN primitives, optimizer state)
+                if args.profile:
+                    _profile(name, kind, batch, lambda s=step, a=x, b=y: s(a, b), args.profile, log)
                 if not args.no_memory:
                     static = tensor_bytes(model, *opts, x, y)
                     memory[name] = round(
