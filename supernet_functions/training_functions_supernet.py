@@ -496,8 +496,8 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         _write_arch(run_dir)
         summary.update(_latency_summary(run_dir, lut))
         log.info(
-            "predicted latency (whole network, %s): argmax architecture %.4g; expected under "
-            "softmax(thetas) %.4g; expected under uniform thetas %.4g",
+            "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
+            "softmax(thetas) %.5g; expected under uniform thetas %.5g",
             unit,
             summary["argmax_cost"],
             summary["expected_cost"],
