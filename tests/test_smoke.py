@@ -42,6 +42,23 @@ def _cfg(tmp_path, lut_path, **kw) -> SupernetConfig:
     return config_from_dict(SupernetConfig, values)
 
 
+def _tb_tags(run_dir: Path) -> dict[str, str]:
+    """Tag -> kind (simple_value, histo, image) of every summary in the run's event files."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = {}
+    for path in (run_dir / "tb").glob("events.out.tfevents.*"):
+        blob, pos = path.read_bytes(), 0
+        while pos < len(blob):  # TFRecord: [len u64][crc u32][data][crc u32]
+            (length,) = struct.unpack_from("<Q", blob, pos)
+            event = event_pb2.Event.FromString(blob[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            tags.update({v.tag: v.WhichOneof("value") for v in event.summary.value})
+    return tags
+
+
 def _rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -53,7 +70,12 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     for name in ("config.json", "log.txt", "metrics.csv", "thetas.json", "lut.json", "arch.json"):
         assert (full_dir / name).is_file(), name
     assert (full_dir / "last.pth").is_file() and (full_dir / "best.pth").is_file()
-    assert list((full_dir / "tb").glob("events.out.tfevents.*"))
+    tags = _tb_tags(full_dir)
+    assert tags["thetas/heatmap"] == "image"
+    assert all(tags[f"thetas/layer_{i:02d}"] == "histo" for i in range(4))
+    for tag in ("train_thetas/loss", "train_thetas/ce", "train_w/top1", "sched/temperature"):
+        assert tags[tag] == "simple_value", tag
+    assert tags["search/expected_latency_ms"] == tags["sched/w_lr"] == "simple_value"
     rows = _rows(full_dir)
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert rows[0]["train_thetas/loss"] == ""  # warm-up: weights only
