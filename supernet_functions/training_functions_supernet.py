@@ -366,6 +366,8 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
     lut.save(run_dir / LUT_FILE)
     unit = lut.meta.get("unit", "ms")
+    # metric names: latency_ms for a latency table in ms, else the table's cost (flops, params)
+    cost_tag = f"latency_{unit}" if lut.cost == "latency" else lut.cost
     log.info(
         "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
     )
@@ -438,9 +440,9 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         state = _thetas_state(model, epoch, cfg, lut, lut_source, run_dir)
         values.update(
             {
-                f"search/expected_latency_{unit}": state["expected_layers_cost"],
-                f"search/argmax_latency_{unit}": state["argmax_cost"]["predicted_layers_cost"],
-                f"search/uniform_latency_{unit}": state["uniform_layers_cost"],
+                f"search/expected_{cost_tag}": state["expected_layers_cost"],
+                f"search/argmax_{cost_tag}": state["argmax_cost"]["predicted_layers_cost"],
+                f"search/uniform_{cost_tag}": state["uniform_layers_cost"],
                 "sched/temperature": temperature,
                 "sched/w_lr": w_lr,
                 "sched/thetas_lr": thetas_optimizer.param_groups[0]["lr"],

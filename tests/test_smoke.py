@@ -113,6 +113,23 @@ def test_a_table_with_non_positive_log_is_refused(tmp_path):
         run(_cfg(tmp_path, path, run_name="bad"))
 
 
+def test_a_flops_table_drives_the_search_the_same_way(tmp_path, monkeypatch):
+    from supernet_functions.sampling import sample_and_save
+
+    rows = [{op: 0.5 + 0.2 * j for j, op in enumerate(OPS)} for _ in range(4)]
+    lut = LatencyLookupTable.from_latencies("tiny", rows, cost="flops", unit="M multiply-adds")
+    path = tmp_path / "flops.json"
+    lut.save(path)
+    out = run(_cfg(tmp_path, path, run_name="flops", epochs=2, stop_epoch=2))
+    run_dir = Path(out["run_dir"])
+    assert "search/expected_flops" in _rows(run_dir)[0]
+    (record,) = sample_and_save(run_dir, "by_flops", arch_dir=tmp_path / "archs")
+    assert record["predicted_latency_ms"] is None  # not a latency table
+    saved = json.loads(Path(record["path"]).read_text())["source"]
+    assert saved["predicted_cost"] == pytest.approx(lut.predict(record["ops"]))
+    assert saved["unit"] == "M multiply-adds"
+
+
 def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     """The contract: train (the table measured or committed), sample NAME, retrain NAME."""
     import supernet_main_file
