@@ -113,7 +113,7 @@ def test_a_table_with_non_positive_log_is_refused(tmp_path):
         run(_cfg(tmp_path, path, run_name="bad"))
 
 
-def test_a_flops_table_drives_the_search_the_same_way(tmp_path, monkeypatch):
+def test_a_flops_table_drives_the_search_the_same_way(tmp_path):
     from supernet_functions.sampling import sample_and_save
 
     rows = [{op: 0.5 + 0.2 * j for j, op in enumerate(OPS)} for _ in range(4)]
