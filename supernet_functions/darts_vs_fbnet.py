@@ -509,7 +509,9 @@ def plot_run(run_dir: str | Path, pictures_dir: str | Path) -> list[Path]:
             steps, used = _series(rows, f"mix/{name}")
             x = _steps_to_epochs(rows, steps)
             lw = 0.6 if mode == "fbnet" else 1.8
-            ax.plot(x, used, color=colours[name], lw=lw, label=f"{name.upper()}: weight used")
+            ax.plot(
+                x, used, color=colours[name], lw=lw, alpha=0.8, label=f"{name.upper()}: weight used"
+            )
             if mode == "fbnet":
                 steps, prob = _series(rows, f"prob/{name}")
                 ax.plot(
@@ -536,7 +538,11 @@ def plot_run(run_dir: str | Path, pictures_dir: str | Path) -> list[Path]:
         for mode, accs in curves.items():
             label = f"{mode.split('_')[0].upper()} alone"
             ax.plot(range(1, len(accs) + 1), accs, marker="o", color=colours[mode], label=label)
-        ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="The slot fixed: GOOD vs BAD alone")
+        ax.set(
+            xlabel="epoch",
+            ylabel="test top-1 (%), first test images",
+            title="The slot fixed: GOOD vs BAD alone",
+        )
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
         fig.tight_layout()
