@@ -556,8 +556,8 @@ def build_lut(
     """Measure the latency of every candidate op at every layer, and of the fixed parts (ms).
 
     ``method="in_network"`` (the default) times ops inside whole networks, a Latin-square round at a
-    time (see the module docstring). ``rounds=0`` picks the number of rounds from ``time_budget_s``
-    (within ``[min_rounds, max_rounds]``) after timing the first round. ``method="isolated"`` times
+    time (see the module docstring). ``rounds=0`` measures rounds until ``time_budget_s`` has passed
+    since the start (at least ``min_rounds``, at most ``max_rounds``). ``method="isolated"`` times
     each op alone with ``torch.utils.benchmark`` (kept for comparison: it misses cache effects).
     """
     space = get_search_space(search_space)
@@ -659,16 +659,20 @@ def _build_in_network(
     with torch.inference_mode():
         run_round()  # untimed warm-up round: every kernel gets built once
         t0 = clock()
-        first = run_round()
+        results = [run_round()]
         round_s = clock() - t0
-        if rounds <= 0:
+        by_budget = rounds <= 0
+        if by_budget:  # an estimate for the progress bar; the budget itself decides when to stop
             left = time_budget_s - (clock() - start)
             rounds = int(np.clip(left / max(round_s, 1e-6), min_rounds, max_rounds))
-        results = [first]
-        for _ in tqdm(
-            range(rounds - 1), desc="LUT rounds", disable=not progress, initial=1, total=rounds
-        ):
+        bar = tqdm(desc="LUT rounds", disable=not progress, initial=1, total=rounds)
+        while len(results) < (max_rounds if by_budget else rounds):
+            if by_budget and len(results) >= min_rounds and clock() - start >= time_budget_s:
+                break  # a busy machine slows rounds down: stop on time, not on the estimate
             results.append(run_round())
+            bar.update()
+        bar.close()
+        rounds = len(results)
     op_ms = np.stack([r[0] for r in results])  # [round, layer, op]
     fixed_ms = np.stack([r[1] for r in results])  # [round, part, network]
     speed = round_speed(
