@@ -27,11 +27,11 @@ from fbnet_building_blocks.fbnet_builder import init_weights
 from fbnet_building_blocks.registry import build_block
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 
-__all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet"]
+__all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet", "mix_outputs", "run_sampled"]
 
 logger = logging.getLogger(__name__)
 
-MIXING_MODES = ("gumbel", "softmax")
+MIXING_MODES = ("gumbel", "softmax", "hard_gumbel")
 
 
 class MixedOperation(nn.Module):
@@ -41,7 +41,12 @@ class MixedOperation(nn.Module):
         candidates: the layer's candidate ops; any modules that map the same input to outputs of one shape.
         latency: the cost of each candidate (one value per op, in the table's unit), or ``None`` for zeros.
         mixing: ``"gumbel"``: soft weights from ``F.gumbel_softmax(thetas, temperature)`` (FBNet);
-            ``"softmax"``: deterministic ``softmax(thetas)`` (DARTS-style; the temperature is ignored).
+            ``"softmax"``: deterministic ``softmax(thetas)`` (DARTS-style; the temperature is ignored);
+            ``"hard_gumbel"``: a one-hot Gumbel sample with the straight-through estimator: only the
+            sampled op runs (output ``1 * op_k(x)``); gradients reach the thetas through the soft
+            sample's ``k``-th weight (and, for the latency, through every op's weight). Much cheaper,
+            but the thetas learn from one op's output per step instead of all (a departure from the
+            paper; see TRAINING_DETAILS.md).
         per_sample: with ``"gumbel"``, draw one Gumbel sample per example instead of one for the whole
             batch (the original reproduction shares one sample across the batch). The layer's expected
             latency then has one value per example.
@@ -79,20 +84,27 @@ class MixedOperation(nn.Module):
         """The weights ``m`` the layer mixes its ops with: ``[n_ops]``, or ``[batch, n_ops]`` per sample.
 
         ``gumbel``: ``softmax((thetas + g) / temperature)`` with ``g ~ Gumbel(0, 1)`` (paper Eq. 5);
-        ``softmax``: ``softmax(thetas)``.
+        ``softmax``: ``softmax(thetas)``; ``hard_gumbel``: the one-hot of the ``gumbel`` weights' argmax
+        in value, with their gradient (straight-through).
         """
         if self.mixing == "softmax":
             return F.softmax(self.thetas, dim=-1)
         logits = self.thetas
         if self.per_sample and batch_size is not None:
             logits = logits.expand(batch_size, -1)
-        return F.gumbel_softmax(logits, tau=float(temperature), hard=False, dim=-1)
+        hard = self.mixing == "hard_gumbel"
+        return F.gumbel_softmax(logits, tau=float(temperature), hard=hard, dim=-1)
 
     def forward(
         self, x: torch.Tensor, temperature: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sum_i m_i * op_i(x), sum_i m_i * LAT_i)`` (paper Eq. 6 and 7)."""
+        """``(sum_i m_i * op_i(x), sum_i m_i * LAT_i)`` (paper Eq. 6 and 7).
+
+        With ``hard_gumbel`` only the sampled op of each example runs: ``m_k * op_k(x)``.
+        """
         weights = self.mixing_weights(temperature, x.shape[0])
+        if self.mixing == "hard_gumbel":
+            return run_sampled(weights, self.ops, x), weights @ self.latency
         return mix_outputs(weights, [op(x) for op in self.ops]), weights @ self.latency
 
     def probabilities(self) -> torch.Tensor:
@@ -108,6 +120,27 @@ def mix_outputs(weights: torch.Tensor, outputs: Sequence[torch.Tensor]) -> torch
         if w.dim() == 1:  # one weight per example
             w = w.view(-1, *([1] * (y.dim() - 1)))
         out = w * y if out is None else out + w * y
+    return out
+
+
+def run_sampled(weights: torch.Tensor, ops: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``weights[..., k] * ops[k](x)`` for one-hot ``weights`` (``[n_ops]`` or ``[batch, n_ops]``).
+
+    Only the sampled ops run. Per-example samples run each sampled op once, on the examples that drew
+    it (so batch-norm statistics come from those examples only).
+    """
+    chosen = weights.detach().argmax(dim=-1)
+    if weights.dim() == 1:
+        k = int(chosen)
+        return weights[k] * ops[k](x)
+    out = None
+    for k in chosen.unique().tolist():
+        rows = (chosen == k).nonzero().squeeze(1)
+        y = ops[k](x.index_select(0, rows))
+        y = weights[rows, k].view(-1, *([1] * (y.dim() - 1))) * y
+        if out is None:
+            out = y.new_zeros((x.shape[0], *y.shape[1:]))
+        out = out.index_copy(0, rows, y)
     return out
 
 

@@ -142,3 +142,63 @@ def test_step_matches_reference(kind):
     for n, v in ref_state.items():
         torch.testing.assert_close(fast_state[n], v, rtol=1e-4, atol=1e-5, msg=n)
     assert all(p.requires_grad for p in fast.parameters())  # trainable_only restored the flags
+
+
+# ------------------------------------------------------------------ hard Gumbel (straight-through)
+def _layer(per_sample: bool = False):
+    from fbnet_building_blocks.registry import build_block
+    from supernet_functions.model_supernet import MixedOperation
+
+    torch.manual_seed(0)
+    ops = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1", "ir_k5_e3", "skip", "ir_k3_s2")]
+    layer = MixedOperation(ops, torch.tensor([1.0, 2.0, 0.5, 3.0]), "hard_gumbel", per_sample)
+    with torch.no_grad():
+        layer.thetas.copy_(torch.tensor([0.3, -0.2, 0.1, 0.4]))
+    return layer
+
+
+def test_hard_gumbel_runs_only_the_sampled_op_with_the_straight_through_gradient():
+    layer, tau = _layer(), 1.5
+    x = torch.randn(4, 8, 6, 6)
+    upstream = torch.randn(4, 8, 6, 6)
+    torch.manual_seed(3)  # the noise F.gumbel_softmax draws (as it draws it)
+    gumbels = -torch.empty_like(layer.thetas).exponential_().log()
+    soft = torch.softmax((layer.thetas.detach() + gumbels) / tau, dim=-1)
+    k = int(soft.argmax())
+    calls = []
+    hooks = [
+        op.register_forward_hook(lambda m, i, o, j=j: calls.append(j))
+        for j, op in enumerate(layer.ops)
+    ]
+    torch.manual_seed(3)
+    out, latency = layer(x, tau)
+    for h in hooks:
+        h.remove()
+    assert calls == [k]
+    torch.testing.assert_close(out, layer.ops[k](x))  # one-hot weight: exactly the op's output
+    assert latency.item() == pytest.approx(layer.latency[k].item())
+    ((out * upstream).sum() + 10.0 * latency).backward()
+    # d/dthetas of <upstream, op_k(x)> * soft_k + 10 * sum_i soft_i * LAT_i, by hand
+    jac = (torch.diag(soft) - soft[:, None] * soft[None, :]) / tau  # d soft / d thetas
+    dot = (upstream * layer.ops[k](x)).sum().detach()
+    expected = dot * jac[k] + 10.0 * layer.latency @ jac
+    torch.testing.assert_close(layer.thetas.grad, expected, rtol=1e-4, atol=1e-5)
+    # only the sampled op's weights received gradients
+    for j, op in enumerate(layer.ops):
+        grads = [p.grad for p in op.parameters()]
+        assert all(g is not None for g in grads) if j == k else all(g is None for g in grads)
+
+
+def test_hard_gumbel_per_sample_runs_each_example_through_its_own_op():
+    layer = _layer(per_sample=True).eval()  # eval: batch norm does not depend on the sub-batch
+    x = torch.randn(16, 8, 5, 5)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        chosen = layer.mixing_weights(1.0, 16).argmax(-1)
+        torch.manual_seed(4)
+        out, latency = layer(x, 1.0)
+        assert len(chosen.unique()) > 1
+        for b in range(16):
+            k = int(chosen[b])
+            torch.testing.assert_close(out[b : b + 1], layer.ops[k](x[b : b + 1]))
+            assert latency[b].item() == pytest.approx(layer.latency[k].item())
