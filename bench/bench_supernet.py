@@ -9,9 +9,11 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     reference     ReferenceSuperNet: every op in a Python loop, sum of m * op(x), NCHW, every gradient
                   computed in both steps (the original reproduction's way)
     reference_cl  the reference in channels_last (still every gradient)
-    frozen        StochasticSuperNet, NCHW, only the trained set's gradients
+    frozen        the search's step on StochasticSuperNet in NCHW, full kernels (idle set frozen)
     frozen_cl     ... plus channels_last
-    fast          the default training path: frozen set, channels_last, trimmed depthwise kernels
+    fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
+                  supernet made by ``prepare_supernet``): frozen idle set, channels_last, trimmed
+                  depthwise kernels with direct weight gradients on tiny maps
     hard          ``fast`` with ``mixing="hard_gumbel"`` (straight-through; only the sampled op runs)
 
 For every batch size it times a weight step (SGD on the weights, thetas frozen) and a theta step (Adam
@@ -51,7 +53,11 @@ from supernet_functions.reference_supernet import (  # noqa: E402
     ReferenceSuperNet,
     reference_train_step,
 )
-from supernet_functions.speed import prepare_supernet, supernet_step, trainable_only  # noqa: E402
+from supernet_functions.speed import prepare_supernet  # noqa: E402
+from supernet_functions.training_functions_supernet import (  # noqa: E402
+    train_thetas_epoch,
+    train_weights_epoch,
+)
 
 VARIANTS = ("reference", "reference_cl", "frozen", "frozen_cl", "fast", "hard")
 STEPS = ("weights", "thetas")
@@ -109,15 +115,13 @@ def build_variant(name: str, args, device: torch.device):
 
         return model, {"weights": make(w_opt), "thetas": make(t_opt)}, (w_opt, t_opt)
 
-    def make(opt, trainable, frozen):
-        def step(x, y):
-            with trainable_only(trainable, frozen):
-                supernet_step(model, x, y, criterion, opt, temperature)
+    def make(epoch_fn, opt):
+        def step(x, y):  # what the search runs: one phase over a one-batch loader
+            epoch_fn(model, [(x, y)], criterion, opt, temperature)
 
         return step
 
-    w_params, t_params = list(model.weight_parameters()), list(model.arch_parameters())
-    steps = {"weights": make(w_opt, w_params, t_params), "thetas": make(t_opt, t_params, w_params)}
+    steps = {"weights": make(train_weights_epoch, w_opt), "thetas": make(train_thetas_epoch, t_opt)}
     return model, steps, (w_opt, t_opt)
 
 

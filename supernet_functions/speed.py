@@ -21,15 +21,13 @@ time goes, and each point below answers one finding:
   gradient as one multiply-and-sum over the (at most 25) shifted copies of the input instead; the input
   gradient and the forward pass stay with the library's convolution.
 
-GPU-only settings are here too: :func:`autocast` (mixed precision, off by default: it changes the
+GPU-only settings are here too: mixed precision (bfloat16 autocast, off by default: it changes the
 numerics) and ``cudnn.benchmark``; on a CPU both are no-ops.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +35,7 @@ from torch import nn
 
 from architecture_functions.trim_kernels import TrimmedConv2d, used_taps
 
-__all__ = [
-    "SmallMapDepthwiseConv2d",
-    "autocast",
-    "make_grad_scaler",
-    "prepare_supernet",
-    "supernet_step",
-    "to_model_format",
-    "trainable_only",
-]
+__all__ = ["SmallMapDepthwiseConv2d", "prepare_supernet", "to_model_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +46,14 @@ def prepare_supernet(
     channels_last: bool = True,
     trim_kernels: bool = True,
     cudnn_benchmark: bool = False,
+    amp: bool = False,
 ) -> nn.Module:
-    """Move ``model`` to ``device`` and apply the exact speed-ups asked for, in place; returns it."""
+    """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
+
+    ``channels_last`` and ``trim_kernels`` are exact. ``cudnn_benchmark`` and ``amp`` (bfloat16
+    autocast of the forward pass; no loss scaling is needed with bfloat16) act on CUDA only and are
+    no-ops on the CPU, where ``amp`` logs a warning.
+    """
     model.to(device)
     if trim_kernels:
         from architecture_functions.trim_kernels import trim_depthwise_convs
@@ -71,6 +67,11 @@ def prepare_supernet(
     model.channels_last = channels_last
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
+    if amp:
+        if device.type == "cuda":
+            model.forward = _AutocastForward(model.forward)
+        else:
+            logger.warning("--amp is for CUDA; the supernet runs in float32 on %s", device)
     return model
 
 
@@ -135,68 +136,23 @@ class SmallMapDepthwiseConv2d(TrimmedConv2d):
 
 
 def to_model_format(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """``x`` in the memory format of ``model`` (channels_last after :func:`prepare_supernet`)."""
-    if getattr(model, "channels_last", False) and x.dim() == 4:
+    """``x`` in the memory format of ``model`` (channels_last after :func:`prepare_supernet`).
+
+    Optional: a convolution with channels_last weights returns channels_last outputs for any input.
+    """
+    net = getattr(model, "module", model)  # DDP
+    if getattr(net, "channels_last", False) and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-@contextlib.contextmanager
-def trainable_only(trainable: Iterable[nn.Parameter], frozen: Iterable[nn.Parameter]) -> Iterator:
-    """``requires_grad`` off for ``frozen`` and on for ``trainable`` inside the block, restored after."""
-    trainable, frozen = list(trainable), list(frozen)
-    before = [p.requires_grad for p in frozen]
-    for p in frozen:
-        p.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, flag in zip(frozen, before):
-            p.requires_grad_(flag)
+class _AutocastForward:
+    """``forward`` under bfloat16 autocast on CUDA, with float32 outputs for the loss."""
 
+    def __init__(self, forward) -> None:
+        self.forward = forward
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision (float16 autocast) on CUDA when ``enabled``; a no-op context on the CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def make_grad_scaler(device: torch.device, enabled: bool):
-    """A ``torch.amp.GradScaler`` for float16 on CUDA, or ``None`` (CPU, or AMP off)."""
-    if enabled and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
-
-
-def supernet_step(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    temperature: float,
-    scaler=None,
-    amp: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step of whichever set ``optimizer`` holds; returns ``(loss, ce, latency, logits)``.
-
-    Call it inside :func:`trainable_only` so that only that set's gradients are computed. The returned
-    tensors are detached. A non-finite loss raises ``FloatingPointError`` before any update.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(x.device, amp):
-        logits, latency = model(to_model_format(x, model), temperature)
-        loss, ce, _ = criterion(logits.float(), y, latency.float())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the loss is {loss.item()}")
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach(), ce.detach(), latency.detach(), logits.detach()
+    def __call__(self, *args, **kwargs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = self.forward(*args, **kwargs)
+        return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
