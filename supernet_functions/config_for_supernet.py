@@ -57,13 +57,29 @@ class SupernetConfig:
     input_size: int = opt(0, "input side (0: the data set's, 32 for CIFAR-10)")
     mixing: str = opt(
         "gumbel",
-        "gumbel (FBNet) | softmax (DARTS-style, deterministic)",
+        "gumbel (FBNet) | softmax (DARTS-style, deterministic) | hard_gumbel (one-hot sample with "
+        "the straight-through gradient: only the sampled op runs; much faster, a departure)",
         "paper Eq. 5",
-        ("gumbel", "softmax"),
+        ("gumbel", "softmax", "hard_gumbel"),
     )
     per_sample: bool = opt(
         False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
     )
+    # ---------------------------------------------------------------- speed (README "Performance")
+    channels_last: str = opt(
+        "auto",
+        "channels_last memory format for the supernet; auto = on (exact: the same arithmetic, "
+        "much faster depthwise convolutions on small maps)",
+        None,
+        ("auto", "on", "off"),
+    )
+    trim_kernels: bool = opt(
+        True,
+        "depthwise convolutions skip kernel taps that only see padding, and compute the weight "
+        "gradient of outputs up to 2x2 directly (exact)",
+    )
+    amp: bool = opt(False, "bfloat16 autocast of the supernet's forward pass; CUDA only")
+    cudnn_benchmark: bool = opt(False, "let cuDNN time and pick convolution algorithms (CUDA only)")
     # ---------------------------------------------------------------- latency table and loss
     lut_path: str = opt(
         "",

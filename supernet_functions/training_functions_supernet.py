@@ -49,6 +49,7 @@ from .config_for_supernet import SupernetConfig
 from .loss import SupernetLoss, check_cost_table
 from .model_supernet import StochasticSuperNet
 from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
+from .speed import prepare_supernet
 
 __all__ = [
     "USER_ERRORS",
@@ -372,9 +373,16 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
     )
 
-    model = StochasticSuperNet(
-        space, lut, data.num_classes, input_size, mixing=cfg.mixing, per_sample=cfg.per_sample
-    ).to(device)
+    model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
+        StochasticSuperNet(
+            space, lut, data.num_classes, input_size, mixing=cfg.mixing, per_sample=cfg.per_sample
+        ),
+        device,
+        channels_last=cfg.channels_last != "off",
+        trim_kernels=cfg.trim_kernels,
+        cudnn_benchmark=cfg.cudnn_benchmark,
+        amp=cfg.amp,
+    )
     criterion = SupernetLoss(
         cfg.alpha,
         cfg.beta,
