@@ -317,8 +317,26 @@ def evaluate(model: OneChoiceNet, loader) -> float:
 
 
 def run_mode(mode: str, data: dict, cfg: DartsVsFbnetConfig, run_dir: Path, device) -> dict:
-    """Train one mode from the seed; returns its summary (accuracies or the learned distribution)."""
+    """Train one mode from the seed; returns its summary (accuracies or the learned distribution).
+
+    ``run_dir/mode`` is a complete run folder: ``config.json``, ``log.txt`` (this mode's lines; the
+    run's ``log.txt`` has them all), ``metrics.csv`` and ``tb/``.
+    """
+    mode_dir = run_dir / mode
+    mode_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(mode_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     log = logging.getLogger("fbnet")
+    handler = logging.FileHandler(mode_dir / "log.txt", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        return _train_mode(mode, data, cfg, mode_dir, device, log)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train_mode(mode, data, cfg, mode_dir: Path, device, log: logging.Logger) -> dict:
     set_seed(cfg.seed)
     model = OneChoiceNet(MODES[mode], cfg.channels, data["num_classes"]).to(device)
     w_opt = torch.optim.SGD(
@@ -333,8 +351,6 @@ def run_mode(mode: str, data: dict, cfg: DartsVsFbnetConfig, run_dir: Path, devi
         thetas_opt = torch.optim.Adam(
             model.arch_parameters(), lr=cfg.thetas_lr, weight_decay=cfg.thetas_weight_decay
         )
-    mode_dir = run_dir / mode
-    mode_dir.mkdir(parents=True, exist_ok=True)
     old_events = sorted((mode_dir / "tb").glob("events.out.tfevents.*"))
     for path in old_events:  # a rerun replaces the mode's logs (metrics.csv is rewritten too)
         path.unlink()

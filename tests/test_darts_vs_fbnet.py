@@ -130,6 +130,10 @@ def test_smoke_run_writes_csv_for_every_mode(smoke_run):
         assert len(train) == EPOCHS * STEPS and len(val) == EPOCHS
         assert "mix/good" not in rows[0]
         assert 0.0 <= summary["modes"][mode]["test_top1"] <= 100.0
+    for mode in ("good_only", "bad_only", "darts", "fbnet"):  # each mode folder is a run folder
+        lines = (run_dir / mode / "log.txt").read_text().splitlines()
+        assert len(lines) == EPOCHS + 1 and all(f" {mode}" in line for line in lines)
+        assert json.loads((run_dir / mode / "config.json").read_text())["seed"] == 0
     assert summary["slot_params"]["good"] == summary["slot_params"]["bad"]
     assert list((run_dir / "darts" / "tb").glob("events.out.tfevents.*"))
     saved = json.loads((run_dir / "summary.json").read_text())
