@@ -83,8 +83,8 @@ class ArchTrainConfig:
     amp: bool = opt(False, "mixed precision (float16 autocast + GradScaler; CUDA only)")
     channels_last: str = opt(
         "auto",
-        "channels_last memory format for the model and batches; auto = on (measured faster "
-        "for these depthwise nets on CPU and CUDA, see README)",
+        "channels_last memory format for the model and batches; auto = on (on this CPU it measured "
+        "within noise of the default layout, README 'Speed'; not measured on CUDA)",
         choices=("auto", "on", "off"),
     )
     trim_kernels: bool = opt(
@@ -93,6 +93,11 @@ class ArchTrainConfig:
         "touch it (exact; about 2x faster FBNet-A steps on 32x32 CPU inputs, see README)",
     )
     threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
+    sync_bn: bool = opt(
+        False,
+        "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
+        "instead of each process's share (README: Multi-GPU and multi-node)",
+    )
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
     deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
     # run
