@@ -12,12 +12,15 @@ import json
 import sys
 
 from general_functions.config_utils import parse_config
+from general_functions.distributed import env_rank
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
 
 
 def main(argv: list[str] | None = None):  # None: sys.argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--train_or_sample", default="train")
+    if pre.parse_known_args(argv)[0].train_or_sample != "train" and env_rank() != 0:
+        return None  # sampling and tables are one process's work: under torchrun rank 0 does it
     if pre.parse_known_args(argv)[0].train_or_sample in ("build_lut", "validate_lut"):
         from supernet_functions import lut_cli  # the latency-table tool reads the full argv
 

@@ -10,13 +10,15 @@ original reproduction's table was, so it is an optimistic figure; the headline i
 Resuming is exact: the checkpoint holds the model, optimizer, scheduler, GradScaler, every RNG state and
 the epoch; loaders draw their shuffling and augmentation from ``seed`` and the epoch (``set_epoch``).
 
-Places a distributed (DDP) version changes: :func:`build_model` (wrapping), :func:`build_loaders`
-(samplers) and :func:`create_loggers` (rank 0 only).
+Under ``torchrun`` (:mod:`general_functions.distributed`) each process trains a DDP-wrapped copy on its
+share of every global batch (:func:`build_loaders`), metrics are averaged over the processes, and only
+rank 0 writes the run folder (:func:`create_loggers`) and prints the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -42,14 +44,26 @@ from general_functions.dataloaders import (
     make_loader,
     split_train,
 )
+from general_functions.distributed import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    gather_rng_states,
+    init_distributed,
+    local_main_first,
+    reduce_meters,
+    restore_rng_states,
+    sync_buffers,
+    unwrap,
+    wrap_model,
+)
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
 from general_functions.utils import (
     AverageMeter,
     accuracy,
     get_rng_state,
-    resolve_device,
-    set_rng_state,
     set_seed,
     set_threads,
 )
@@ -121,7 +135,7 @@ def train_one_epoch(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_m.avg:.3f}", top1=f"{top1_m.avg:.1f}")
     bar.close()
-    return {"loss": loss_m.avg, "top1": top1_m.avg}
+    return reduce_meters({"loss": loss_m, "top1": top1_m})  # over every process's images
 
 
 @torch.no_grad()
@@ -153,7 +167,7 @@ def validate(
         top3_m.update(top3, n)
         bar.update(1)
     bar.close()
-    return {"loss": loss_m.avg, "top1": top1_m.avg, "top3": top3_m.avg}
+    return reduce_meters({"loss": loss_m, "top1": top1_m, "top3": top3_m})
 
 
 # ----------------------------------------------------------------------------------- building
@@ -194,8 +208,13 @@ class Loaders:
     test_exact: EpochLoader | None
 
 
-def build_loaders(cfg: ArchTrainConfig, data: ImageSet, device: torch.device) -> Loaders:
-    """Training, test and (when the data provides it) exact-pixel test loaders; the place for samplers."""
+def build_loaders(
+    cfg: ArchTrainConfig, data: ImageSet, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Loaders:
+    """Training, test and (when the data provides it) exact-pixel test loaders.
+
+    With ``world_size`` > 1 each loader yields this process's share of every global batch.
+    """
     train = data.train
     if cfg.train_limit:
         train = split_train(train, fraction=1.0, seed=cfg.seed, limit=cfg.train_limit)[0]
@@ -207,6 +226,8 @@ def build_loaders(cfg: ArchTrainConfig, data: ImageSet, device: torch.device) ->
         "seed": cfg.seed,
         "channels_last": use_channels_last(cfg),
         "workers": cfg.workers,
+        "rank": rank,
+        "world_size": world_size,
     }
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     exact = None
@@ -287,12 +308,23 @@ def check_arch_matches(state: dict[str, Any], spec: ArchSpec, cfg: ArchTrainConf
 
 
 def _checkpoint_state(
-    cfg, spec, model, optimizer, scheduler, scaler, epoch, best_top1, best_epoch, wall_s, last
+    cfg,
+    spec,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch,
+    best_top1,
+    best_epoch,
+    wall_s,
+    last,
+    rng_ranks=None,
 ) -> dict[str, Any]:
     return {
         "stage": STAGE,
         "epoch": epoch,
-        "model": model.state_dict(),
+        "model": unwrap(model).state_dict(),  # no DDP "module." prefix
         "optimizers": {"w": optimizer.state_dict()},
         "schedulers": {"w": scheduler.state_dict()},
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -303,6 +335,7 @@ def _checkpoint_state(
         "last_metrics": last,
         "wall_s": wall_s,
         "rng": get_rng_state(),
+        "rng_ranks": rng_ranks,  # every process's RNG state under DDP (None alone)
     }
 
 
@@ -348,20 +381,22 @@ def _summary(metrics: dict[str, float], best_top1, best_epoch, epoch, wall_s, ru
     return out
 
 
-def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, device: torch.device) -> dict[str, Any]:
+def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> dict[str, Any]:
     path = cfg.checkpoint or cfg.resume
     if not path:
         raise ValueError(
             "--eval_only needs a checkpoint: pass --checkpoint PATH (or --resume PATH)"
         )
     start = time.perf_counter()
-    log, _ = create_loggers(None)
+    device = ctx.device
+    log, _ = create_loggers(None, main_process=ctx.is_main)
     state = load_checkpoint(path, stage=STAGE)
     check_arch_matches(state, spec, cfg, path)
-    data = _load_data(cfg)
+    with local_main_first(ctx):
+        data = _load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, device)
     model.load_state_dict(state["model"])
-    loaders = build_loaders(cfg, data, device)
+    loaders = build_loaders(cfg, data, device, ctx.rank, ctx.world_size)
     metrics = _evaluate_all(model, loaders, nn.CrossEntropyLoss(), device, cfg)
     log.info("evaluated %s (epoch %s): %s", path, state.get("epoch"), _fmt(metrics))
     summary = _summary(
@@ -382,17 +417,33 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 def run(cfg: ArchTrainConfig) -> dict[str, Any]:
-    """Train (or with ``eval_only`` evaluate) as ``cfg`` says; print and return the JSON summary."""
+    """Train (or with ``eval_only`` evaluate) as ``cfg`` says; print and return the JSON summary.
+
+    Under ``torchrun`` every process calls this; they train together with DDP (one per GPU).
+    """
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = init_distributed(cfg.device)
+    try:
+        summary = _run(cfg, ctx)
+        barrier()  # rank 0 has written its files before any process returns
+        return summary
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
+    device = ctx.device
+    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
+        cfg = dataclasses.replace(cfg, progress=False)
     spec = load_arch(cfg.architecture_name)
     if cfg.amp and device.type != "cuda":
         logger.warning("--amp is for CUDA; training in float32 on %s", device)
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True
     if cfg.eval_only:
-        summary = _eval_only(cfg, spec, device)
-        print(json.dumps(summary), flush=True)
+        summary = _eval_only(cfg, spec, ctx)
+        if ctx.is_main:
+            print(json.dumps(summary), flush=True)
         return summary
 
     state = None
@@ -400,17 +451,27 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
         state = load_checkpoint(cfg.resume, stage=STAGE)
         check_arch_matches(state, spec, cfg, cfg.resume)
         run_dir = Path(cfg.resume).resolve().parent
-    else:
-        run_dir = setup_run_dir(cfg.run_dir, cfg.run_name or None, prefix=spec.name)
+    else:  # rank 0 names (and makes) the folder; the others learn its name
+        made = (
+            setup_run_dir(cfg.run_dir, cfg.run_name or None, prefix=spec.name)
+            if ctx.is_main
+            else None
+        )
+        run_dir = Path(broadcast_object(str(made) if made else None))
     start_epoch = state["epoch"] if state else 0
-    log, writer = create_loggers(run_dir, resume_epoch=start_epoch if state else None)
-    atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-    atomic_write_json(run_dir / "arch.json", spec.to_dict())
+    log, writer = create_loggers(
+        run_dir, resume_epoch=start_epoch if state else None, main_process=ctx.is_main
+    )
+    if ctx.is_main:
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+        atomic_write_json(run_dir / "arch.json", spec.to_dict())
 
-    set_seed(cfg.seed, cfg.deterministic)
-    data = _load_data(cfg)
+    # each process its own stream (dropout); DDP gives every process rank 0's initial weights
+    set_seed(cfg.seed + ctx.rank, cfg.deterministic)
+    with local_main_first(ctx):  # one download per machine
+        data = _load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, device)
-    loaders = build_loaders(cfg, data, device)
+    loaders = build_loaders(cfg, data, device, ctx.rank, ctx.world_size)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
@@ -422,10 +483,19 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
         scheduler.load_state_dict(state["schedulers"]["w"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        restore_rng_states(ctx, state["rng"], state.get("rng_ranks"))
         best_top1, best_epoch = state["best_top1"], state["best_epoch"]
         wall_before, last = state.get("wall_s", 0.0), state.get("last_metrics")
         log.info("resumed %s at the end of epoch %d", cfg.resume, start_epoch)
+    model = wrap_model(model, ctx, sync_bn=cfg.sync_bn)  # DDP under torchrun, else the model
+    if ctx.enabled:
+        log.info(
+            "data-parallel: %d processes (%s), %d images per process of each global batch of %d",
+            ctx.world_size,
+            ctx.backend,
+            cfg.batch_size // ctx.world_size,
+            cfg.batch_size,
+        )
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "architecture %s (search space %s), %.2fM parameters | %d training batches of %d, "
@@ -466,7 +536,8 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
             progress=cfg.progress,
         )
         scheduler.step()
-        metrics = _evaluate_all(model, loaders, criterion, device, cfg)
+        sync_buffers(model)  # every process evaluates (and rank 0 saves) rank 0's BN statistics
+        metrics = _evaluate_all(unwrap(model), loaders, criterion, device, cfg)
         epoch_s = time.perf_counter() - epoch_start
         is_best = metrics["test/top1"] > best_top1
         if is_best:
@@ -495,12 +566,25 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
             epoch_s,
         )
         wall = wall_before + time.perf_counter() - start
-        ckpt = _checkpoint_state(
-            cfg, spec, model, optimizer, scheduler, scaler, epoch, best_top1, best_epoch, wall, last
-        )
-        save_checkpoint(run_dir / "last.pth", ckpt)
-        if is_best:
-            save_checkpoint(run_dir / "best.pth", ckpt)
+        rng_ranks = gather_rng_states() if ctx.enabled else None
+        if ctx.is_main:
+            ckpt = _checkpoint_state(
+                cfg,
+                spec,
+                model,
+                optimizer,
+                scheduler,
+                scaler,
+                epoch,
+                best_top1,
+                best_epoch,
+                wall,
+                last,
+                rng_ranks,
+            )
+            save_checkpoint(run_dir / "last.pth", ckpt)
+            if is_best:
+                save_checkpoint(run_dir / "best.pth", ckpt)
     writer.close()
 
     done = end_epoch
@@ -524,5 +608,6 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
         best_epoch,
         wall,
     )
-    print(json.dumps(summary), flush=True)
+    if ctx.is_main:
+        print(json.dumps(summary), flush=True)
     return summary

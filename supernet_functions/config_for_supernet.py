@@ -123,6 +123,11 @@ class SupernetConfig:
     # ---------------------------------------------------------------- run
     device: str = opt("auto", "auto | cpu | cuda")
     threads: int = opt(0, "CPU threads (0: torch's default)")
+    sync_bn: bool = opt(
+        False,
+        "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
+        "instead of each process's share (README: Multi-GPU and multi-node)",
+    )
     seed: int = opt(0, "seed of weights, split, batches and Gumbel noise")
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")

@@ -13,11 +13,20 @@ stepped: a weight step leaves every theta bitwise unchanged and a theta step eve
 Both phases run the network in training mode, so batch-norm running statistics (buffers, not
 parameters) follow the batches of either split, as in the original reproduction.
 Nothing is ever chosen on the test set: ``best.pth`` needs a held-out part of the training set.
+
+Under ``torchrun`` (:mod:`general_functions.distributed`) every process takes its share of each global
+batch. The weights train through DistributedDataParallel; the thetas are kept out of DDP, a theta step
+runs the plain module and averages the thetas' gradients with one all-reduce, so each phase reduces only
+the gradients it computed (DDP would otherwise wait for gradients the frozen set never gets). The
+global RNG is made equal on every process at the start of each phase, so the Gumbel sample shared by
+the batch, and with it the expected latency, is the same on every process. Metrics are averaged over
+the processes; only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import subprocess
@@ -33,13 +42,26 @@ from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import config_to_dict
 from general_functions.dataloaders import DataError, load_dataset, make_loader, split_train
+from general_functions.distributed import (
+    DistContext,
+    all_reduce_grads,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    local_main_first,
+    reduce_meters,
+    sync_buffers,
+    sync_rng_state,
+    unwrap,
+    wrap_model,
+)
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
 from general_functions.utils import (
     AverageMeter,
     accuracy,
     get_rng_state,
-    resolve_device,
     set_rng_state,
     set_seed,
     set_threads,
@@ -112,8 +134,11 @@ def _train_phase(
     max_steps: int = 0,
     progress: bool = False,
     desc: str = "",
+    grad_sync=None,
 ) -> dict[str, float]:
+    """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step."""
     model.train()
+    sync_rng_state(per_rank=_per_sample(model))  # the same shared Gumbel sample on every rank
     meters = {k: AverageMeter() for k in ("loss", "ce", "latency", "top1")}
     steps = len(loader) if not max_steps else min(max_steps, len(loader))
     with _trainable_only(trainable, frozen):
@@ -127,6 +152,8 @@ def _train_phase(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}")
             loss.backward()
+            if grad_sync is not None:
+                grad_sync()
             optimizer.step()
             n = y.shape[0]
             meters["loss"].update(loss.item(), n)
@@ -136,20 +163,29 @@ def _train_phase(
             bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", top1=f"{meters['top1'].avg:.1f}")
         bar.close()
     optimizer.zero_grad(set_to_none=True)
-    return {k: m.avg for k, m in meters.items()}
+    return reduce_meters(meters)  # over every process's images
+
+
+def _per_sample(model) -> bool:
+    """True when the Gumbel noise is drawn per example (then each rank draws its own)."""
+    return any(getattr(m, "per_sample", False) for m in unwrap(model).modules())
 
 
 def train_weights_epoch(
     model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
 ) -> dict[str, float]:
-    """One epoch of SGD on the weights over their split; the thetas are frozen."""
+    """One epoch of SGD on the weights over their split; the thetas are frozen.
+
+    Under DDP ``model`` is the wrapper, which averages the weights' gradients.
+    """
+    net = unwrap(model)
     return _train_phase(
         model,
         loader,
         criterion,
         optimizer,
-        model.weight_parameters(),
-        model.arch_parameters(),
+        net.weight_parameters(),
+        net.arch_parameters(),
         temperature,
         max_steps,
         progress,
@@ -160,18 +196,25 @@ def train_weights_epoch(
 def train_thetas_epoch(
     model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
 ) -> dict[str, float]:
-    """One epoch of Adam on the thetas over their split; the weights are frozen."""
+    """One epoch of Adam on the thetas over their split; the weights are frozen.
+
+    Under DDP the plain module runs (DDP handles the weights only) and the thetas' gradients are
+    averaged over the processes by one all-reduce before each step.
+    """
+    net = unwrap(model)
+    thetas = list(net.arch_parameters())
     return _train_phase(
-        model,
+        net,
         loader,
         criterion,
         optimizer,
-        model.arch_parameters(),
-        model.weight_parameters(),
+        thetas,
+        net.weight_parameters(),
         temperature,
         max_steps,
         progress,
         "thetas",
+        grad_sync=lambda: all_reduce_grads(thetas),
     )
 
 
@@ -180,7 +223,9 @@ def validate(
     model, loader, criterion, temperature, max_steps=0, progress=False
 ) -> dict[str, float]:
     """Loss and top-1 of the supernet (Gumbel mixing at ``temperature``) on held-out training data."""
+    model = unwrap(model)
     model.eval()
+    sync_rng_state(per_rank=_per_sample(model))
     meters = {k: AverageMeter() for k in ("loss", "ce", "top1")}
     for step, (x, y) in enumerate(tqdm(loader, desc="held-out", disable=not progress, leave=False)):
         if max_steps and step >= max_steps:
@@ -190,7 +235,7 @@ def validate(
         meters["loss"].update(loss.item(), y.shape[0])
         meters["ce"].update(ce.item(), y.shape[0])
         meters["top1"].update(accuracy(logits, y)[0], y.shape[0])
-    return {k: m.avg for k, m in meters.items()}
+    return reduce_meters(meters)
 
 
 # ---------------------------------------------------------------------------------- lookup table
@@ -299,28 +344,47 @@ def _thetas_state(model, epoch, cfg, lut, lut_source, run_dir) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------------- run
 def run(cfg: SupernetConfig) -> dict[str, Any]:
-    """Search: train weights and thetas as in the module docstring; returns the final summary."""
+    """Search: train weights and thetas as in the module docstring; returns the final summary.
+
+    Under ``torchrun`` every process calls this; they search together with DDP (one per GPU).
+    """
     _check_config(cfg)
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = init_distributed(cfg.device)
+    try:
+        summary = _run(cfg, ctx)
+        barrier()  # rank 0 has written its files before any process returns
+        return summary
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
+    device = ctx.device
+    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
+        cfg = dataclasses.replace(cfg, progress=False)
     ckpt = load_checkpoint(cfg.resume, stage=STAGE) if cfg.resume else None
     if ckpt is not None:
         _check_resume(cfg, ckpt["config"], cfg.resume)
     run_name = cfg.run_name or (Path(cfg.resume).parent.name if cfg.resume else "")
     log_dir = Path(cfg.resume).parent.parent if cfg.resume and not cfg.run_name else cfg.log_dir
-    run_dir = setup_run_dir(log_dir, run_name, prefix="supernet")
-    log = get_logger(run_dir, "fbnet.supernet")
+    made = setup_run_dir(log_dir, run_name, prefix="supernet") if ctx.is_main else None
+    run_dir = Path(broadcast_object(str(made) if made else None))  # rank 0 names the folder
+    log = get_logger(run_dir if ctx.is_main else None, "fbnet.supernet")
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)
     log.info("run folder %s, device %s", run_dir, device)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed)  # the same on every rank: the shared Gumbel sample comes from this stream
 
     # ---- data: held-out (optional) | weights | thetas, all from the training set
-    data = load_dataset(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.download,
-        fake_sizes=(cfg.fake_train_size, 64),
-        seed=cfg.seed,
-    )
+    with local_main_first(ctx):  # one download per machine
+        data = load_dataset(
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.download,
+            fake_sizes=(cfg.fake_train_size, 64),
+            seed=cfg.seed,
+        )
     train, held_out = data.train, None
     if cfg.val_fraction > 0:
         train, held_out = split_train(train, 1.0 - cfg.val_fraction, cfg.seed, cfg.train_limit)
@@ -344,6 +408,8 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
             data.std,
             seed=seed,
             workers=cfg.workers,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
 
     w_loader = loader(w_data, True, cfg.seed)
@@ -360,12 +426,16 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     # ---- table, model, loss, optimizers
     space = get_search_space(cfg.search_space)
     input_size = cfg.input_size or data.input_size
-    if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
-        lut, lut_source = load_table(Path(cfg.resume).parent / LUT_FILE), ckpt["lut_source"]
-    else:
-        lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
+    lut = lut_source = None
+    if ctx.is_main:  # rank 0 reads (or measures) the table and gives it to the others
+        if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
+            lut, lut_source = load_table(Path(cfg.resume).parent / LUT_FILE), ckpt["lut_source"]
+        else:
+            lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
+    lut, lut_source = broadcast_object((lut, lut_source))
     cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
-    lut.save(run_dir / LUT_FILE)
+    if ctx.is_main:
+        lut.save(run_dir / LUT_FILE)
     unit = lut.meta.get("unit", "ms")
     # metric names: latency_ms for a latency table in ms, else the table's cost (flops, params)
     cost_tag = f"latency_{unit}" if lut.cost == "latency" else lut.cost
@@ -409,10 +479,25 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         thetas_optimizer.load_state_dict(ckpt["optimizers"]["thetas"])
         w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
         start_epoch, best_top1 = ckpt["epoch"] + 1, ckpt["best_top1"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
         log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
-    atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-    writer = MetricWriter(run_dir, resume_step=start_epoch - 1 if ckpt is not None else None)
+    # DDP for the weights; the thetas stay out of it (see the module docstring)
+    ddp_model = wrap_model(model, ctx, ignore=list(model.arch_parameters()), sync_bn=cfg.sync_bn)
+    if ctx.enabled:
+        log.info(
+            "data-parallel: %d processes (%s), %d images per process of each global batch of %d",
+            ctx.world_size,
+            ctx.backend,
+            cfg.batch_size // ctx.world_size,
+            cfg.batch_size,
+        )
+    if ctx.is_main:
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+    writer = MetricWriter(
+        run_dir,
+        resume_step=start_epoch - 1 if ckpt is not None else None,
+        enabled=ctx.is_main,
+    )
 
     # ---- the loop
     last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
@@ -423,14 +508,20 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         w_lr = w_optimizer.param_groups[0]["lr"]
         w_loader.set_epoch(epoch)
         w_stats = train_weights_epoch(
-            model, w_loader, criterion, w_optimizer, temperature, cfg.steps_per_epoch, cfg.progress
+            ddp_model,
+            w_loader,
+            criterion,
+            w_optimizer,
+            temperature,
+            cfg.steps_per_epoch,
+            cfg.progress,
         )
         w_scheduler.step()
         values = {f"train_w/{k}": v for k, v in w_stats.items()}
         if epoch >= cfg.warmup_epochs:
             thetas_loader.set_epoch(epoch)
             t_stats = train_thetas_epoch(
-                model,
+                ddp_model,
                 thetas_loader,
                 criterion,
                 thetas_optimizer,
@@ -439,6 +530,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
                 cfg.progress,
             )
             values.update({f"train_thetas/{k}": v for k, v in t_stats.items()})
+        sync_buffers(model)  # rank 0's batch-norm statistics everywhere (evaluated and saved)
         held = None
         if held_loader is not None:
             held = validate(
@@ -458,7 +550,8 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         )
         writer.scalars(epoch, values)
         _log_thetas(writer, model, epoch, ops)
-        atomic_write_json(run_dir / THETAS_FILE, state)
+        if ctx.is_main:
+            atomic_write_json(run_dir / THETAS_FILE, state)
         log.info(
             "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s  E[LAT] %.4g %s  argmax %s",
             epoch + 1,
@@ -480,7 +573,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
         improved = held is not None and held["top1"] > best_top1
         if improved:
             best_top1 = held["top1"]
-        if cfg.save_checkpoints:
+        if cfg.save_checkpoints and ctx.is_main:
             ckpt_state = {
                 "stage": STAGE,
                 "epoch": epoch,
@@ -502,9 +595,12 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
                 save_checkpoint(run_dir / "best.pth", ckpt_state)
         summary = {"epoch": epoch, **values}
     writer.close()
-    if (run_dir / THETAS_FILE).is_file():
+    wrote = ctx.is_main and (run_dir / THETAS_FILE).is_file()
+    if wrote:
         _write_arch(run_dir)
-        summary.update(_latency_summary(run_dir, lut))
+    latency = broadcast_object(_latency_summary(run_dir, lut) if wrote else None)  # to every rank
+    if latency:
+        summary.update(latency)
         log.info(
             "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
             "softmax(thetas) %.5g; expected under uniform thetas %.5g",
