@@ -56,6 +56,14 @@ ATOL, RTOL = 2e-5, 1e-4
 
 
 # ----------------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The trainers' run(threads=1) sets torch's thread count; give the session its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -266,7 +274,8 @@ def scenario_supernet_steps(ctx: DistContext, frozen_bn: bool = True, steps: int
     )
 
     torch.manual_seed(ctx.rank)  # different weights and thetas: rank 0's must reach every rank
-    net = StochasticSuperNet("tiny", tiny_lut(), 10, 16)
+    ops = ("ir_k3_e1", "ir_k5_e3", "ir_k3_s2", "skip")  # a few candidates keep the test short
+    net = StochasticSuperNet("tiny", tiny_lut(), 10, 16, candidate_ops=ops)
     with torch.no_grad():
         for thetas in net.arch_parameters():
             thetas.normal_()
