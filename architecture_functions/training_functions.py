@@ -46,14 +46,12 @@ from general_functions.dataloaders import (
 )
 from general_functions.distributed import (
     DistContext,
-    barrier,
     broadcast_object,
-    cleanup_distributed,
     gather_rng_states,
-    init_distributed,
     local_main_first,
     reduce_meters,
     restore_rng_states,
+    run_in_context,
     sync_buffers,
     unwrap,
     wrap_model,
@@ -422,13 +420,7 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
     Under ``torchrun`` every process calls this; they train together with DDP (one per GPU).
     """
     set_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        summary = _run(cfg, ctx)
-        barrier()  # rank 0 has written its files before any process returns
-        return summary
-    finally:
-        cleanup_distributed(ctx)
+    return run_in_context(_run, cfg, cfg.device)
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:

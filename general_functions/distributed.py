@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .utils import AverageMeter, get_rng_state, resolve_device, set_rng_state
 
 __all__ = [
+    "run_in_context",
     "DistContext",
     "all_reduce_grads",
     "all_reduce_sum",
@@ -153,6 +154,21 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistCon
         backend,
     )
     return ctx
+
+
+def run_in_context(run_fn, cfg, device: str = "auto"):
+    """``run_fn(cfg, ctx)`` inside this process's distributed context, then a barrier and clean-up.
+
+    Without torchrun the context is a one-process no-op. The barrier makes sure rank 0 has written its
+    files before any process returns.
+    """
+    ctx = init_distributed(device)
+    try:
+        result = run_fn(cfg, ctx)
+        barrier()
+        return result
+    finally:
+        cleanup_distributed(ctx)
 
 
 def cleanup_distributed(ctx: DistContext) -> None:

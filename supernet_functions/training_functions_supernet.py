@@ -45,12 +45,10 @@ from general_functions.dataloaders import DataError, load_dataset, make_loader, 
 from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
-    barrier,
     broadcast_object,
-    cleanup_distributed,
-    init_distributed,
     local_main_first,
     reduce_meters,
+    run_in_context,
     sync_buffers,
     sync_rng_state,
     unwrap,
@@ -350,13 +348,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     """
     _check_config(cfg)
     set_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        summary = _run(cfg, ctx)
-        barrier()  # rank 0 has written its files before any process returns
-        return summary
-    finally:
-        cleanup_distributed(ctx)
+    return run_in_context(_run, cfg, cfg.device)
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
