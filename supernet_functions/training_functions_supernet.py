@@ -474,7 +474,14 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
         log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
     # DDP for the weights; the thetas stay out of it (see the module docstring)
-    ddp_model = wrap_model(model, ctx, ignore=list(model.arch_parameters()), sync_bn=cfg.sync_bn)
+    # hard Gumbel runs only the sampled op, so the other ops' weights get no gradient in a step
+    ddp_model = wrap_model(
+        model,
+        ctx,
+        ignore=list(model.arch_parameters()),
+        sync_bn=cfg.sync_bn,
+        find_unused_parameters=cfg.mixing == "hard_gumbel",
+    )
     if ctx.enabled:
         log.info(
             "data-parallel: %d processes (%s), %d images per process of each global batch of %d",
