@@ -141,9 +141,8 @@ def build_parser(
         kwargs: dict[str, Any] = {"default": None, "help": _help(f), "metavar": name.upper()}
         if f.metadata.get("choices"):
             kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
-        if (
-            _base_type(f.type)[0] is bool
-        ):  # a bare ``--flag`` means True; ``--flag False`` works too
+        # a bare ``--flag`` means True; ``--flag False`` works too
+        if _base_type(f.type)[0] is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         group.add_argument(f"--{name}", **kwargs)
     return parser
