@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from general_functions.config_utils import config_from_dict
@@ -17,13 +16,7 @@ from supernet_functions.training_functions_supernet import run
 OPS = list(CANDIDATE_OPS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,13 +22,7 @@ from supernet_functions.training_functions_supernet import (
 OPS = list(CANDIDATE_OPS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lut(space: str = "tiny", slow_op: str | None = None, factor: float = 100.0):

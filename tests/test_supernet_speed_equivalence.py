@@ -23,14 +23,7 @@ from supernet_functions.training_functions_supernet import train_thetas_epoch, t
 SPACE, SIZE, BATCH = "tiny", 8, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tiny ops gain nothing from two, and on a loaded machine two OpenMP threads
-    waiting on each other made these tests ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Costs:
