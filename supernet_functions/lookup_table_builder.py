@@ -20,9 +20,9 @@ How latency is measured (:func:`build_lut`), and why:
   of the machine that lasts less than half the build then moves no entry.
 - eval mode, ``torch.inference_mode()``, a fixed thread count, an untimed warm-up round (oneDNN builds
   its kernels on first use), each network run ``warmup`` times untimed and ``reps`` times timed (the
-  fastest rep of each part is kept: other load on the machine only ever adds time),
-  ``torch.cuda.synchronize`` after every part on CUDA. The validation times whole networks with the
-  same statistics (:mod:`supernet_functions.lut_validation`).
+  fastest rep of each part is kept: other load on the machine only ever adds time); on CUDA, events
+  between the parts and one synchronisation per pass (:func:`time_parts`). The validation times whole
+  networks with the same statistics (:mod:`supernet_functions.lut_validation`).
 
 :func:`measure_op_latency` times a single module in isolation with ``torch.utils.benchmark``; it serves
 quick checks and the ``isolated`` method, kept for comparison.
@@ -83,6 +83,7 @@ __all__ = [
     "network_parts",
     "num_threads",
     "round_speed",
+    "time_parts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -383,11 +384,6 @@ def num_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_op_latency(
     module: nn.Module,
     x: torch.Tensor,
@@ -452,15 +448,29 @@ def network_parts(model: FBNet) -> tuple[dict[str, nn.Module], list[nn.Module]]:
     return fixed, list(model.blocks)
 
 
-def _timed_pass(
+def time_parts(
     parts: Sequence[nn.Module], x: torch.Tensor, device: torch.device, clock: Callable[[], float]
 ) -> list[float]:
-    """Run ``parts`` in sequence, reading the clock between them; seconds per part."""
+    """Run ``parts`` in sequence, timing each; seconds per part, which add up to the whole pass.
+
+    CPU: the clock is read between parts. CUDA: a CUDA event is recorded between parts and the GPU is
+    synchronised once, after the last part, so the kernels queue as in a normal forward pass (launching
+    overlaps running). A part's time is its span of the GPU's timeline, including the time the GPU
+    waits for the part's launches; a synchronisation after every part would instead add each part's
+    launch and round-trip time in full, which a batch-1 network on a GPU never pays in sequence.
+    """
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(parts) + 1)]
+        events[0].record()
+        for part, event in zip(parts, events[1:]):
+            x = part(x)
+            event.record()
+        events[-1].synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
     times = []
     t0 = clock()
     for part in parts:
         x = part(x)
-        _sync(device)
         t1 = clock()
         times.append(t1 - t0)
         t0 = t1
@@ -649,8 +659,8 @@ def _build_in_network(
                 fixed_parts["classifier"],
             ]
             for _ in range(warmup):
-                _timed_pass(parts, x, dev, clock)
-            passes = np.array([_timed_pass(parts, x, dev, clock) for _ in range(reps)]) * 1e3
+                time_parts(parts, x, dev, clock)
+            passes = np.array([time_parts(parts, x, dev, clock) for _ in range(reps)]) * 1e3
             per_part = passes.min(axis=0)  # other load only ever adds time: the fastest rep
             op_ms[np.arange(num_layers), choice] = per_part[1 : 1 + num_layers]
             fixed_ms[:, j] = [per_part[0], *per_part[1 + num_layers :]]

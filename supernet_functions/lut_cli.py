@@ -40,7 +40,11 @@ class LUTConfig:
     input_size: int = opt(0, "input side in pixels; 0 = the search space's default")
     batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
     cnt_classes: int = opt(0, "classifier width; 0 = 10 for inputs up to 64 px, else 1000")
-    device: str = opt("cpu", "cpu | cuda | auto", choices=("cpu", "cuda", "auto"))
+    device: str = opt(
+        "",
+        "cpu | cuda | auto; empty: build on the CPU, validate on the table's own device",
+        choices=("", "cpu", "cuda", "auto"),
+    )
     threads: int = opt(
         0,
         "CPU threads for measuring, recorded in the table; 0 = build: every core, validate: the table's",
@@ -80,7 +84,7 @@ def _build(cfg: LUTConfig, log: logging.Logger) -> LatencyLookupTable:
     if cfg.cost != "latency":
         return build_cost_table(cfg.cost, **kwargs)
     return build_lut(
-        device=cfg.device,
+        device=cfg.device or "cpu",
         threads=cfg.threads or os.cpu_count() or 1,
         rounds=cfg.rounds,
         time_budget_s=cfg.time_budget_s,
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
                 num_archs=cfg.num_archs,
                 seed=cfg.seed,
                 include_named=cfg.named_archs,
-                device=cfg.device if lut.cost == "latency" else "cpu",
+                device=(cfg.device or None) if lut.cost == "latency" else "cpu",
                 threads=cfg.threads or None,
                 rounds=cfg.val_rounds,
                 reps=cfg.reps,

@@ -3,10 +3,11 @@
 :func:`validate_lut` samples architectures uniformly from the table's search space (plus the named ones
 that fit it), builds each as a real :class:`FBNet`, and measures it:
 
-- latency: ``model(x)`` end to end (eval, inference mode, the table's thread count and batch size) with
-  the build's statistics: the architectures are measured in interleaved rounds (every architecture once
-  per round, in a fresh random order, one untimed pass then the fastest of ``reps`` timed passes), each
-  round scaled to the typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
+- latency: ``model(x)`` end to end (eval, inference mode, the table's device, thread count and batch
+  size; on CUDA between two CUDA events, as the build times its parts) with the build's statistics:
+  the architectures are measured in interleaved rounds (every architecture once per round, in a fresh
+  random order, one untimed pass then the fastest of ``reps`` timed passes), each round scaled to the
+  typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
   is its median over rounds;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
@@ -25,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -36,11 +36,18 @@ from fbnet_building_blocks.summary import count_params
 from general_functions.io_utils import atomic_write, atomic_write_json
 from general_functions.utils import resolve_device
 
-from .lookup_table_builder import LatencyLookupTable, _sync, load_average, num_threads, round_speed
+from .lookup_table_builder import (
+    LatencyLookupTable,
+    load_average,
+    num_threads,
+    round_speed,
+    time_parts,
+)
 
 __all__ = [
     "build_network",
     "compare",
+    "kendall_tau",
     "measure_latencies",
     "named_archs",
     "plot_report",
@@ -112,12 +119,7 @@ def measure_latencies(
                 model = models[i]
                 for _ in range(warmup):
                     model(x)
-                passes = []
-                for _ in range(reps):
-                    t0 = clock()
-                    model(x)
-                    _sync(x.device)
-                    passes.append(clock() - t0)
+                passes = [time_parts([model], x, x.device, clock)[0] for _ in range(reps)]
                 ms[r, i] = min(passes) * 1e3
     speed = round_speed(ms)
     scale = 1.0 / speed if normalize_rounds else np.ones(rounds)
@@ -139,14 +141,36 @@ def _count_macs(model: torch.nn.Module, input_size: int, batch_size: int) -> flo
     return counter.get_total_flops() / 2 / batch_size
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they span."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):  # average the ranks of tied values
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b: (concordant - discordant) pairs over the pairs untied in x and in y."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    untied_x, untied_y = np.count_nonzero(dx), np.count_nonzero(dy)
+    if untied_x == 0 or untied_y == 0:
+        return float("nan")
+    return float(np.sum(dx * dy) / np.sqrt(untied_x * untied_y))
+
+
 def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """Pearson r, Kendall tau, Spearman rho, MAPE, max APE and mean signed error (percent)."""
+    """Pearson r, Kendall tau-b, Spearman rho, MAPE, max APE and mean signed error (percent)."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     err = (p - m) / m * 100.0
     return {
-        "pearson_r": float(stats.pearsonr(p, m)[0]),
-        "kendall_tau": float(stats.kendalltau(p, m)[0]),
-        "spearman_rho": float(stats.spearmanr(p, m)[0]),
+        "pearson_r": float(np.corrcoef(p, m)[0, 1]),
+        "kendall_tau": kendall_tau(p, m),
+        "spearman_rho": float(np.corrcoef(_ranks(p), _ranks(m))[0, 1]),
         "mape_percent": float(np.mean(np.abs(err))),
         "max_ape_percent": float(np.max(np.abs(err))),
         "mean_signed_error_percent": float(np.mean(err)),
@@ -158,7 +182,7 @@ def validate_lut(
     num_archs: int = 20,
     seed: int = 0,
     include_named: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     threads: int | None = None,
     rounds: int = 15,
     reps: int = 3,
@@ -167,14 +191,25 @@ def validate_lut(
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
 
-    For a latency table the device and thread count default to the table's own.
+    The device and thread count default to the table's own (counted tables: the CPU); validating
+    on another device or thread count than the table's is allowed, with a warning.
     """
     meta = lut.meta
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
         raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")
     cost = lut.cost
+    if device is None:
+        device = meta.get("device", "cpu") if cost == "latency" else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"the table {lut.path or ''} was measured on CUDA ({meta.get('device_name')}) and "
+                "torch sees no CUDA device here: validate it on its own device (or pass --device cpu "
+                "to compare it with this machine anyway)"
+            )
     dev = resolve_device(device)
+    if cost == "latency" and meta.get("device") not in (None, dev.type):
+        logger.warning("validating on %s a table measured on %s", dev.type, meta["device"])
     if threads is None:
         threads = meta.get("threads") or torch.get_num_threads()
     elif cost == "latency" and meta.get("threads") and threads != meta["threads"]:

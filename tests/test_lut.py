@@ -3,12 +3,13 @@ that match what a real network gives, and small measurements that run fast on CP
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
 from fbnet_building_blocks.fbnet_builder import FBNet
-from fbnet_building_blocks.search_space import get_search_space
+from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 from fbnet_building_blocks.summary import count_params, model_summary
 from supernet_functions.lookup_table_builder import (
     LatencyLookupTable,
@@ -23,6 +24,7 @@ from supernet_functions.lut_cli import main as lut_main
 from supernet_functions.lut_validation import (
     build_network,
     compare,
+    kendall_tau,
     named_archs,
     sample_archs,
     validate_lut,
@@ -209,6 +211,15 @@ def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
         assert arch["measured"] > 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_cuda_table_is_validated_on_cuda_or_refused_clearly(tiny_lut):
+    cuda_table = LatencyLookupTable({**tiny_lut.meta, "device": "cuda"}, tiny_lut.layers)
+    with pytest.raises(RuntimeError, match="measured on CUDA"):
+        validate_lut(cuda_table, num_archs=3, progress=False)
+    report = validate_lut(cuda_table, num_archs=3, device="cpu", rounds=1, reps=1, progress=False)
+    assert report["validation"]["device"] == "cpu"  # asked for explicitly: compared anyway
+
+
 def test_flops_and_params_tables_match_whole_networks(fbnet_flops, tiny_lut):
     flops = build_cost_table("flops", "tiny")
     params = build_cost_table("params", "tiny")
@@ -248,6 +259,20 @@ def test_compare_metrics():
     assert m["mape_percent"] == pytest.approx(10 / 3)
     assert m["kendall_tau"] == pytest.approx(1.0)
     assert compare([3, 2, 1], [1, 2, 3])["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_rank_statistics_by_hand():
+    # one discordant pair of six: tau = (5 - 1) / 6; rank differences (0, 1, 1, 0): rho = 1 - 6*2/60
+    m = compare([1, 2, 3, 4], [1, 3, 2, 4])
+    assert m["kendall_tau"] == pytest.approx(4 / 6)
+    assert m["spearman_rho"] == pytest.approx(0.8)
+    # a tie in x: 5 concordant pairs, tau-b = 5 / sqrt(5 * 6); tied ranks are averaged (1.5, 1.5)
+    assert kendall_tau([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / 30**0.5)
+    rx, ry = np.array([1.5, 1.5, 3, 4]), np.arange(1, 5)
+    rho = np.sum((rx - rx.mean()) * (ry - ry.mean())) / np.sqrt(
+        np.sum((rx - rx.mean()) ** 2) * np.sum((ry - ry.mean()) ** 2)
+    )
+    assert compare([1, 1, 2, 3], [1, 2, 3, 4])["spearman_rho"] == pytest.approx(rho)
 
 
 def test_parts_in_sequence_equal_the_network():
@@ -291,3 +316,16 @@ def test_cli_refuses_bad_table_clearly(tmp_path):
     path = _write(tmp_path, '{"meta": {"search_space": "tiny"')
     with pytest.raises(SystemExit, match="is truncated"):
         lut_main(["--train_or_sample", "validate_lut", "--lut_path", str(path)])
+
+
+def test_committed_tables_load_and_fit_the_paper_search_space():
+    from supernet_functions.lookup_table_builder import LUT_DIR
+
+    tables = [p for p in LUT_DIR.glob("*.json") if "." not in p.stem]  # not *.validation_1 etc.
+    assert {"fbnet_32_cpu.json", "fbnet_224_cpu.json", "fbnet_224_cuda.json"} <= {
+        p.name for p in tables
+    }
+    for path in tables:
+        lut = LatencyLookupTable.load(path)
+        lut.check_compatible("fbnet", lut.meta["input_size"], CANDIDATE_OPS)
+        assert lut.meta["cost"] in ("latency", "flops", "params"), path
