@@ -129,6 +129,10 @@ class SupernetConfig:
         "instead of each process's share (README: Multi-GPU and multi-node)",
     )
     seed: int = opt(0, "seed of weights, split, batches and Gumbel noise")
+    deterministic: bool = opt(
+        False,
+        "deterministic algorithms: on CUDA slower, but a resumed run repeats the uninterrupted one",
+    )
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
     resume: str = opt("", "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth)")

@@ -366,7 +366,9 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     if not ctx.is_main:
         log.setLevel(logging.WARNING)
     log.info("run folder %s, device %s", run_dir, device)
-    set_seed(cfg.seed)  # the same on every rank: the shared Gumbel sample comes from this stream
+    set_seed(
+        cfg.seed, cfg.deterministic
+    )  # the same on every rank: the shared Gumbel sample comes from this stream
 
     # ---- data: held-out (optional) | weights | thetas, all from the training set
     with local_main_first(ctx):  # one download per machine
@@ -442,7 +444,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         device,
         channels_last=cfg.channels_last != "off",
         trim_kernels=cfg.trim_kernels,
-        cudnn_benchmark=cfg.cudnn_benchmark,
+        cudnn_benchmark=cfg.cudnn_benchmark and not cfg.deterministic,
         amp=cfg.amp,
     )
     criterion = SupernetLoss(
