@@ -5,6 +5,8 @@ from pathlib import Path
 # Idle OpenMP threads must sleep, not spin: on a small shared machine a spinning thread can make small
 # ops many times slower while anything else runs. Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# cuBLAS repeats its results only with a fixed workspace (read when CUDA starts; unused on the CPU)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
