@@ -137,18 +137,21 @@ def main(argv: list[str] | None = None) -> dict:
             out = {"lut_path": str(path), "description": lut.describe(), "meta": lut.meta}
         else:
             log.info("validating %s: %s", path, lut.describe())
-            report = validate_lut(
-                lut,
-                num_archs=cfg.num_archs,
-                seed=cfg.seed,
-                include_named=cfg.named_archs,
-                device=(cfg.device or None) if lut.cost == "latency" else "cpu",
-                threads=cfg.threads or None,
-                rounds=cfg.val_rounds,
-                reps=cfg.reps,
-                normalize_rounds=cfg.normalize_rounds,
-                progress=cfg.progress,
-            )
+            try:
+                report = validate_lut(
+                    lut,
+                    num_archs=cfg.num_archs,
+                    seed=cfg.seed,
+                    include_named=cfg.named_archs,
+                    device=(cfg.device or None) if lut.cost == "latency" else "cpu",
+                    threads=cfg.threads or None,
+                    rounds=cfg.val_rounds,
+                    reps=cfg.reps,
+                    normalize_rounds=cfg.normalize_rounds,
+                    progress=cfg.progress,
+                )
+            except LUTError as err:  # e.g. a CUDA table on a machine without CUDA
+                raise SystemExit(f"error: {err}") from None
             report_json, report_png = report_paths(cfg)
             save_report(report, report_json)
             plot_report(report, report_png)

@@ -38,6 +38,7 @@ from general_functions.utils import resolve_device
 
 from .lookup_table_builder import (
     LatencyLookupTable,
+    LUTError,
     load_average,
     num_threads,
     round_speed,
@@ -202,7 +203,7 @@ def validate_lut(
     if device is None:
         device = meta.get("device", "cpu") if cost == "latency" else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
+            raise LUTError(
                 f"the table {lut.path or ''} was measured on CUDA ({meta.get('device_name')}) and "
                 "torch sees no CUDA device here: validate it on its own device (or pass --device cpu "
                 "to compare it with this machine anyway)"

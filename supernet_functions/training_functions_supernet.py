@@ -366,9 +366,8 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     if not ctx.is_main:
         log.setLevel(logging.WARNING)
     log.info("run folder %s, device %s", run_dir, device)
-    set_seed(
-        cfg.seed, cfg.deterministic
-    )  # the same on every rank: the shared Gumbel sample comes from this stream
+    # the same seed on every rank: the shared Gumbel sample comes from this stream
+    set_seed(cfg.seed, cfg.deterministic)
 
     # ---- data: held-out (optional) | weights | thetas, all from the training set
     with local_main_first(ctx):  # one download per machine

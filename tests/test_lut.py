@@ -212,12 +212,16 @@ def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
-def test_a_cuda_table_is_validated_on_cuda_or_refused_clearly(tiny_lut):
+def test_a_cuda_table_is_validated_on_cuda_or_refused_clearly(tiny_lut, tmp_path):
     cuda_table = LatencyLookupTable({**tiny_lut.meta, "device": "cuda"}, tiny_lut.layers)
-    with pytest.raises(RuntimeError, match="measured on CUDA"):
+    with pytest.raises(LUTError, match="measured on CUDA"):
         validate_lut(cuda_table, num_archs=3, progress=False)
     report = validate_lut(cuda_table, num_archs=3, device="cpu", rounds=1, reps=1, progress=False)
     assert report["validation"]["device"] == "cpu"  # asked for explicitly: compared anyway
+    path = tmp_path / "cuda.json"
+    cuda_table.save(path)
+    with pytest.raises(SystemExit, match="error: the table .* measured on CUDA"):
+        lut_main(["--train_or_sample", "validate_lut", "--lut_path", str(path), "--num_archs", "3"])
 
 
 def test_flops_and_params_tables_match_whole_networks(fbnet_flops, tiny_lut):
