@@ -83,6 +83,7 @@ __all__ = [
     "network_parts",
     "num_threads",
     "round_speed",
+    "SpeedProbes",
     "time_parts",
 ]
 
@@ -477,6 +478,59 @@ def time_parts(
     return times
 
 
+class SpeedProbes:
+    """Two fixed CPU workloads timed once per round, to record the machine's state beside the timings.
+
+    ``memory``: copying a 64 MiB float32 tensor (far larger than the caches: memory-bound).
+    ``compute``: a 128x128 float32 matrix product, 8 times over (cache-resident: compute-bound).
+    A table stores their medians over its build; a validation measures them again, so its report can
+    say whether memory or compute ran at another speed than during the build (this project's VM has
+    phases of minutes in which some kinds of op run slower than others; README, "Latency lookup
+    table"). On CUDA nothing is probed (``measure`` returns an empty dict).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == "cpu"
+        if self.enabled:
+            self.src = torch.ones(16 * 2**20)  # 64 MiB
+            self.dst = torch.empty_like(self.src)
+            self.a = torch.rand(128, 128)
+        self.samples: dict[str, list[float]] = {"memory_ms": [], "compute_ms": []}
+
+    def measure(self) -> dict[str, float]:
+        """Time both workloads (the fastest of 3 each), remember and return them in ms."""
+        if not self.enabled:
+            return {}
+        clock = time.perf_counter
+        times = {}
+        for name, work in (("memory_ms", self._copy), ("compute_ms", self._matmul)):
+            runs = []
+            for _ in range(3):
+                t0 = clock()
+                work()
+                runs.append((clock() - t0) * 1e3)
+            times[name] = min(runs)
+            self.samples[name].append(times[name])
+        return times
+
+    def _copy(self) -> None:
+        self.dst.copy_(self.src)
+
+    def _matmul(self) -> None:
+        b = self.a
+        for _ in range(8):
+            b = self.a @ b
+
+    def summary(self) -> dict[str, float]:
+        """Median, min and max of each probe over the rounds measured (empty when none)."""
+        out = {}
+        for name, values in self.samples.items():
+            if values:
+                out[name] = round(float(np.median(values)), 4)
+                out[name + "_range"] = [round(min(values), 4), round(max(values), 4)]
+        return out
+
+
 def _common_meta(
     space: SearchSpace,
     input_size: int,
@@ -643,6 +697,7 @@ def _build_in_network(
     num_layers, k = space.num_layers, len(candidate_ops)
     clock = time.perf_counter
     fixed_names = list(fixed_parts)
+    probes = SpeedProbes(dev)
 
     def run_round() -> tuple[np.ndarray, np.ndarray]:
         """One Latin square: per (layer, op) time and per fixed part (median over its k networks)."""
@@ -671,6 +726,7 @@ def _build_in_network(
         t0 = clock()
         results = [run_round()]
         round_s = clock() - t0
+        probes.measure()
         by_budget = rounds <= 0
         if by_budget:  # an estimate for the progress bar; the budget itself decides when to stop
             left = time_budget_s - (clock() - start)
@@ -680,6 +736,7 @@ def _build_in_network(
             if by_budget and len(results) >= min_rounds and clock() - start >= time_budget_s:
                 break  # a busy machine slows rounds down: stop on time, not on the estimate
             results.append(run_round())
+            probes.measure()
             bar.update()
         bar.close()
         rounds = len(results)
@@ -709,6 +766,8 @@ def _build_in_network(
             "frac_slower_10pct": round(float(np.mean(speed > 1.1)), 3),
         },
     }
+    if probes.enabled:
+        info["probes"] = probes.summary()
     return layers, fixed, info
 
 

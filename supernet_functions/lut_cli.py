@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("wrote %s: %s", path, lut.describe())
         if lut.cost == "latency":
             log.info("round speed: %s", lut.meta.get("round_speed"))
+            log.info("speed probes (ms): %s", lut.meta.get("probes"))
             log.info("fastest op per layer: %s", " ".join(lut.fastest_ops()))
         out = {
             "lut_path": str(path),
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
             keys = ("pearson_r", "kendall_tau", "spearman_rho", "mape_percent", "max_ape_percent")
             out = {k: report[k] for k in keys}
             out.update(num_archs=report["num_archs"], cost=report["cost"], report=str(report_json))
+            # the machine's memory / compute speed now against the build's (> 1: slower now)
+            out.update({k: v for k, v in report["validation"].items() if k.startswith("probe_")})
     print(json.dumps(out), flush=True)
     return out
 

@@ -39,6 +39,7 @@ from general_functions.utils import resolve_device
 from .lookup_table_builder import (
     LatencyLookupTable,
     LUTError,
+    SpeedProbes,
     load_average,
     num_threads,
     round_speed,
@@ -112,6 +113,7 @@ def measure_latencies(
     rng = np.random.default_rng(seed)
     clock = time.perf_counter
     ms = np.zeros((rounds, len(models)))
+    probes = SpeedProbes(x.device)
     with torch.inference_mode():
         for m in models:  # untimed warm-up of every network
             m(x)
@@ -122,6 +124,7 @@ def measure_latencies(
                     model(x)
                 passes = [time_parts([model], x, x.device, clock)[0] for _ in range(reps)]
                 ms[r, i] = min(passes) * 1e3
+            probes.measure()
     speed = round_speed(ms)
     scale = 1.0 / speed if normalize_rounds else np.ones(rounds)
     scaled = ms * scale[:, None]
@@ -130,6 +133,8 @@ def measure_latencies(
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
     }
+    if probes.enabled:
+        info["probes"] = probes.summary()
     return q50, q75 - q25, info
 
 
@@ -162,6 +167,17 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     if untied_x == 0 or untied_y == 0:
         return float("nan")
     return float(np.sum(dx * dy) / np.sqrt(untied_x * untied_y))
+
+
+def _probe_ratios(build: dict | None, now: dict | None) -> dict[str, float]:
+    """This validation's probe times over the build's (> 1: slower now); empty if either is missing."""
+    if not build or not now:
+        return {}
+    return {
+        f"probe_{name[: -len('_ms')]}_vs_build": round(now[name] / build[name], 3)
+        for name in ("memory_ms", "compute_ms")
+        if name in build and name in now
+    }
 
 
 def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -241,6 +257,7 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, pr
             models, x, rounds, reps, 1, normalize_rounds, seed, progress
         )
         info.update(load_average_before=load_before, load_average_after=load_average())
+        info.update(_probe_ratios(meta.get("probes"), info.get("probes")))
     elif cost == "flops":
         measured = np.array([_count_macs(m, size, batch) / 1e6 for m in models])
         spread = np.zeros(len(models))

@@ -14,6 +14,7 @@ from fbnet_building_blocks.summary import count_params, model_summary
 from supernet_functions.lookup_table_builder import (
     LatencyLookupTable,
     LUTError,
+    SpeedProbes,
     build_cost_table,
     build_lut,
     lut_key,
@@ -333,3 +334,27 @@ def test_committed_tables_load_and_fit_the_paper_search_space():
         lut = LatencyLookupTable.load(path)
         lut.check_compatible("fbnet", lut.meta["input_size"], CANDIDATE_OPS)
         assert lut.meta["cost"] in ("latency", "flops", "params"), path
+
+
+def test_speed_probes_are_stored_with_the_table_and_compared_by_the_validation(tiny_lut):
+    probes = tiny_lut.meta["probes"]  # one sample per timed round of the build
+    assert probes["memory_ms"] > 0 and probes["compute_ms"] > 0
+    lo, hi = probes["memory_ms_range"]
+    assert lo <= probes["memory_ms"] <= hi
+    report = validate_lut(tiny_lut, num_archs=3, rounds=2, reps=1, progress=False)
+    v = report["validation"]
+    assert v["probes"]["memory_ms"] > 0
+    assert v["probe_memory_vs_build"] == pytest.approx(
+        v["probes"]["memory_ms"] / probes["memory_ms"], rel=1e-2
+    )
+    assert "probe_compute_vs_build" in v
+
+
+def test_speed_probes_time_real_work_and_skip_cuda():
+    probes = SpeedProbes(torch.device("cpu"))
+    first = probes.measure()
+    assert set(first) == {"memory_ms", "compute_ms"} and min(first.values()) > 0
+    probes.measure()
+    assert len(probes.samples["memory_ms"]) == 2
+    assert torch.equal(probes.dst, probes.src)  # the copy really ran
+    assert SpeedProbes(torch.device("meta")).measure() == {}
