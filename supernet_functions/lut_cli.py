@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
             out.update(num_archs=report["num_archs"], cost=report["cost"], report=str(report_json))
             # the machine's memory / compute speed now against the build's (> 1: slower now)
             out.update({k: v for k, v in report["validation"].items() if k.startswith("probe_")})
+            if report["validation"].get("conditions_differ"):
+                out["conditions_differ"] = report["validation"]["conditions_differ"]
     print(json.dumps(out), flush=True)
     return out
 

@@ -180,6 +180,19 @@ def _probe_ratios(build: dict | None, now: dict | None) -> dict[str, float]:
     }
 
 
+def _conditions_differ(ratios: dict[str, float], tolerance: float = 0.1) -> list[str]:
+    """The probes that ran more than ``tolerance`` faster or slower than during the build."""
+    differ = [k for k, v in ratios.items() if abs(v - 1.0) > tolerance]
+    for name in differ:
+        logger.warning(
+            "%s = %.2f: the machine ran at another speed than while the table was built, so this "
+            "validation's errors include that difference",
+            name,
+            ratios[name],
+        )
+    return differ
+
+
 def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
     """Pearson r, Kendall tau-b, Spearman rho, MAPE, max APE and mean signed error (percent)."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
@@ -257,7 +270,9 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, pr
             models, x, rounds, reps, 1, normalize_rounds, seed, progress
         )
         info.update(load_average_before=load_before, load_average_after=load_average())
-        info.update(_probe_ratios(meta.get("probes"), info.get("probes")))
+        ratios = _probe_ratios(meta.get("probes"), info.get("probes"))
+        # flagged, not corrected: a probe is not a model of how each op depends on the machine's state
+        info.update(ratios, conditions_differ=_conditions_differ(ratios))
     elif cost == "flops":
         measured = np.array([_count_macs(m, size, batch) / 1e6 for m in models])
         spread = np.zeros(len(models))

@@ -348,6 +348,11 @@ def test_speed_probes_are_stored_with_the_table_and_compared_by_the_validation(t
         v["probes"]["memory_ms"] / probes["memory_ms"], rel=1e-2
     )
     assert "probe_compute_vs_build" in v
+    # a table whose build saw a memory copy 100x faster: the validation flags the difference
+    fast_build = {**probes, "memory_ms": probes["memory_ms"] / 100}
+    odd = LatencyLookupTable({**tiny_lut.meta, "probes": fast_build}, tiny_lut.layers)
+    flagged = validate_lut(odd, num_archs=3, rounds=1, reps=1, progress=False)["validation"]
+    assert "probe_memory_vs_build" in flagged["conditions_differ"]
 
 
 def test_speed_probes_time_real_work_and_skip_cuda():
