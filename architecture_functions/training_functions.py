@@ -481,13 +481,7 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
         log.info("resumed %s at the end of epoch %d", cfg.resume, start_epoch)
     model = wrap_model(model, ctx, sync_bn=cfg.sync_bn)  # DDP under torchrun, else the model
     if ctx.enabled:
-        log.info(
-            "data-parallel: %d processes (%s), %d images per process of each global batch of %d",
-            ctx.world_size,
-            ctx.backend,
-            cfg.batch_size // ctx.world_size,
-            cfg.batch_size,
-        )
+        log.info(ctx.describe(cfg.batch_size))
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "architecture %s (search space %s), %.2fM parameters | %d training batches of %d, "

@@ -88,6 +88,13 @@ class DistContext:
         """Rank 0: the only process that writes logs, TensorBoard, checkpoints and architectures."""
         return self.rank == 0
 
+    def describe(self, batch_size: int) -> str:
+        """One log line: the processes and each one's share of a global batch of ``batch_size``."""
+        return (
+            f"data-parallel: {self.world_size} processes ({self.backend}), "
+            f"{batch_size // self.world_size} images per process of each global batch of {batch_size}"
+        )
+
 
 def launched_by_torchrun() -> bool:
     """True when torchrun (or anything that sets its variables) started this process."""

@@ -484,13 +484,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         find_unused_parameters=cfg.mixing == "hard_gumbel",
     )
     if ctx.enabled:
-        log.info(
-            "data-parallel: %d processes (%s), %d images per process of each global batch of %d",
-            ctx.world_size,
-            ctx.backend,
-            cfg.batch_size // ctx.world_size,
-            cfg.batch_size,
-        )
+        log.info(ctx.describe(cfg.batch_size))
     if ctx.is_main:
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
     writer = MetricWriter(
