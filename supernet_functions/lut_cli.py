@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                     num_archs=cfg.num_archs,
                     seed=cfg.seed,
                     include_named=cfg.named_archs,
-                    device=(cfg.device or None) if lut.cost == "latency" else "cpu",
+                    device=cfg.device or None,
                     threads=cfg.threads or None,
                     rounds=cfg.val_rounds,
                     reps=cfg.reps,

@@ -221,16 +221,19 @@ def validate_lut(
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
 
-    The device and thread count default to the table's own (counted tables: the CPU); validating
-    on another device or thread count than the table's is allowed, with a warning.
+    The device and thread count default to the table's own; validating on another device or thread
+    count than the table's is allowed, with a warning. Counted tables (FLOPs, parameters) are always
+    counted on the CPU's meta device.
     """
     meta = lut.meta
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
         raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")
     cost = lut.cost
-    if device is None:
-        device = meta.get("device", "cpu") if cost == "latency" else "cpu"
+    if cost != "latency":
+        device = "cpu"  # counted, not timed: any device gives the same counts
+    elif device is None:
+        device = meta.get("device", "cpu")
         if device == "cuda" and not torch.cuda.is_available():
             raise LUTError(
                 f"the table {lut.path or ''} was measured on CUDA ({meta.get('device_name')}) and "
