@@ -23,7 +23,14 @@ from pathlib import Path
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.logging_utils import get_logger
 
-from .lookup_table_builder import COSTS, LatencyLookupTable, LUTError, build_cost_table, build_lut
+from .lookup_table_builder import (
+    ALLOCATORS,
+    COSTS,
+    LatencyLookupTable,
+    LUTError,
+    build_cost_table,
+    build_lut,
+)
 from .lut_validation import plot_report, save_report, validate_lut
 
 __all__ = ["LUTConfig", "main", "report_paths"]
@@ -57,6 +64,12 @@ class LUTConfig:
         "in_network", "build: time ops inside networks or alone", choices=("in_network", "isolated")
     )
     normalize_rounds: bool = opt(True, "scale each round to the median round's machine speed")
+    allocator: str = opt(
+        "",
+        "C allocator while timing: keep_heap (freed memory stays in the heap: no page faults in the "
+        "timings) | default (glibc as it is); empty: build keep_heap, validate the table's",
+        choices=("", *ALLOCATORS),
+    )
     num_archs: int = opt(20, "validation: random architectures (the named ones are added)")
     named_archs: bool = opt(True, "validation: add the named architectures that fit the table")
     val_rounds: int = opt(15, "validation: interleaved measuring rounds")
@@ -92,6 +105,7 @@ def _build(cfg: LUTConfig, log: logging.Logger) -> LatencyLookupTable:
         normalize_rounds=cfg.normalize_rounds,
         seed=cfg.seed,
         method=cfg.method,
+        allocator=cfg.allocator or "keep_heap",
         progress=cfg.progress,
         **kwargs,
     )
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                     rounds=cfg.val_rounds,
                     reps=cfg.reps,
                     normalize_rounds=cfg.normalize_rounds,
+                    allocator=cfg.allocator or None,
                     progress=cfg.progress,
                 )
             except LUTError as err:  # e.g. a CUDA table on a machine without CUDA

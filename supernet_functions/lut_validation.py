@@ -44,6 +44,7 @@ from .lookup_table_builder import (
     num_threads,
     round_speed,
     time_parts,
+    use_allocator,
 )
 
 __all__ = [
@@ -217,13 +218,15 @@ def validate_lut(
     rounds: int = 15,
     reps: int = 3,
     normalize_rounds: bool = True,
+    allocator: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
 
-    The device and thread count default to the table's own; validating on another device or thread
-    count than the table's is allowed, with a warning. Counted tables (FLOPs, parameters) are always
-    counted on the CPU's meta device.
+    The device, thread count and allocator setting (:func:`use_allocator`; tables that predate it
+    were measured with ``"default"``) default to the table's own; validating under other settings is
+    allowed, with a warning. Counted tables (FLOPs, parameters) are always counted on the CPU's meta
+    device.
     """
     meta = lut.meta
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
@@ -251,11 +254,22 @@ def validate_lut(
             threads,
             meta["threads"],
         )
+    if cost == "latency":
+        built_with = meta.get("allocator", "default")
+        allocator = use_allocator(allocator or built_with)
+        if allocator != built_with:
+            logger.warning(
+                "validating with allocator %s a table measured with %s: expect a mismatch",
+                allocator,
+                built_with,
+            )
     with num_threads(threads if dev.type == "cpu" else None):
-        return _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, progress)
+        return _validate(
+            lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress
+        )
 
 
-def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, progress):
+def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress):
     start = time.perf_counter()
     meta, cost, num_archs = lut.meta, lut.cost, sum(s.name.startswith("random_") for s in specs)
     torch.manual_seed(seed)
@@ -314,6 +328,7 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, pr
                 "threads",
                 "date",
                 "method",
+                "allocator",
                 "rounds",
                 "build_time_s",
             )
@@ -326,6 +341,7 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, pr
             "rounds": rounds if cost == "latency" else None,
             "reps": reps if cost == "latency" else None,
             "normalize_rounds": normalize_rounds,
+            "allocator": allocator if cost == "latency" else None,
             "torch_version": torch.__version__,
             "time_s": round(time.perf_counter() - start, 1),
             **info,

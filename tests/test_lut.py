@@ -2,6 +2,10 @@
 that match what a real network gives, and small measurements that run fast on CPU."""
 
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from supernet_functions.lookup_table_builder import (
     lut_key,
     measure_op_latency,
     network_parts,
+    use_allocator,
 )
 from supernet_functions.lut_cli import main as lut_main
 from supernet_functions.lut_validation import (
@@ -363,3 +368,59 @@ def test_speed_probes_time_real_work_and_skip_cuda():
     assert len(probes.samples["memory_ms"]) == 2
     assert torch.equal(probes.dst, probes.src)  # the copy really ran
     assert SpeedProbes(torch.device("meta")).measure() == {}
+
+
+_FAULTS_SCRIPT = """
+import json, resource, torch
+from fbnet_building_blocks.registry import build_block
+from supernet_functions.lookup_table_builder import use_allocator
+
+torch.set_num_threads(1)
+block = build_block("ir_k3_e6", 16, 24, 2).eval()  # expands to 96 x 112 x 112: 4.8 MB blocks
+x = torch.randn(1, 16, 112, 112)
+
+
+def faults_per_pass():
+    with torch.inference_mode():
+        for _ in range(3):
+            block(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            block(x)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+
+
+default = faults_per_pass()
+setting = use_allocator("keep_heap")
+print(json.dumps({"default": default, "setting": setting, "keep_heap": faults_per_pass()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
+def test_keep_heap_takes_page_faults_out_of_a_pass():
+    # a fresh process: the setting cannot be undone, and the test process may already have it
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT], cwd=root, capture_output=True, text=True, check=True
+    )
+    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    assert faults["setting"] == "keep_heap"
+    assert faults["default"] > 1000  # every 4.8 MB activation mapped and faulted in again
+    assert faults["keep_heap"] < faults["default"] / 20
+
+
+def test_table_records_its_allocator_and_validation_follows_it(tiny_lut, caplog):
+    expected = "keep_heap" if platform.libc_ver()[0] == "glibc" else "default"
+    assert tiny_lut.meta["allocator"] == expected
+    report = validate_lut(tiny_lut, num_archs=3, rounds=1, reps=1, progress=False)
+    assert report["validation"]["allocator"] == expected
+    assert report["lut_meta"]["allocator"] == expected
+    # a table from before the setting existed was measured with glibc as it is: told, not hidden
+    old_meta = {k: v for k, v in tiny_lut.meta.items() if k != "allocator"}
+    old = LatencyLookupTable(old_meta, tiny_lut.layers, tiny_lut.fixed)
+    with caplog.at_level("WARNING"):
+        validate_lut(old, num_archs=3, rounds=1, reps=1, progress=False)
+    if expected == "keep_heap":
+        assert "a table measured with default" in caplog.text
+    with pytest.raises(ValueError, match="unknown allocator 'tcmalloc'"):
+        use_allocator("tcmalloc")
