@@ -5,11 +5,15 @@ Run every timing mode under the shared lock, one job at a time:
     flock /tmp/fbnet_heavy.lock python bench/bench_lut.py build --lut_path /tmp/a.json --input_size 224
     python bench/bench_lut.py agree --lut_a luts/fbnet_224_cpu.json --lut_b /tmp/b.json --num_archs 20
     python bench/bench_lut.py summarize luts/fbnet_224_cpu.validation*.json
+    python bench/bench_lut.py allocator --input_size 224 --num_archs 6 --processes 3
 
 ``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two tables
 entry by entry and on the predictions for the validation's architectures (the same seed and named
 architectures as ``validate_lut``); it measures nothing. ``summarize`` gives the median and range of
-repeated validation reports. Each mode prints one JSON line.
+repeated validation reports. ``allocator`` times random networks end to end with glibc as it is and
+with ``keep_heap`` (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults
+per pass, latency, and how far a network's latency relative to the first one moves between processes.
+Each mode prints one JSON line.
 """
 
 from __future__ import annotations
@@ -81,6 +85,68 @@ def bench_agree(args: argparse.Namespace) -> dict:
     }
 
 
+def _allocator_worker(args: argparse.Namespace) -> dict:
+    """One process, one setting: page faults per pass and latency (ms) of each network."""
+    import resource
+
+    import torch
+
+    from supernet_functions.lookup_table_builder import default_lut_path, use_allocator
+    from supernet_functions.lut_validation import build_network, measure_latencies
+
+    torch.set_num_threads(args.threads)
+    setting = use_allocator(args.worker)
+    lut = LatencyLookupTable.load(default_lut_path("fbnet", args.input_size))
+    models = [build_network(lut, s, torch.device("cpu")) for s in sample_archs(lut, args.num_archs)]
+    x = torch.randn(1, 3, args.input_size, args.input_size)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: kernels built, heap grown
+            for m in models:
+                m(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for m in models:
+            m(x)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / len(models)
+    ms, _, _ = measure_latencies(models, x, rounds=args.rounds, progress=False)
+    return {"allocator": setting, "faults_per_pass": faults, "ms": [float(v) for v in ms]}
+
+
+def bench_allocator(args: argparse.Namespace) -> dict:
+    import subprocess
+
+    runs: dict[str, list[dict]] = {"default": [], "keep_heap": []}
+    for _ in range(args.processes):
+        for mode in runs:  # in turns, so that both settings see the same phases of the machine
+            cmd = [sys.executable, __file__, "allocator", "--worker", mode]
+            cmd += [
+                f"--{k}={getattr(args, k)}"
+                for k in ("input_size", "num_archs", "threads", "rounds")
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+    summary: dict = {
+        "bench": "lut_allocator",
+        "input_size": args.input_size,
+        "threads": args.threads,
+    }
+    for mode, results in runs.items():
+        ms = np.array([r["ms"] for r in results])  # [process, network]
+        relative = ms / ms[:, :1]  # each network against the first, per process
+        summary[mode] = {
+            "in_effect": sorted({r["allocator"] for r in results}),
+            "faults_per_pass": [r["faults_per_pass"] for r in results],
+            "median_ms": np.round(np.median(ms, axis=0), 2).tolist(),
+            "relative_range_percent": round(
+                float(np.max(relative.max(0) / relative.min(0) - 1) * 100), 1
+            ),
+        }
+    ratio = np.median([r["ms"] for r in runs["keep_heap"]], axis=0) / np.median(
+        [r["ms"] for r in runs["default"]], axis=0
+    )
+    summary["keep_heap_time_saved_percent"] = np.round((1 - ratio) * 100, 1).tolist()
+    return summary
+
+
 def bench_summarize(args: argparse.Namespace) -> dict:
     reports = [json.loads(Path(p).read_text()) for p in args.reports]
     out: dict = {"bench": "lut_validations", "num_reports": len(reports)}
@@ -113,10 +179,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the validation's seed")
     p = sub.add_parser("summarize", help="median and range of validation reports")
     p.add_argument("reports", nargs="+")
+    p = sub.add_parser("allocator", help="page faults and latency: glibc as it is vs keep_heap")
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--num_archs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--processes", type=int, default=3, help="fresh processes per setting")
+    p.add_argument("--worker", choices=("default", "keep_heap"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    out = {"build": bench_build, "agree": bench_agree, "summarize": bench_summarize}[args.mode](
-        args
-    )
+    if args.mode == "allocator" and args.worker:
+        out = _allocator_worker(args)
+    else:
+        modes = {"build": bench_build, "agree": bench_agree, "summarize": bench_summarize}
+        modes["allocator"] = bench_allocator
+        out = modes[args.mode](args)
     print(json.dumps(out), flush=True)
     return out
 

@@ -390,14 +390,14 @@ def use_allocator(name: str) -> str:
 
     ``"keep_heap"``: glibc hands large freed blocks back to the OS (blocks above its mmap threshold
     are unmapped on ``free``, and a free top of the heap is trimmed), so an eager forward pass at
-    224x224 maps, faults in and zeroes megabytes of activations again op after op: about 2,900 page
-    faults per FBNet pass on this project's 2-core VM, 1-22% of the pass in six random networks, at a
-    cost set by the host's memory management rather than by the op, and one that varied from one
-    process to the next. Setting glibc's mmap and trim thresholds to 1 GiB
-    (``mallopt``) keeps freed blocks in the heap for reuse, as a deployment runtime's memory arena
-    does. It cannot be undone within a process. ``"default"`` leaves the allocator alone (a warning
-    says so if this process already keeps its heap). Without glibc, nothing changes and the
-    result is ``"default"``.
+    224x224 maps, faults in and zeroes megabytes of activations again op after op: 1,300-3,700 page
+    faults per FBNet pass on this project's 2-core VM, at a cost set by the host's memory management
+    rather than by the op. A network's latency relative to another moved by up to 14-15% between
+    fresh processes that way, 2-6% with ``keep_heap`` (``bench/bench_lut.py allocator``). Setting
+    glibc's mmap and trim thresholds to 1 GiB (``mallopt``) keeps freed blocks in the heap for reuse,
+    as a deployment runtime's memory arena does. It cannot be undone within a process. ``"default"``
+    leaves the allocator alone (a warning says so if this process already keeps its heap). Without
+    glibc, nothing changes and the result is ``"default"``.
     """
     global _allocator_in_effect
     if name not in ALLOCATORS:
