@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, in one go (a few minutes on one H100/H200):
 #   1. the tests marked `gpu` (tests/test_cuda.py: loader, supernet, search + resume, training, LUT);
-#   2. a latency table of this GPU at the paper's 224x224, batch 1 (synchronised after every part);
-#   3. that table validated three times on 20 random + the named architectures.
+#   2. a latency table of this GPU at the paper's 224x224, batch 1 (CUDA events between the parts);
+#   3. that table validated three times on 20 random + the named architectures;
+#   4. a second build (--seed 1), compared entry by entry with the first (bench_lut.py agree).
 # usage: bash bench/cuda_checks.sh OUT_DIR [BUILD_BUDGET_S]     (everything lands in OUT_DIR)
 set -uo pipefail
 out=${1:?usage: bash bench/cuda_checks.sh OUT_DIR [BUILD_BUDGET_S]}
@@ -21,3 +22,8 @@ for i in 1 2 3; do
 done
 python bench/bench_lut.py summarize "$out"/fbnet_224_cuda.validation_[123].json \
     | tee "$out/fbnet_224_cuda.validation_summary.json"
+python supernet_main_file.py --train_or_sample build_lut --lut_path "$out/fbnet_224_cuda.build2.json" \
+    --search_space fbnet --input_size 224 --device cuda --time_budget_s "$budget" --seed 1 \
+    --progress False | tail -n 1
+python bench/bench_lut.py agree --lut_a "$lut" --lut_b "$out/fbnet_224_cuda.build2.json" \
+    | tee "$out/fbnet_224_cuda.agreement.json"
