@@ -190,8 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mode == "allocator" and args.worker:
         out = _allocator_worker(args)
     else:
-        modes = {"build": bench_build, "agree": bench_agree, "summarize": bench_summarize}
-        modes["allocator"] = bench_allocator
+        modes = {
+            "build": bench_build,
+            "agree": bench_agree,
+            "summarize": bench_summarize,
+            "allocator": bench_allocator,
+        }
         out = modes[args.mode](args)
     print(json.dumps(out), flush=True)
     return out

@@ -174,8 +174,8 @@ def test_cuda_parts_add_up_to_the_pass():
     a launch-bound GPU waits for, so the sum exceeds the whole (by the same for every architecture of
     the space, which all have 26 parts): by less than 15% on a first H200 host; on a second one, whose
     host CPU changed speed 1.5x within minutes, 5 of 8 runs went over 15% (1.24, 1.18 and 1.19 where
-    printed). The upper bound, 1.3, comes from those runs. The two are timed alternately, so a change in the host's
-    speed touches both alike.
+    printed). The upper bound, 1.3, comes from those runs. The two are timed alternately, so a change
+    in the host's speed touches both alike.
     """
     model = get_model(ARCHS["fbnet_a"], cnt_classes=1000).to(CUDA).eval()
     fixed, blocks = network_parts(model)
