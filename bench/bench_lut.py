@@ -9,7 +9,8 @@ Run every timing mode under the shared lock, one job at a time:
 
 ``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two tables
 entry by entry and on the predictions for the validation's architectures (the same seed and named
-architectures as ``validate_lut``); it measures nothing. ``summarize`` gives the median and range of
+architectures as ``validate_lut``), and once more after scaling table A by the median ratio b / a of
+the entries (a machine that ran uniformly faster during one build); it measures nothing. ``summarize`` gives the median and range of
 repeated validation reports. ``allocator`` times random networks end to end with glibc as it is and
 with ``keep_heap`` (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults
 per pass, latency, and how far a network's latency relative to the first one moves between processes.
@@ -59,11 +60,15 @@ def bench_build(args: argparse.Namespace) -> dict:
 def bench_agree(args: argparse.Namespace) -> dict:
     a, b = LatencyLookupTable.load(args.lut_a), LatencyLookupTable.load(args.lut_b)
     a.check_compatible(b.meta["search_space"], b.meta["input_size"], list(b.layers[0]))
-    entry_diff = [
-        abs(a.query(i, op) - b.query(i, op)) / (0.5 * (a.query(i, op) + b.query(i, op))) * 100
-        for i, layer in enumerate(a.layers)
-        for op in layer
-    ]
+    pairs = np.array(
+        [(a.query(i, op), b.query(i, op)) for i, layer in enumerate(a.layers) for op in layer]
+    )
+    entry_diff = np.abs(pairs[:, 0] - pairs[:, 1]) / pairs.mean(axis=1) * 100
+    # a machine that ran uniformly faster or slower during one build shifts every entry alike; what
+    # is left after that factor is what would change the search's choices
+    speed = float(np.median(pairs[:, 1] / pairs[:, 0]))
+    scaled = np.stack([pairs[:, 0] * speed, pairs[:, 1]], axis=1)
+    entry_diff_scaled = np.abs(scaled[:, 0] - scaled[:, 1]) / scaled.mean(axis=1) * 100
     fixed_diff = {
         k: round(abs(a.fixed[k]["median"] - b.fixed[k]["median"]) / b.fixed[k]["median"] * 100, 2)
         for k in a.fixed
@@ -76,6 +81,10 @@ def bench_agree(args: argparse.Namespace) -> dict:
         "entry_median_diff_percent": round(float(np.median(entry_diff)), 2),
         "entry_p90_diff_percent": round(float(np.percentile(entry_diff, 90)), 2),
         "entry_max_diff_percent": round(float(np.max(entry_diff)), 2),
+        "b_over_a_median": round(speed, 4),
+        "entry_median_diff_after_that_factor_percent": round(
+            float(np.median(entry_diff_scaled)), 2
+        ),
         "prediction_median_diff_percent": round(float(np.median(pred_diff)), 2),
         "prediction_max_diff_percent": round(float(np.max(pred_diff)), 2),
         "fixed_diff_percent": fixed_diff,
