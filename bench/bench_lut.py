@@ -7,19 +7,22 @@ Run every timing mode under the shared lock, one job at a time:
     python bench/bench_lut.py summarize luts/fbnet_224_cpu.validation*.json
     python bench/bench_lut.py allocator --input_size 224 --num_archs 6 --processes 3
 
-``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two tables
-entry by entry and on the predictions for the validation's architectures (the same seed and named
-architectures as ``validate_lut``), and once more after scaling table A by the median ratio b / a of
-the entries (a machine that ran uniformly faster during one build); it measures nothing. ``summarize`` gives the median and range of
-repeated validation reports. ``allocator`` times random networks end to end with glibc as it is and
-with ``keep_heap`` (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults
-per pass, latency, and how far a network's latency relative to the first one moves between processes.
+``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two
+tables entry by entry and on the predictions for the validation's architectures (the same seed and
+named architectures as ``validate_lut``), and once more after scaling table A by the median ratio
+b / a of the entries (a machine that ran uniformly faster during one build); it measures nothing.
+``summarize`` gives the median and range of repeated validation reports, and how alike their
+measurements rank the networks (Kendall tau between each two reports of the same architectures).
+``allocator`` times random networks end to end with glibc as it is and with ``keep_heap``
+(:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults per pass,
+latency, and how far a network's latency relative to the first one moves between processes.
 Each mode prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supernet_functions import lut_cli  # noqa: E402
 from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
-from supernet_functions.lut_validation import named_archs, sample_archs  # noqa: E402
+from supernet_functions.lut_validation import kendall_tau, named_archs, sample_archs  # noqa: E402
 
 
 def bench_build(args: argparse.Namespace) -> dict:
@@ -167,6 +170,18 @@ def bench_summarize(args: argparse.Namespace) -> dict:
             "max": round(max(values), 4),
         }
     out["num_archs"] = sorted({r["num_archs"] for r in reports})
+    # the same networks measured at different times: how far their measured ranking is reproducible,
+    # a ceiling for any table's Kendall tau on this machine
+    names = [tuple(a["name"] for a in r["archs"]) for r in reports]
+    if len(reports) > 1 and len(set(names)) == 1:
+        measured = [[a["measured"] for a in r["archs"]] for r in reports]
+        taus = [kendall_tau(x, y) for x, y in itertools.combinations(measured, 2)]
+        out["kendall_tau_between_measurements"] = {
+            "median": round(float(np.median(taus)), 4),
+            "min": round(min(taus), 4),
+            "max": round(max(taus), 4),
+            "pairs": len(taus),
+        }
     out["dates"] = [r["validation"]["date"] for r in reports]
     return out
 
