@@ -410,7 +410,7 @@ def use_allocator(name: str) -> str:
         return _allocator_in_effect
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such symbol, or no process handle (Windows)
         logger.warning("no glibc mallopt here: the allocator stays as it is")
         return _allocator_in_effect
     if mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1:
