@@ -1,0 +1,69 @@
+"""bench/bench_lut.py's figures that the README quotes: two tables compared with and without their
+common speed factor, and how alike repeated validations rank the same networks."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench_lut():
+    spec = importlib.util.spec_from_file_location("bench_lut", ROOT / "bench" / "bench_lut.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_agree_separates_a_common_speed_factor_from_the_rest(bench_lut, tmp_path, capsys):
+    table = json.loads((ROOT / "luts" / "fbnet_32_cpu.json").read_text())
+    for entries in [*table["layers"], table["fixed"]]:
+        for entry in entries.values():
+            entry["median"] *= 0.9  # a machine 10% faster in every entry alike
+    slower = tmp_path / "b.json"
+    slower.write_text(json.dumps(table))
+    out = bench_lut.main(
+        ["agree", "--lut_a", str(ROOT / "luts" / "fbnet_32_cpu.json"), "--lut_b", str(slower)]
+    )
+    assert out["entry_median_diff_percent"] == pytest.approx(0.1 / 0.95 * 100, abs=0.01)
+    assert out["prediction_median_diff_percent"] == pytest.approx(0.1 / 0.9 * 100, abs=0.01)
+    assert out["b_over_a_median"] == pytest.approx(0.9)
+    assert out["entry_median_diff_after_that_factor_percent"] == pytest.approx(0.0, abs=0.01)
+    assert out["same_fastest_op_layers"] == "22/22"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+
+
+def _report(path, measured, names=("a", "b", "c", "d")):
+    report = {
+        "pearson_r": 0.99,
+        "kendall_tau": 0.9,
+        "mape_percent": 2.0,
+        "max_ape_percent": 4.0,
+        "num_archs": len(names),
+        "validation": {"date": "2026-11-26T00:00:00+00:00"},
+        "archs": [{"name": n, "measured": m} for n, m in zip(names, measured)],
+    }
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_summarize_ranks_the_measurements_of_repeated_validations(bench_lut, tmp_path):
+    # one swapped pair of six between the first two: tau 4/6; the third repeats the first: tau 1
+    reports = [
+        _report(tmp_path / "1.json", [1, 2, 3, 4]),
+        _report(tmp_path / "2.json", [1, 3, 2, 4]),
+        _report(tmp_path / "3.json", [10, 20, 30, 40]),
+    ]
+    out = bench_lut.main(["summarize", *reports])
+    between = out["kendall_tau_between_measurements"]
+    assert between["pairs"] == 3
+    assert between["min"] == pytest.approx(4 / 6, abs=1e-4) and between["max"] == 1.0
+    assert between["median"] == pytest.approx(4 / 6, abs=1e-4)
+    # reports of other architectures are not compared
+    other = _report(tmp_path / "4.json", [1, 2, 3, 4], names=("w", "x", "y", "z"))
+    assert "kendall_tau_between_measurements" not in bench_lut.main(
+        ["summarize", reports[0], other]
+    )
