@@ -66,12 +66,15 @@ def bench_agree(args: argparse.Namespace) -> dict:
     pairs = np.array(
         [(a.query(i, op), b.query(i, op)) for i, layer in enumerate(a.layers) for op in layer]
     )
-    entry_diff = np.abs(pairs[:, 0] - pairs[:, 1]) / pairs.mean(axis=1) * 100
+
+    def percent_apart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.abs(x - y) / ((x + y) / 2) * 100
+
+    entry_diff = percent_apart(pairs[:, 0], pairs[:, 1])
     # a machine that ran uniformly faster or slower during one build shifts every entry alike; what
     # is left after that factor is what would change the search's choices
     speed = float(np.median(pairs[:, 1] / pairs[:, 0]))
-    scaled = np.stack([pairs[:, 0] * speed, pairs[:, 1]], axis=1)
-    entry_diff_scaled = np.abs(scaled[:, 0] - scaled[:, 1]) / scaled.mean(axis=1) * 100
+    entry_diff_scaled = percent_apart(pairs[:, 0] * speed, pairs[:, 1])
     fixed_diff = {
         k: round(abs(a.fixed[k]["median"] - b.fixed[k]["median"]) / b.fixed[k]["median"] * 100, 2)
         for k in a.fixed
@@ -141,21 +144,21 @@ def bench_allocator(args: argparse.Namespace) -> dict:
         "input_size": args.input_size,
         "threads": args.threads,
     }
+    median_ms = {}
     for mode, results in runs.items():
         ms = np.array([r["ms"] for r in results])  # [process, network]
         relative = ms / ms[:, :1]  # each network against the first, per process
+        median_ms[mode] = np.median(ms, axis=0)
         summary[mode] = {
             "in_effect": sorted({r["allocator"] for r in results}),
             "faults_per_pass": [r["faults_per_pass"] for r in results],
-            "median_ms": np.round(np.median(ms, axis=0), 2).tolist(),
+            "median_ms": np.round(median_ms[mode], 2).tolist(),
             "relative_range_percent": round(
                 float(np.max(relative.max(0) / relative.min(0) - 1) * 100), 1
             ),
         }
-    ratio = np.median([r["ms"] for r in runs["keep_heap"]], axis=0) / np.median(
-        [r["ms"] for r in runs["default"]], axis=0
-    )
-    summary["keep_heap_time_saved_percent"] = np.round((1 - ratio) * 100, 1).tolist()
+    saved = (1 - median_ms["keep_heap"] / median_ms["default"]) * 100
+    summary["keep_heap_time_saved_percent"] = np.round(saved, 1).tolist()
     return summary
 
 
