@@ -1,8 +1,10 @@
 """bench/bench_lut.py's figures that the README quotes: two tables compared with and without their
-common speed factor, and how alike repeated validations rank the same networks."""
+common speed factor, how alike repeated validations rank the same networks, and the allocator
+comparison's fresh processes."""
 
 import importlib.util
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,15 @@ def test_summarize_ranks_the_measurements_of_repeated_validations(bench_lut, tmp
     assert "kendall_tau_between_measurements" not in bench_lut.main(
         ["summarize", reports[0], other]
     )
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
+def test_allocator_bench_runs_each_setting_in_its_own_processes(bench_lut):
+    argv = ["allocator", "--input_size", "32", "--num_archs", "2", "--threads", "1"]
+    out = bench_lut.main([*argv, "--rounds", "1", "--processes", "1"])
+    assert out["default"]["in_effect"] == ["default"]  # a fresh process each: nothing carried over
+    assert out["keep_heap"]["in_effect"] == ["keep_heap"]
+    for mode in ("default", "keep_heap"):
+        assert len(out[mode]["faults_per_pass"]) == 1 and len(out[mode]["median_ms"]) == 2
+        assert min(out[mode]["median_ms"]) > 0
+    assert len(out["keep_heap_time_saved_percent"]) == 2
