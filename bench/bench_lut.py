@@ -6,16 +6,23 @@ Run every timing mode under the shared lock, one job at a time:
     python bench/bench_lut.py agree --lut_a luts/fbnet_224_cpu.json --lut_b /tmp/b.json --num_archs 20
     python bench/bench_lut.py summarize luts/fbnet_224_cpu.validation*.json
     python bench/bench_lut.py allocator --input_size 224 --num_archs 6 --processes 3
+    flock /tmp/fbnet_heavy.lock python bench/bench_lut.py drift --lut_path luts/fbnet_224_cpu.json
 
 ``build`` prints the build time (goal: at most 300 s at 224x224, batch 1). ``agree`` compares two
 tables entry by entry and on the predictions for the validation's architectures (the same seed and
 named architectures as ``validate_lut``), and once more after scaling table A by the median ratio
-b / a of the entries (a machine that ran uniformly faster during one build); it measures nothing.
+b / a of the entries (a machine that ran uniformly faster during one build), and gives the ratio of
+the two builds' speed probes (CPU tables); it measures nothing.
 ``summarize`` gives the median and range of repeated validation reports, and how alike their
 measurements rank the networks (Kendall tau between each two reports of the same architectures).
 ``allocator`` times random networks end to end with glibc as it is and with ``keep_heap``
 (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults per pass,
 latency, and how far a network's latency relative to the first one moves between processes.
+``drift`` measures the validation's networks in interleaved rounds for minutes and asks what a
+build's or a validation's length buys on this machine: how far the machine's speed level (the
+typical round's time over the whole run's) spreads between windows of a build's length, and how
+alike windows of a validation's length rank the networks, with each round scaled as the
+validation scales it.
 Each mode prints one JSON line.
 """
 
@@ -34,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supernet_functions import lut_cli  # noqa: E402
 from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
-from supernet_functions.lut_validation import kendall_tau, named_archs, sample_archs  # noqa: E402
+from supernet_functions.lut_validation import (  # noqa: E402
+    kendall_tau,
+    named_archs,
+    probe_ratios,
+    sample_archs,
+)
 
 
 def bench_build(args: argparse.Namespace) -> dict:
@@ -95,6 +107,8 @@ def bench_agree(args: argparse.Namespace) -> dict:
         "prediction_max_diff_percent": round(float(np.max(pred_diff)), 2),
         "fixed_diff_percent": fixed_diff,
         "same_fastest_op_layers": f"{same_fastest}/{a.num_layers}",
+        # the machine's state during each build: memory-bound entries follow the memory probe
+        **probe_ratios(a.meta.get("probes"), b.meta.get("probes"), suffix="b_over_a"),
         "num_archs": len(specs),
         "dates": [a.meta.get("date"), b.meta.get("date")],
     }
@@ -162,6 +176,80 @@ def bench_allocator(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _window_spread(values: np.ndarray, length: int) -> dict:
+    """Sd, min and max of the medians of ``values`` over every run of ``length`` in a row."""
+    medians = [np.median(values[a : a + length]) for a in range(len(values) - length + 1)]
+    return {
+        "windows": len(medians),
+        "sd": round(float(np.std(medians)), 4),
+        "min": round(float(np.min(medians)), 4),
+        "max": round(float(np.max(medians)), 4),
+    }
+
+
+def bench_drift(args: argparse.Namespace) -> dict:
+    import torch
+
+    from supernet_functions.lookup_table_builder import round_speed, use_allocator
+    from supernet_functions.lut_validation import build_network, measure_rounds
+
+    lut = LatencyLookupTable.load(args.lut_path)
+    torch.set_num_threads(args.threads)
+    allocator = use_allocator(lut.meta.get("allocator", "default"))
+    specs = sample_archs(lut, args.num_archs, args.seed) + named_archs(lut)
+    torch.manual_seed(args.seed)
+    models = [build_network(lut, s, torch.device("cpu")) for s in specs]
+    size = lut.meta["input_size"]
+    x = torch.randn(lut.meta.get("batch_size", 1), 3, size, size)
+    ms, ends, probes = measure_rounds(
+        models, x, seed=args.seed, duration_s=args.duration_s, progress=args.progress
+    )
+    if args.raw_path:
+        raw = {"names": [s.name for s in specs], "ms": ms.tolist(), "round_end_s": ends.tolist()}
+        Path(args.raw_path).write_text(json.dumps({**raw, "probes": probes.samples}))
+    level = round_speed(ms)  # each round's time over the typical round's, for the whole run
+    round_s = float(np.median(np.diff(ends, prepend=0.0)))
+    out: dict = {
+        "bench": "lut_drift",
+        "lut_path": args.lut_path,
+        "allocator": allocator,
+        "threads": args.threads,
+        "num_archs": len(specs),
+        "duration_s": round(float(ends[-1]), 1),
+        "rounds": len(ms),
+        "round_s": round(round_s, 2),
+        "round_level_percentiles_0_10_50_90_100": np.round(
+            np.percentile(level, [0, 10, 50, 90, 100]), 3
+        ).tolist(),
+    }
+    compute = np.array(probes.samples["compute_ms"])
+    if len(compute) == len(level):
+        out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
+    out["level_by_window_s"] = {
+        str(w): _window_spread(level, max(1, round(w / round_s))) for w in args.windows_s
+    }
+    predicted = [lut.predict(s.ops) for s in specs]
+    out["validation_windows"] = {}
+    for k in args.val_rounds:
+        # back-to-back validations of k rounds, each scaled as measure_latencies scales them
+        est = [
+            np.median(w / round_speed(w)[:, None], axis=0)
+            for w in (ms[a : a + k] for a in range(0, len(ms) - k + 1, k))
+        ]
+        if len(est) < 2:
+            continue
+        relative = np.array([e / e.mean() for e in est])
+        between = [kendall_tau(p, q) for p, q in itertools.combinations(est, 2)]
+        vs_table = [kendall_tau(predicted, e) for e in est]
+        out["validation_windows"][str(k)] = {
+            "windows": len(est),
+            "relative_sd_percent": round(float(relative.std(axis=0).mean() * 100), 2),
+            "tau_between": [round(float(np.median(between)), 3), round(min(between), 3)],
+            "tau_vs_table": [round(float(np.median(vs_table)), 3), round(min(vs_table), 3)],
+        }
+    return out
+
+
 def bench_summarize(args: argparse.Namespace) -> dict:
     reports = [json.loads(Path(p).read_text()) for p in args.reports]
     out: dict = {"bench": "lut_validations", "num_reports": len(reports)}
@@ -213,6 +301,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--processes", type=int, default=3, help="fresh processes per setting")
     p.add_argument("--worker", choices=("default", "keep_heap"), help=argparse.SUPPRESS)
+    p = sub.add_parser("drift", help="the machine's speed over minutes: what longer runs buy")
+    p.add_argument("--lut_path", required=True, help="the table whose validation networks to time")
+    p.add_argument("--duration_s", type=float, default=540.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num_archs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="the validation's seed")
+    p.add_argument("--windows_s", type=float, nargs="+", default=[60.0, 150.0, 270.0])
+    p.add_argument("--val_rounds", type=int, nargs="+", default=[15, 30], help="validation lengths")
+    p.add_argument("--raw_path", default="", help="also write every round's times here (JSON)")
+    p.add_argument("--progress", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
     args = parser.parse_args(argv)
     if args.mode == "allocator" and args.worker:
         out = _allocator_worker(args)
@@ -222,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
             "agree": bench_agree,
             "summarize": bench_summarize,
             "allocator": bench_allocator,
+            "drift": bench_drift,
         }
         out = modes[args.mode](args)
     print(json.dumps(out), flush=True)

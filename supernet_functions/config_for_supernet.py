@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from general_functions.config_utils import opt
 
+from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
+
 __all__ = ["SupernetConfig", "PRESETS", "MODES"]
 
 MODES = ("train", "sample", "build_lut", "validate_lut")
@@ -87,7 +89,9 @@ class SupernetConfig:
         "luts/ if there is one, else measure one on --device",
     )
     lut_batch_size: int = opt(1, "batch size a freshly measured table uses", _ORIG)
-    lut_time_budget_s: float = opt(150.0, "seconds a freshly measured table may take")
+    lut_time_budget_s: float = opt(
+        DEFAULT_TIME_BUDGET_S, "seconds a freshly measured table may take"
+    )
     lut_rounds: int = opt(0, "rounds of a freshly measured table (0: as many as the budget allows)")
     alpha: float = opt(0.2, "loss: CE * alpha * log(LAT)^beta", "paper Eq. 2; " + _ORIG)
     beta: float = opt(0.6, "loss exponent", "paper Eq. 2; " + _ORIG)

@@ -26,12 +26,13 @@ from general_functions.logging_utils import get_logger
 from .lookup_table_builder import (
     ALLOCATORS,
     COSTS,
+    DEFAULT_TIME_BUDGET_S,
     LatencyLookupTable,
     LUTError,
     build_cost_table,
     build_lut,
 )
-from .lut_validation import plot_report, save_report, validate_lut
+from .lut_validation import DEFAULT_VAL_ROUNDS, plot_report, save_report, validate_lut
 
 __all__ = ["LUTConfig", "main", "report_paths"]
 
@@ -57,7 +58,9 @@ class LUTConfig:
         "CPU threads for measuring, recorded in the table; 0 = build: every core, validate: the table's",
     )
     seed: int = opt(0, "seed of the build's permutations and of the sampled architectures")
-    time_budget_s: float = opt(150.0, "build: seconds of measuring when --rounds is 0")
+    time_budget_s: float = opt(
+        DEFAULT_TIME_BUDGET_S, "build: seconds of measuring when --rounds is 0"
+    )
     rounds: int = opt(0, "build: measuring rounds (every entry once each); 0 = from the budget")
     reps: int = opt(3, "build and validation: timed passes per network per round")
     method: str = opt(
@@ -72,7 +75,7 @@ class LUTConfig:
     )
     num_archs: int = opt(20, "validation: random architectures (the named ones are added)")
     named_archs: bool = opt(True, "validation: add the named architectures that fit the table")
-    val_rounds: int = opt(15, "validation: interleaved measuring rounds")
+    val_rounds: int = opt(DEFAULT_VAL_ROUNDS, "validation: interleaved measuring rounds")
     report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
     progress: bool = opt(True, "show progress bars")
 

@@ -48,17 +48,26 @@ from .lookup_table_builder import (
 )
 
 __all__ = [
+    "DEFAULT_VAL_ROUNDS",
     "build_network",
     "compare",
     "kendall_tau",
     "measure_latencies",
+    "measure_rounds",
     "named_archs",
     "plot_report",
+    "probe_ratios",
     "sample_archs",
     "validate_lut",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Rounds of a validation. In a 9-minute ``bench/bench_lut.py drift`` run on this project's 2-core VM
+# (SAVED_LOGS/benchmarks/lut_drift.log), a network's latency relative to the others varied between
+# back-to-back validations with sd 1.00% at 15 rounds and 0.68% at 30, and two validations ranked
+# the same 27 networks alike to Kendall tau 0.875 at worst at 15 rounds, 0.920 at 30.
+DEFAULT_VAL_ROUNDS = 30
 
 
 def named_archs(lut: LatencyLookupTable) -> list[ArchSpec]:
@@ -100,34 +109,68 @@ def build_network(lut: LatencyLookupTable, spec: ArchSpec, device: torch.device)
     return model.to(device).eval()
 
 
+def measure_rounds(
+    models: Sequence[torch.nn.Module],
+    x: torch.Tensor,
+    rounds: int = DEFAULT_VAL_ROUNDS,
+    reps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    duration_s: float = 0.0,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, SpeedProbes]:
+    """Every model's end-to-end latency (ms) in interleaved rounds, unscaled: ``ms[round, model]``.
+
+    A round runs every model once, in a fresh random order: ``warmup`` untimed passes, then the
+    fastest of ``reps`` timed ones; the speed probes are timed after it. Returns ``ms``, the seconds
+    from the start at the end of each round (its probes included) and the probes. ``duration_s > 0``
+    measures rounds until that many seconds have passed instead of a fixed number
+    (``bench/bench_lut.py drift``).
+    """
+    rng = np.random.default_rng(seed)
+    clock = time.perf_counter
+    rows, ends = [], []
+    probes = SpeedProbes(x.device)
+    total = None if duration_s > 0 else rounds
+    with torch.inference_mode():
+        for m in models:  # untimed warm-up of every network
+            m(x)
+        start = clock()
+        bar = tqdm(desc="measuring rounds", total=total, disable=not progress)
+        while (clock() - start < duration_s) if duration_s > 0 else len(rows) < rounds:
+            row = np.zeros(len(models))
+            for i in rng.permutation(len(models)):
+                model = models[i]
+                for _ in range(warmup):
+                    model(x)
+                passes = [time_parts([model], x, x.device, clock)[0] for _ in range(reps)]
+                row[i] = min(passes) * 1e3
+            rows.append(row)
+            probes.measure()
+            ends.append(clock() - start)
+            bar.update()
+        bar.close()
+    return np.array(rows), np.array(ends), probes
+
+
 def measure_latencies(
     models: Sequence[torch.nn.Module],
     x: torch.Tensor,
-    rounds: int = 15,
+    rounds: int = DEFAULT_VAL_ROUNDS,
     reps: int = 3,
     warmup: int = 1,
     normalize_rounds: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR."""
-    rng = np.random.default_rng(seed)
-    clock = time.perf_counter
-    ms = np.zeros((rounds, len(models)))
-    probes = SpeedProbes(x.device)
-    with torch.inference_mode():
-        for m in models:  # untimed warm-up of every network
-            m(x)
-        for r in tqdm(range(rounds), desc="validation rounds", disable=not progress):
-            for i in rng.permutation(len(models)):
-                model = models[i]
-                for _ in range(warmup):
-                    model(x)
-                passes = [time_parts([model], x, x.device, clock)[0] for _ in range(reps)]
-                ms[r, i] = min(passes) * 1e3
-            probes.measure()
+    """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
+
+    Each round is first scaled to the typical round's speed (``round_speed``; the work is the same
+    every round), unless ``normalize_rounds`` is off.
+    """
+    ms, _, probes = measure_rounds(models, x, rounds, reps, warmup, seed, progress=progress)
     speed = round_speed(ms)
-    scale = 1.0 / speed if normalize_rounds else np.ones(rounds)
+    scale = 1.0 / speed if normalize_rounds else np.ones(len(ms))
     scaled = ms * scale[:, None]
     q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
     info = {
@@ -170,12 +213,18 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(dx * dy) / np.sqrt(untied_x * untied_y))
 
 
-def _probe_ratios(build: dict | None, now: dict | None) -> dict[str, float]:
-    """This validation's probe times over the build's (> 1: slower now); empty if either is missing."""
+def probe_ratios(
+    build: dict | None, now: dict | None, suffix: str = "vs_build"
+) -> dict[str, float]:
+    """Probe times of ``now`` over ``build``'s (> 1: slower now), as ``probe_<name>_<suffix>``.
+
+    ``build`` and ``now`` are probe summaries (a table's ``meta["probes"]``, a validation's); empty
+    if either is missing.
+    """
     if not build or not now:
         return {}
     return {
-        f"probe_{name[: -len('_ms')]}_vs_build": round(now[name] / build[name], 3)
+        f"probe_{name[: -len('_ms')]}_{suffix}": round(now[name] / build[name], 3)
         for name in ("memory_ms", "compute_ms")
         if name in build and name in now
     }
@@ -215,7 +264,7 @@ def validate_lut(
     include_named: bool = True,
     device: str | None = None,
     threads: int | None = None,
-    rounds: int = 15,
+    rounds: int = DEFAULT_VAL_ROUNDS,
     reps: int = 3,
     normalize_rounds: bool = True,
     allocator: str | None = None,
@@ -287,7 +336,7 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, al
             models, x, rounds, reps, 1, normalize_rounds, seed, progress
         )
         info.update(load_average_before=load_before, load_average_after=load_average())
-        ratios = _probe_ratios(meta.get("probes"), info.get("probes"))
+        ratios = probe_ratios(meta.get("probes"), info.get("probes"))
         # flagged, not corrected: a probe is not a model of how each op depends on the machine's state
         info.update(ratios, conditions_differ=_conditions_differ(ratios))
     elif cost == "flops":

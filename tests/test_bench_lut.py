@@ -22,19 +22,22 @@ def bench_lut():
 
 def test_agree_separates_a_common_speed_factor_from_the_rest(bench_lut, tmp_path, capsys):
     table = json.loads((ROOT / "luts" / "fbnet_32_cpu.json").read_text())
+    table["meta"]["probes"] = {"memory_ms": 7.0, "compute_ms": 0.5}
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(table))
     for entries in [*table["layers"], table["fixed"]]:
         for entry in entries.values():
             entry["median"] *= 0.9  # a machine 10% faster in every entry alike
-    slower = tmp_path / "b.json"
-    slower.write_text(json.dumps(table))
-    out = bench_lut.main(
-        ["agree", "--lut_a", str(ROOT / "luts" / "fbnet_32_cpu.json"), "--lut_b", str(slower)]
-    )
+    table["meta"]["probes"] = {"memory_ms": 6.3, "compute_ms": 0.5}
+    faster = tmp_path / "b.json"
+    faster.write_text(json.dumps(table))
+    out = bench_lut.main(["agree", "--lut_a", str(a), "--lut_b", str(faster)])
     assert out["entry_median_diff_percent"] == pytest.approx(0.1 / 0.95 * 100, abs=0.01)
     assert out["prediction_median_diff_percent"] == pytest.approx(0.1 / 0.9 * 100, abs=0.01)
     assert out["b_over_a_median"] == pytest.approx(0.9)
     assert out["entry_median_diff_after_that_factor_percent"] == pytest.approx(0.0, abs=0.01)
     assert out["same_fastest_op_layers"] == "22/22"
+    assert out["probe_memory_b_over_a"] == 0.9 and out["probe_compute_b_over_a"] == 1.0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
 
 
@@ -81,3 +84,34 @@ def test_allocator_bench_runs_each_setting_in_its_own_processes(bench_lut):
         assert len(out[mode]["faults_per_pass"]) == 1 and len(out[mode]["median_ms"]) == 2
         assert min(out[mode]["median_ms"]) > 0
     assert len(out["keep_heap_time_saved_percent"]) == 2
+
+
+def test_window_spread_takes_the_median_of_every_run_in_a_row(bench_lut):
+    import numpy as np
+
+    out = bench_lut._window_spread(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), 2)
+    # medians 1.5, 2.5, 3.5, 4.5: population sd sqrt(1.25)
+    assert out == {"windows": 4, "sd": 1.118, "min": 1.5, "max": 4.5}
+
+
+def test_drift_measures_for_its_duration_and_splits_the_rounds_into_validations(
+    bench_lut, tmp_path
+):
+    raw_path = tmp_path / "raw.json"
+    argv = ["drift", "--lut_path", str(ROOT / "luts" / "fbnet_32_cpu.json"), "--num_archs", "2"]
+    argv += ["--threads", "1", "--duration_s", "2", "--val_rounds", "2", "--windows_s", "0.5"]
+    out = bench_lut.main([*argv, "--raw_path", str(raw_path), "--progress", "false"])
+    raw = json.loads(raw_path.read_text())
+    rounds = len(raw["ms"])
+    assert out["rounds"] == rounds >= 2 and out["allocator"] == "default"  # as the table was built
+    assert out["duration_s"] >= 2 and raw["round_end_s"] == sorted(raw["round_end_s"])
+    assert len(raw["names"]) == out["num_archs"] == len(raw["ms"][0]) > 2  # random + named
+    assert min(min(row) for row in raw["ms"]) > 0
+    assert len(raw["probes"]["compute_ms"]) == rounds
+    # back-to-back validations of 2 rounds each, compared when there are at least two of them
+    windows = out["validation_windows"].get("2", {}).get("windows", 0)
+    assert windows == (rounds // 2 if rounds >= 4 else 0)
+    lo, p10, mid, p90, hi = out["round_level_percentiles_0_10_50_90_100"]
+    assert lo <= p10 <= mid <= p90 <= hi
+    window = out["level_by_window_s"]["0.5"]
+    assert window["min"] <= window["max"] and window["windows"] >= 1

@@ -424,3 +424,15 @@ def test_table_records_its_allocator_and_validation_follows_it(tiny_lut, caplog)
         assert "a table measured with default" in caplog.text
     with pytest.raises(ValueError, match="unknown allocator 'tcmalloc'"):
         use_allocator("tcmalloc")
+
+
+def test_measure_rounds_by_count_and_by_duration():
+    from supernet_functions.lut_validation import measure_rounds
+
+    models = [torch.nn.Conv2d(3, c, 3).eval() for c in (4, 32)]
+    x = torch.randn(1, 3, 16, 16)
+    ms, ends, probes = measure_rounds(models, x, rounds=3, reps=2, progress=False)
+    assert ms.shape == (3, 2) and (ms > 0).all()
+    assert list(ends) == sorted(ends) and len(probes.samples["compute_ms"]) == 3
+    ms, ends, _ = measure_rounds(models, x, duration_s=0.3, progress=False)
+    assert ends[-1] >= 0.3 and ends[-2] < 0.3 and len(ms) == len(ends)
