@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from general_functions.io_utils import atomic_write_json  # noqa: E402
 from supernet_functions import lut_cli  # noqa: E402
 from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
 from supernet_functions.lut_validation import (  # noqa: E402
@@ -194,6 +195,10 @@ def bench_drift(args: argparse.Namespace) -> dict:
     from supernet_functions.lut_validation import build_network, measure_rounds
 
     lut = LatencyLookupTable.load(args.lut_path)
+    if lut.cost != "latency" or lut.meta.get("device") != "cpu":
+        raise SystemExit(
+            f"drift times networks on the CPU: {args.lut_path} is not a CPU latency table"
+        )
     torch.set_num_threads(args.threads)
     allocator = use_allocator(lut.meta.get("allocator", "default"))
     specs = sample_archs(lut, args.num_archs, args.seed) + named_archs(lut)
@@ -206,7 +211,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
     )
     if args.raw_path:
         raw = {"names": [s.name for s in specs], "ms": ms.tolist(), "round_end_s": ends.tolist()}
-        Path(args.raw_path).write_text(json.dumps({**raw, "probes": probes.samples}))
+        atomic_write_json(args.raw_path, {**raw, "probes": probes.samples})
     level = round_speed(ms)  # each round's time over the typical round's, for the whole run
     round_s = float(np.median(np.diff(ends, prepend=0.0)))
     out: dict = {

@@ -99,9 +99,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # A build's default length. This project's 2-core VM switches between faster and slower states
-# every minute or so; the longer a build, the more of them its medians average. In a 9-minute
-# ``bench/bench_lut.py drift`` run the speed level of windows of 150 s spread with sd 4.2%, of
-# 270 s with sd 2.4% (SAVED_LOGS/benchmarks/lut_drift.log). 270 s keeps a build within 5 minutes.
+# every minute or so; the longer a build, the more of them its medians average. In two 9-minute
+# ``bench/bench_lut.py drift`` runs the speed level of windows of 150 s spread with sd 4.2% and
+# 3.1%, of 270 s with sd 2.4% and 0.96% (SAVED_LOGS/benchmarks/lut_drift.log). 270 s keeps a build
+# within 5 minutes.
 DEFAULT_TIME_BUDGET_S = 270.0
 FIXED_PARTS: tuple[str, ...] = ("stem", "head", "pool", "classifier")
 # cost -> unit. FLOPs are counted as multiply-adds, as the paper does.

@@ -63,10 +63,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Rounds of a validation. In a 9-minute ``bench/bench_lut.py drift`` run on this project's 2-core VM
-# (SAVED_LOGS/benchmarks/lut_drift.log), a network's latency relative to the others varied between
-# back-to-back validations with sd 1.00% at 15 rounds and 0.68% at 30, and two validations ranked
-# the same 27 networks alike to Kendall tau 0.875 at worst at 15 rounds, 0.920 at 30.
+# Rounds of a validation. In two 9-minute ``bench/bench_lut.py drift`` runs on this project's 2-core
+# VM (SAVED_LOGS/benchmarks/lut_drift.log), a network's latency relative to the others varied
+# between back-to-back validations with sd 1.00% and 1.29% at 15 rounds, 0.68% and 0.74% at 30, and
+# two validations ranked the same 27 networks alike to Kendall tau 0.875 and 0.818 at worst at 15
+# rounds, 0.920 and 0.880 at 30.
 DEFAULT_VAL_ROUNDS = 30
 
 
@@ -278,6 +279,8 @@ def validate_lut(
     device.
     """
     meta = lut.meta
+    if rounds < 1:
+        raise ValueError(f"a validation needs at least 1 measuring round, got {rounds}")
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
         raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")

@@ -86,6 +86,11 @@ def test_allocator_bench_runs_each_setting_in_its_own_processes(bench_lut):
     assert len(out["keep_heap_time_saved_percent"]) == 2
 
 
+def test_drift_refuses_a_table_it_cannot_time(bench_lut):
+    with pytest.raises(SystemExit, match="not a CPU latency table"):
+        bench_lut.main(["drift", "--lut_path", str(ROOT / "luts" / "fbnet_32_flops.json")])
+
+
 def test_window_spread_takes_the_median_of_every_run_in_a_row(bench_lut):
     import numpy as np
 

@@ -217,6 +217,16 @@ def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
         assert arch["measured"] > 0
 
 
+def test_a_validation_without_rounds_is_refused(tiny_lut, tmp_path):
+    with pytest.raises(ValueError, match="at least 1 measuring round, got 0"):
+        validate_lut(tiny_lut, num_archs=3, rounds=0, progress=False)
+    path = tmp_path / "t.json"
+    tiny_lut.save(path)
+    argv = ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--val_rounds", "0"]
+    with pytest.raises(SystemExit, match="error: --val_rounds must be at least 1, got 0"):
+        lut_main(argv)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_a_cuda_table_is_validated_on_cuda_or_refused_clearly(tiny_lut, tmp_path):
     cuda_table = LatencyLookupTable({**tiny_lut.meta, "device": "cuda"}, tiny_lut.layers)
