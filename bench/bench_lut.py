@@ -192,7 +192,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
     import torch
 
     from supernet_functions.lookup_table_builder import round_speed, use_allocator
-    from supernet_functions.lut_validation import build_network, measure_rounds
+    from supernet_functions.lut_validation import build_network, measure_rounds, scale_rounds
 
     lut = LatencyLookupTable.load(args.lut_path)
     if lut.cost != "latency" or lut.meta.get("device") != "cpu":
@@ -200,7 +200,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
             f"drift times networks on the CPU: {args.lut_path} is not a CPU latency table"
         )
     torch.set_num_threads(args.threads)
-    allocator = use_allocator(lut.meta.get("allocator", "default"))
+    allocator = use_allocator(lut.allocator)
     specs = sample_archs(lut, args.num_archs, args.seed) + named_archs(lut)
     torch.manual_seed(args.seed)
     models = [build_network(lut, s, torch.device("cpu")) for s in specs]
@@ -227,9 +227,8 @@ def bench_drift(args: argparse.Namespace) -> dict:
             np.percentile(level, [0, 10, 50, 90, 100]), 3
         ).tolist(),
     }
-    compute = np.array(probes.samples["compute_ms"])
-    if len(compute) == len(level):
-        out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
+    compute = probes.samples["compute_ms"]  # a CPU table: probed after every round
+    out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
     out["level_by_window_s"] = {
         str(w): _window_spread(level, max(1, round(w / round_s))) for w in args.windows_s
     }
@@ -238,8 +237,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
     for k in args.val_rounds:
         # back-to-back validations of k rounds, each scaled as measure_latencies scales them
         est = [
-            np.median(w / round_speed(w)[:, None], axis=0)
-            for w in (ms[a : a + k] for a in range(0, len(ms) - k + 1, k))
+            np.median(scale_rounds(ms[a : a + k])[0], axis=0) for a in range(0, len(ms) - k + 1, k)
         ]
         if len(est) < 2:
             continue

@@ -177,6 +177,11 @@ class LatencyLookupTable:
         return self.meta.get("cost", "latency")
 
     @property
+    def allocator(self) -> str:
+        """The C allocator setting it was measured with; tables that predate it: ``"default"``."""
+        return self.meta.get("allocator", "default")
+
+    @property
     def fixed_cost(self) -> float:
         return sum(v["median"] for v in self.fixed.values())
 

@@ -58,6 +58,7 @@ __all__ = [
     "plot_report",
     "probe_ratios",
     "sample_archs",
+    "scale_rounds",
     "validate_lut",
 ]
 
@@ -154,6 +155,16 @@ def measure_rounds(
     return np.array(rows), np.array(ends), probes
 
 
+def scale_rounds(ms: np.ndarray, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``ms[round, model]`` with each round scaled to the typical round's speed, and those speeds.
+
+    The work is the same every round, so ``round_speed`` gauges the machine in each; with
+    ``normalize`` off the times come back as they are.
+    """
+    speed = round_speed(ms)
+    return (ms / speed[:, None] if normalize else ms), speed
+
+
 def measure_latencies(
     models: Sequence[torch.nn.Module],
     x: torch.Tensor,
@@ -166,13 +177,11 @@ def measure_latencies(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
 
-    Each round is first scaled to the typical round's speed (``round_speed``; the work is the same
-    every round), unless ``normalize_rounds`` is off.
+    Each round is first scaled to the typical round's speed (:func:`scale_rounds`), unless
+    ``normalize_rounds`` is off.
     """
     ms, _, probes = measure_rounds(models, x, rounds, reps, warmup, seed, progress=progress)
-    speed = round_speed(ms)
-    scale = 1.0 / speed if normalize_rounds else np.ones(len(ms))
-    scaled = ms * scale[:, None]
+    scaled, speed = scale_rounds(ms, normalize_rounds)
     q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
     info = {
         "round_speed_min": round(float(speed.min()), 3),
@@ -307,7 +316,7 @@ def validate_lut(
             meta["threads"],
         )
     if cost == "latency":
-        built_with = meta.get("allocator", "default")
+        built_with = lut.allocator
         allocator = use_allocator(allocator or built_with)
         if allocator != built_with:
             logger.warning(
