@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(LUTConfig, argv, description=__doc__)
     if not cfg.lut_path:
         raise SystemExit("error: --lut_path is required")
-    if cfg.val_rounds < 1:
+    if cfg.train_or_sample == "validate_lut" and cfg.val_rounds < 1:
         raise SystemExit(f"error: --val_rounds must be at least 1, got {cfg.val_rounds}")
     path = Path(cfg.lut_path)
     if cfg.train_or_sample == "build_lut":
