@@ -36,7 +36,8 @@ JSON layout (``format_version`` 1)::
     {"meta": {"format_version", "cost": "latency"|"flops"|"params", "unit", "statistic": "median",
               "search_space", "input_size", "batch_size", "cnt_classes", "head_channels", "num_layers",
               "candidate_ops", "layer_shapes": [[in_ch, out_ch, stride, input_hw], ...],
-              "device", "device_name", "torch_version", "threads", "date", "method", "allocator", ...},
+              "device", "device_name", "torch_version", "threads", "date", "method", "allocator",
+              "probes", "probe_rounds": {"memory_ms": [...], "compute_ms": [...]} (one per round), ...},
      "fixed": {"stem": {"median": ms, "iqr": ms, "n": k}, "head": {...}, "pool": {...},
                "classifier": {...}},
      "layers": [{"ir_k3_e1": {"median": ms, "iqr": ms, "n": k}, ...}, ...]}   # one per searched layer
@@ -299,6 +300,8 @@ class LatencyLookupTable:
                 _check_entry(entry, f"{where}: layer {i}, op {op!r}", allow_zero)
         for part, entry in self.fixed.items():
             _check_entry(entry, f"{where}: fixed part {part!r}", allow_zero=True)
+        if "probe_rounds" in meta:
+            _check_probe_rounds(meta["probe_rounds"], where)
 
     def check_compatible(
         self,
@@ -367,6 +370,24 @@ def _check_entry(entry: Any, where: str, allow_zero: bool) -> None:
         raise LUTError(f"{where}: 'median' is not finite ({value!r})")
     if value < 0 or (value == 0 and not allow_zero):
         raise LUTError(f"{where}: 'median' must be positive, got {value!r}")
+
+
+def _check_probe_rounds(rounds: Any, where: str) -> None:
+    """``meta["probe_rounds"]``: equally long lists of positive probe times, one per build round."""
+    names = ("memory_ms", "compute_ms")
+    if not isinstance(rounds, dict) or set(rounds) != set(names):
+        raise LUTError(f"{where}: 'probe_rounds' must be an object with exactly {list(names)}")
+    lengths = set()
+    for name in names:
+        values = rounds[name]
+        if not isinstance(values, list) or not values:
+            raise LUTError(f"{where}: probe_rounds[{name!r}] must be a non-empty list")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise LUTError(f"{where}: probe_rounds[{name!r}] holds {v!r}, not a positive time")
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        raise LUTError(f"{where}: the lists of 'probe_rounds' differ in length {sorted(lengths)}")
 
 
 # ---------------------------------------------------------------------- measurement helpers
@@ -542,7 +563,8 @@ class SpeedProbes:
 
     ``memory``: copying a 64 MiB float32 tensor (far larger than the caches: memory-bound).
     ``compute``: a 128x128 float32 matrix product, 8 times over (cache-resident: compute-bound).
-    A table stores their medians over its build; a validation measures them again, so its report can
+    A table stores them for every round of its build and their medians; a validation measures them
+    again, so it can compare the table with its rounds made in the build's conditions and its report can
     say whether memory or compute ran at another speed than during the build (this project's VM has
     phases of minutes in which some kinds of op run slower than others; README, "Latency lookup
     table"). On CUDA nothing is probed (``measure`` returns an empty dict).
@@ -579,6 +601,12 @@ class SpeedProbes:
         b = self.a
         for _ in range(8):
             b = self.a @ b
+
+    def per_round(self) -> dict[str, list[float]]:
+        """Every sample, in the order measured (ms, 4 decimals): a table keeps them so that a
+        validation can pick its rounds made in the same conditions (``lut_validation.match_rounds``).
+        """
+        return {name: [round(v, 4) for v in values] for name, values in self.samples.items()}
 
     def summary(self) -> dict[str, float]:
         """Median, min and max of each probe over the rounds measured (empty when none)."""
@@ -831,6 +859,7 @@ def _build_in_network(
     }
     if probes.enabled:
         info["probes"] = probes.summary()
+        info["probe_rounds"] = probes.per_round()  # one sample per round
     return layers, fixed, info
 
 

@@ -76,6 +76,11 @@ class LUTConfig:
     num_archs: int = opt(20, "validation: random architectures (the named ones are added)")
     named_archs: bool = opt(True, "validation: add the named architectures that fit the table")
     val_rounds: int = opt(DEFAULT_VAL_ROUNDS, "validation: interleaved measuring rounds")
+    match_conditions: bool = opt(
+        True,
+        "validation: compare the table with the rounds made in its build's conditions (nearest "
+        "speed probes, CPU); the figures over all rounds are reported beside",
+    )
     report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
     progress: bool = opt(True, "show progress bars")
 
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                     normalize_rounds=cfg.normalize_rounds,
                     allocator=cfg.allocator or None,
                     progress=cfg.progress,
+                    match_conditions=cfg.match_conditions,
                 )
             except LUTError as err:  # e.g. a CUDA table on a machine without CUDA
                 raise SystemExit(f"error: {err}") from None
@@ -180,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
             keys = ("pearson_r", "kendall_tau", "spearman_rho", "mape_percent", "max_ape_percent")
             out = {k: report[k] for k in keys}
             out.update(num_archs=report["num_archs"], cost=report["cost"], report=str(report_json))
+            val = report["validation"]
+            if val.get("all_rounds"):  # the headline figures came from the matched rounds
+                out["matched_rounds_used"] = val["matched"]["rounds_used"]
+                out["all_rounds"] = {k: val["all_rounds"][k] for k in keys[:4]}
             # the machine's memory / compute speed now against the build's (> 1: slower now)
             out.update({k: v for k, v in report["validation"].items() if k.startswith("probe_")})
             if report["validation"].get("conditions_differ"):

@@ -8,7 +8,11 @@ that fit it), builds each as a real :class:`FBNet`, and measures it:
   the architectures are measured in interleaved rounds (every architecture once per round, in a fresh
   random order, one untimed pass then the fastest of ``reps`` timed passes), each round scaled to the
   typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
-  is its median over rounds;
+  is its median over rounds. This machine's speed changes between states in which networks differ in
+  their relative latency, not only in level (README, "Latency lookup table"); so when the table kept
+  the speed probes of each of its build's rounds, the median is taken over the validation's rounds
+  made in the nearest conditions, one per build round (:func:`match_rounds`), and the figures over
+  every round are reported beside it;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
 It reports Pearson's r, Kendall's tau and the mean absolute percentage error (MAPE) between the table's
@@ -52,6 +56,7 @@ __all__ = [
     "build_network",
     "compare",
     "kendall_tau",
+    "match_rounds",
     "measure_latencies",
     "measure_rounds",
     "named_archs",
@@ -165,6 +170,31 @@ def scale_rounds(ms: np.ndarray, normalize: bool = True) -> tuple[np.ndarray, np
     return (ms / speed[:, None] if normalize else ms), speed
 
 
+def match_rounds(
+    reference: dict[str, Sequence[float]], probes: dict[str, Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every reference round (a build's), the measured round made in the nearest conditions.
+
+    ``reference`` and ``probes`` map ``memory_ms`` and ``compute_ms`` to one probe time per round
+    (:class:`SpeedProbes`). Conditions are compared as the Euclidean distance between the logarithms of
+    the two probe times, so that both count by their relative change. Returns the index of the nearest
+    measured round for each reference round (a measured round can be picked many times, one made in
+    conditions the reference never saw is not picked) and each of those distances.
+    """
+    names = ("memory_ms", "compute_ms")
+    ref = np.log(np.column_stack([np.asarray(reference[n], float) for n in names]))
+    got = np.log(np.column_stack([np.asarray(probes[n], float) for n in names]))
+    dist = np.sqrt(((ref[:, None, :] - got[None, :, :]) ** 2).sum(axis=2))  # [reference, measured]
+    index = dist.argmin(axis=1)
+    return index, dist[np.arange(len(ref)), index]
+
+
+def _median_iqr(ms: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scaled, speed = scale_rounds(ms, normalize)
+    q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
+    return q50, q75 - q25, speed
+
+
 def measure_latencies(
     models: Sequence[torch.nn.Module],
     x: torch.Tensor,
@@ -174,22 +204,41 @@ def measure_latencies(
     normalize_rounds: bool = True,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    reference: dict[str, Sequence[float]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
 
     Each round is first scaled to the typical round's speed (:func:`scale_rounds`), unless
-    ``normalize_rounds`` is off.
+    ``normalize_rounds`` is off. With ``reference`` (a table's ``probe_rounds``) on the CPU, the median
+    is taken over the rounds :func:`match_rounds` picks, one per reference round, so that the mix of
+    machine states matches the reference's; ``info["all_rounds_ms"]`` then holds the medians over
+    every round. ``info["raw"]`` holds every round's times and probes.
     """
     ms, _, probes = measure_rounds(models, x, rounds, reps, warmup, seed, progress=progress)
-    scaled, speed = scale_rounds(ms, normalize_rounds)
-    q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
-    info = {
+    q50, iqr, speed = _median_iqr(ms, normalize_rounds)
+    info: dict[str, Any] = {
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
     }
     if probes.enabled:
         info["probes"] = probes.summary()
-    return q50, q75 - q25, info
+        if reference:
+            index, dist = match_rounds(reference, probes.samples)
+            info["all_rounds_ms"] = q50
+            q50, iqr, _ = _median_iqr(ms[index], normalize_rounds)
+            info["matched"] = {
+                "reference_rounds": len(index),
+                "rounds_used": int(len(np.unique(index))),
+                # how far the picked rounds' conditions were from the reference's (log distance)
+                "probe_distance_percent": _percentiles(np.expm1(dist) * 100),
+            }
+    info["raw"] = {"ms": np.round(ms, 4).tolist(), "probes": probes.per_round()}
+    return q50, iqr, info
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float]:
+    q50, q90 = np.percentile(values, [50, 90])
+    return {"median": round(float(q50), 2), "p90": round(float(q90), 2)}
 
 
 def _count_macs(model: torch.nn.Module, input_size: int, batch_size: int) -> float:
@@ -279,8 +328,13 @@ def validate_lut(
     normalize_rounds: bool = True,
     allocator: str | None = None,
     progress: bool = True,
+    match_conditions: bool = True,
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
+
+    With ``match_conditions`` (and a CPU table that kept its per-round speed probes) the headline
+    figures compare the table with the validation's rounds made in the build's conditions
+    (:func:`match_rounds`); the figures over every round are reported beside them, as ``all_rounds``.
 
     The device, thread count and allocator setting (:func:`use_allocator`; tables that predate it
     were measured with ``"default"``) default to the table's own; validating under other settings is
@@ -326,11 +380,15 @@ def validate_lut(
             )
     with num_threads(threads if dev.type == "cpu" else None):
         return _validate(
-            lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress
-        )
+            lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
+            match_conditions,
+        )  # fmt: skip
 
 
-def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress):
+def _validate(
+    lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
+    match_conditions,
+):  # fmt: skip
     start = time.perf_counter()
     meta, cost, num_archs = lut.meta, lut.cost, sum(s.name.startswith("random_") for s in specs)
     torch.manual_seed(seed)
@@ -341,12 +399,20 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, al
     batch = meta.get("batch_size", 1)
     size = meta["input_size"]
     info: dict[str, Any] = {}
+    raw, all_rounds = None, None
     if cost == "latency":
         x = torch.randn(batch, 3, size, size, device=dev)
+        reference = meta.get("probe_rounds") if match_conditions else None
+        if match_conditions and reference is None and dev.type == "cpu":
+            logger.warning(
+                "the table kept no per-round speed probes (built before they were recorded): "
+                "comparing it with every round, whatever the machine's state"
+            )
         load_before = load_average()
         measured, spread, info = measure_latencies(
-            models, x, rounds, reps, 1, normalize_rounds, seed, progress
+            models, x, rounds, reps, 1, normalize_rounds, seed, progress, reference
         )
+        raw, all_rounds = info.pop("raw"), info.pop("all_rounds_ms", None)
         info.update(load_average_before=load_before, load_average_after=load_average())
         ratios = probe_ratios(meta.get("probes"), info.get("probes"))
         # flagged, not corrected: a probe is not a model of how each op depends on the machine's state
@@ -359,6 +425,11 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, al
         spread = np.zeros(len(models))
     predicted = [lut.predict(spec.ops) for spec in specs]
     metrics = compare(predicted, measured)
+    info["match_conditions"] = all_rounds is not None
+    if all_rounds is not None:
+        info["all_rounds"] = {k: round(v, 4) for k, v in compare(predicted, all_rounds).items()}
+    else:
+        all_rounds = [None] * len(specs)
     archs = [
         {
             "name": spec.name,
@@ -367,8 +438,9 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, al
             "measured": round(float(m), 5),
             "measured_iqr": round(float(s), 5),
             "error_percent": round(float((p - m) / m * 100.0), 3),
+            **({"measured_all_rounds": round(float(a), 5)} if a is not None else {}),
         }
-        for spec, p, m, s in zip(specs, predicted, measured, spread)
+        for spec, p, m, s, a in zip(specs, predicted, measured, spread, all_rounds)
     ]
     report = {
         **{k: round(v, 4) for k, v in metrics.items()},
@@ -409,6 +481,8 @@ def _validate(lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, al
         },
         "archs": archs,
     }
+    if raw is not None:
+        report["raw"] = raw  # every round's times [round][arch] and probes, for re-analysis
     return report
 
 
