@@ -192,7 +192,13 @@ def bench_drift(args: argparse.Namespace) -> dict:
     import torch
 
     from supernet_functions.lookup_table_builder import round_speed, use_allocator
-    from supernet_functions.lut_validation import build_network, measure_rounds, scale_rounds
+    from supernet_functions.lut_validation import (
+        MATCH_PROBE,
+        build_network,
+        match_rounds,
+        measure_rounds,
+        round_medians,
+    )
 
     lut = LatencyLookupTable.load(args.lut_path)
     if lut.cost != "latency" or lut.meta.get("device") != "cpu":
@@ -227,20 +233,25 @@ def bench_drift(args: argparse.Namespace) -> dict:
             np.percentile(level, [0, 10, 50, 90, 100]), 3
         ).tolist(),
     }
-    compute = probes.samples["compute_ms"]  # a CPU table: probed after every round
+    compute = probes.samples[MATCH_PROBE]  # a CPU table: probed after every round
     out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
     out["level_by_window_s"] = {
         str(w): _window_spread(level, max(1, round(w / round_s))) for w in args.windows_s
     }
     predicted = [lut.predict(s.ops) for s in specs]
+    reference = lut.meta.get("probe_rounds")  # the build's conditions, round by round
     out["validation_windows"] = {}
     for k in args.val_rounds:
         # back-to-back validations of k rounds, each scaled as measure_latencies scales them
-        est = [
-            np.median(scale_rounds(ms[a : a + k])[0], axis=0) for a in range(0, len(ms) - k + 1, k)
-        ]
+        starts = range(0, len(ms) - k + 1, k)
+        est = [round_medians(ms[a : a + k], True)[0] for a in starts]
         if len(est) < 2:
             continue
+        if reference:  # and as a validation matched to the build's conditions weighs them
+            weights = [match_rounds(reference[MATCH_PROBE], compute[a : a + k])[0] for a in starts]
+            matched = [round_medians(ms[a : a + k], True, w)[0] for a, w in zip(starts, weights)]
+            vs_table = [kendall_tau(predicted, e) for e in matched]
+            tau_matched = [round(float(np.median(vs_table)), 3), round(min(vs_table), 3)]
         relative = np.array([e / e.mean() for e in est])
         between = [kendall_tau(p, q) for p, q in itertools.combinations(est, 2)]
         vs_table = [kendall_tau(predicted, e) for e in est]
@@ -250,19 +261,28 @@ def bench_drift(args: argparse.Namespace) -> dict:
             "tau_between": [round(float(np.median(between)), 3), round(min(between), 3)],
             "tau_vs_table": [round(float(np.median(vs_table)), 3), round(min(vs_table), 3)],
         }
+        if reference:
+            out["validation_windows"][str(k)]["tau_vs_table_matched"] = tau_matched
     return out
+
+
+def _median_range(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(float(np.median(values)), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
 
 
 def bench_summarize(args: argparse.Namespace) -> dict:
     reports = [json.loads(Path(p).read_text()) for p in args.reports]
     out: dict = {"bench": "lut_validations", "num_reports": len(reports)}
-    for key in ("pearson_r", "kendall_tau", "mape_percent", "max_ape_percent"):
-        values = [r[key] for r in reports]
-        out[key] = {
-            "median": round(float(np.median(values)), 4),
-            "min": round(min(values), 4),
-            "max": round(max(values), 4),
-        }
+    keys = ("pearson_r", "kendall_tau", "mape_percent", "max_ape_percent")
+    out.update({key: _median_range([r[key] for r in reports]) for key in keys})
+    matched = [r["validation"]["all_rounds"] for r in reports if r["validation"].get("all_rounds")]
+    if matched:  # the figures over every round, beside the headline ones from matched rounds
+        out["all_rounds"] = {key: _median_range([m[key] for m in matched]) for key in keys}
+        out["all_rounds"]["num_reports"] = len(matched)
     out["num_archs"] = sorted({r["num_archs"] for r in reports})
     # the same networks measured at different times: how far their measured ranking is reproducible,
     # a ceiling for any table's Kendall tau on this machine
@@ -270,12 +290,7 @@ def bench_summarize(args: argparse.Namespace) -> dict:
     if len(reports) > 1 and len(set(names)) == 1:
         measured = [[a["measured"] for a in r["archs"]] for r in reports]
         taus = [kendall_tau(x, y) for x, y in itertools.combinations(measured, 2)]
-        out["kendall_tau_between_measurements"] = {
-            "median": round(float(np.median(taus)), 4),
-            "min": round(min(taus), 4),
-            "max": round(max(taus), 4),
-            "pairs": len(taus),
-        }
+        out["kendall_tau_between_measurements"] = {**_median_range(taus), "pairs": len(taus)}
     out["dates"] = [r["validation"]["date"] for r in reports]
     return out
 

@@ -94,6 +94,7 @@ __all__ = [
     "SpeedProbes",
     "time_parts",
     "use_allocator",
+    "weighted_percentiles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -669,13 +670,40 @@ def _homogeneous_nets(
     return nets
 
 
-def round_speed(times: np.ndarray) -> np.ndarray:
+def round_speed(times: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """How slow each round was, relative to the typical round: ``times[round, item]`` -> ``[round]``.
 
     Every round times the same items, so an item's time over its median across rounds shows the
     machine's speed in that round; the median over items ignores a burst that hit only a few of them.
+    With ``weights`` (one per round) an item's median across rounds is the weighted one.
     """
-    return np.median(times / np.median(times, axis=0, keepdims=True), axis=1)
+    if weights is None:
+        typical = np.median(times, axis=0)
+    else:
+        typical = weighted_percentiles(times, weights, [50])[0]
+    return np.median(times / typical, axis=1)
+
+
+def weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, percents: Sequence[float]
+) -> list[np.ndarray]:
+    """Percentiles along axis 0 of ``values[round, item]``, each round counted with its weight.
+
+    For each percent ``q``: the smallest value whose rounds' cumulative weight reaches ``q``% of the
+    total (the inverted distribution function; with equal weights and an even count, the median is
+    the lower of the two middle values). Rounds of weight 0 do not count.
+    """
+    weights = np.asarray(weights, float)
+    if weights.ndim != 1 or len(weights) != len(values) or weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError("need one non-negative weight per round, not all zero")
+    order = np.argsort(values, axis=0, kind="stable")
+    cumulative = np.cumsum(weights[order], axis=0) / weights.sum()  # [round, item]
+    items = np.arange(values.shape[1])
+    out = []
+    for q in percents:
+        first = np.argmax(cumulative >= q / 100.0 - 1e-12, axis=0)
+        out.append(np.take_along_axis(values, order, axis=0)[first, items])
+    return out
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:

@@ -10,9 +10,9 @@ that fit it), builds each as a real :class:`FBNet`, and measures it:
   typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
   is its median over rounds. This machine's speed changes between states in which networks differ in
   their relative latency, not only in level (README, "Latency lookup table"); so when the table kept
-  the speed probes of each of its build's rounds, the median is taken over the validation's rounds
-  made in the nearest conditions, one per build round (:func:`match_rounds`), and the figures over
-  every round are reported beside it;
+  the speed probe of each of its build's rounds, the medians are weighted to give the validation's
+  rounds the build's mix of states (:func:`match_rounds`), and the figures over every round are
+  reported beside them;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
 It reports Pearson's r, Kendall's tau and the mean absolute percentage error (MAPE) between the table's
@@ -49,10 +49,13 @@ from .lookup_table_builder import (
     round_speed,
     time_parts,
     use_allocator,
+    weighted_percentiles,
 )
 
 __all__ = [
     "DEFAULT_VAL_ROUNDS",
+    "MATCH_PROBE",
+    "MATCH_TOLERANCE",
     "build_network",
     "compare",
     "kendall_tau",
@@ -61,6 +64,7 @@ __all__ = [
     "measure_rounds",
     "named_archs",
     "plot_report",
+    "round_medians",
     "probe_ratios",
     "sample_archs",
     "scale_rounds",
@@ -170,28 +174,49 @@ def scale_rounds(ms: np.ndarray, normalize: bool = True) -> tuple[np.ndarray, np
     return (ms / speed[:, None] if normalize else ms), speed
 
 
+# Matching a validation's rounds to its build's conditions (match_rounds). This VM's compute probe
+# takes one of two values (about 0.57 and 0.70 ms), the two states in which networks rank differently
+# (README, "Latency lookup table"); rounds within 5% of each other are in the same state. The memory
+# probe is not used: its level drifted by 10-15% over hours while the rankings did not follow it,
+# and matching on it gave odd rounds most of the weight.
+MATCH_PROBE = "compute_ms"
+MATCH_TOLERANCE = 0.05
+
+
 def match_rounds(
-    reference: dict[str, Sequence[float]], probes: dict[str, Sequence[float]]
+    reference: Sequence[float], measured: Sequence[float], tolerance: float = MATCH_TOLERANCE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For every reference round (a build's), the measured round made in the nearest conditions.
+    """Weights of the measured rounds that give them the mix of conditions of the reference rounds.
 
-    ``reference`` and ``probes`` map ``memory_ms`` and ``compute_ms`` to one probe time per round
-    (:class:`SpeedProbes`). Conditions are compared as the Euclidean distance between the logarithms of
-    the two probe times, so that both count by their relative change. Returns the index of the nearest
-    measured round for each reference round (a measured round can be picked many times, one made in
-    conditions the reference never saw is not picked) and each of those distances.
+    ``reference`` and ``measured`` are one probe time per round (a build's, a validation's; the
+    compute probe of :class:`SpeedProbes`). Each reference round gives a weight of 1, shared equally
+    by the measured rounds whose probe lies within ``tolerance`` of its own (relative), or given to
+    the nearest one when none does. Returns the weights (they sum to the number of reference rounds)
+    and, for each reference round, the relative distance to its nearest measured round.
     """
-    names = ("memory_ms", "compute_ms")
-    ref = np.log(np.column_stack([np.asarray(reference[n], float) for n in names]))
-    got = np.log(np.column_stack([np.asarray(probes[n], float) for n in names]))
-    dist = np.sqrt(((ref[:, None, :] - got[None, :, :]) ** 2).sum(axis=2))  # [reference, measured]
-    index = dist.argmin(axis=1)
-    return index, dist[np.arange(len(ref)), index]
+    ref = np.log(np.asarray(reference, float))
+    got = np.log(np.asarray(measured, float))
+    dist = np.abs(ref[:, None] - got[None, :])  # [reference, measured]
+    near = dist <= np.log1p(tolerance)
+    nearest = dist.argmin(axis=1)
+    none_near = ~near.any(axis=1)
+    near[none_near, nearest[none_near]] = True
+    weights = (near / near.sum(axis=1, keepdims=True)).sum(axis=0)
+    return weights, np.expm1(dist.min(axis=1))
 
 
-def _median_iqr(ms: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scaled, speed = scale_rounds(ms, normalize)
-    q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
+def round_medians(
+    ms: np.ndarray, normalize: bool, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each model's median and IQR over rounds (scaled, :func:`scale_rounds`), and the round speeds;
+    with ``weights``, weighted ones (:func:`weighted_percentiles`)."""
+    if weights is None:
+        scaled, speed = scale_rounds(ms, normalize)
+        q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
+    else:
+        speed = round_speed(ms, weights)
+        scaled = ms / speed[:, None] if normalize else ms
+        q25, q50, q75 = weighted_percentiles(scaled, weights, [25, 50, 75])
     return q50, q75 - q25, speed
 
 
@@ -209,13 +234,13 @@ def measure_latencies(
     """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
 
     Each round is first scaled to the typical round's speed (:func:`scale_rounds`), unless
-    ``normalize_rounds`` is off. With ``reference`` (a table's ``probe_rounds``) on the CPU, the median
-    is taken over the rounds :func:`match_rounds` picks, one per reference round, so that the mix of
-    machine states matches the reference's; ``info["all_rounds_ms"]`` then holds the medians over
-    every round. ``info["raw"]`` holds every round's times and probes.
+    ``normalize_rounds`` is off. With ``reference`` (a table's ``probe_rounds``) on the CPU, the
+    medians are weighted so that the rounds' mix of machine states matches the reference's
+    (:func:`match_rounds`); ``info["all_rounds_ms"]`` then holds the plain medians over every
+    round. ``info["raw"]`` holds every round's times and probes.
     """
     ms, _, probes = measure_rounds(models, x, rounds, reps, warmup, seed, progress=progress)
-    q50, iqr, speed = _median_iqr(ms, normalize_rounds)
+    q50, iqr, speed = round_medians(ms, normalize_rounds)
     info: dict[str, Any] = {
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
@@ -223,22 +248,20 @@ def measure_latencies(
     if probes.enabled:
         info["probes"] = probes.summary()
         if reference:
-            index, dist = match_rounds(reference, probes.samples)
+            weights, dist = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
             info["all_rounds_ms"] = q50
-            q50, iqr, _ = _median_iqr(ms[index], normalize_rounds)
+            q50, iqr, _ = round_medians(ms, normalize_rounds, weights)
             info["matched"] = {
-                "reference_rounds": len(index),
-                "rounds_used": int(len(np.unique(index))),
-                # how far the picked rounds' conditions were from the reference's (log distance)
-                "probe_distance_percent": _percentiles(np.expm1(dist) * 100),
+                "probe": MATCH_PROBE,
+                "tolerance_percent": MATCH_TOLERANCE * 100,
+                "reference_rounds": len(dist),
+                "reference_rounds_without_match": int(np.sum(dist > MATCH_TOLERANCE)),
+                "rounds_used": int(np.count_nonzero(weights)),
+                # Kish's effective sample size: how many equally weighted rounds the weights are worth
+                "effective_rounds": round(float(weights.sum() ** 2 / (weights**2).sum()), 1),
             }
     info["raw"] = {"ms": np.round(ms, 4).tolist(), "probes": probes.per_round()}
     return q50, iqr, info
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float]:
-    q50, q90 = np.percentile(values, [50, 90])
-    return {"median": round(float(q50), 2), "p90": round(float(q90), 2)}
 
 
 def _count_macs(model: torch.nn.Module, input_size: int, batch_size: int) -> float:

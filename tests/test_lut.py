@@ -133,12 +133,24 @@ def _bad_files(good: dict):
         ),
         "version": (edited(lambda d: d["meta"].update(format_version=99)), "format_version 99"),
         "bad_cost": (edited(lambda d: d["meta"].update(cost="energy")), "unknown cost 'energy'"),
+        "probe_rounds_keys": (
+            edited(lambda d: d["meta"]["probe_rounds"].pop("compute_ms")),
+            "'probe_rounds' must be an object with exactly",
+        ),
+        "probe_rounds_value": (
+            edited(lambda d: d["meta"]["probe_rounds"]["memory_ms"].__setitem__(0, -1.0)),
+            r"probe_rounds\['memory_ms'\] holds -1.0, not a positive time",
+        ),
+        "probe_rounds_length": (
+            edited(lambda d: d["meta"]["probe_rounds"]["compute_ms"].pop()),
+            "the lists of 'probe_rounds' differ in length",
+        ),
     }
 
 
 BAD_KINDS = (
     "missing empty truncated corrupt not_object no_layers missing_layers unknown_op zero negative "
-    "not_number no_median version bad_cost"
+    "not_number no_median version bad_cost probe_rounds_keys probe_rounds_value probe_rounds_length"
 ).split()
 
 
@@ -368,6 +380,106 @@ def test_speed_probes_are_stored_with_the_table_and_compared_by_the_validation(t
     odd = LatencyLookupTable({**tiny_lut.meta, "probes": fast_build}, tiny_lut.layers)
     flagged = validate_lut(odd, num_archs=3, rounds=1, reps=1, progress=False)["validation"]
     assert "probe_memory_vs_build" in flagged["conditions_differ"]
+
+
+def test_build_keeps_the_probes_of_every_round(tiny_lut):
+    rounds = tiny_lut.meta["probe_rounds"]
+    assert len(rounds["memory_ms"]) == len(rounds["compute_ms"]) == tiny_lut.meta["rounds"]
+    assert np.median(rounds["memory_ms"]) == pytest.approx(
+        tiny_lut.meta["probes"]["memory_ms"], 1e-3
+    )
+
+
+def test_match_rounds_weighs_measured_rounds_by_the_reference_conditions_by_hand():
+    from supernet_functions.lut_validation import match_rounds
+
+    reference = [0.70, 0.57, 0.57, 0.90]  # compute probe of four build rounds
+    measured = [0.57, 0.58, 0.71, 0.69, 0.56]
+    weights, dist = match_rounds(reference, measured, tolerance=0.05)
+    # 0.70 -> 0.71 and 0.69 (1/2 each); each 0.57 -> 0.57, 0.58, 0.56 (1/3 each); 0.90: nothing
+    # within 5%, so all of it to the nearest, 0.71
+    assert weights.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 2 + 1, 1 / 2, 2 / 3])
+    assert weights.sum() == pytest.approx(len(reference))
+    assert dist.tolist() == pytest.approx([0.71 / 0.70 - 1, 0.0, 0.0, 0.90 / 0.71 - 1])
+
+
+def test_weighted_percentiles_and_round_speed_by_hand():
+    from supernet_functions.lookup_table_builder import round_speed, weighted_percentiles
+
+    values = np.array([[4.0, 40.0], [1.0, 10.0], [3.0, 30.0], [2.0, 20.0]])  # [round, item]
+    (median,) = weighted_percentiles(values, np.ones(4), [50])
+    assert median.tolist() == [2.0, 20.0]  # the lower middle value
+    q50, q75, q90 = weighted_percentiles(values, np.array([0.0, 3.0, 0.0, 1.0]), [50, 75, 90])
+    assert q50.tolist() == [1.0, 10.0] and q75.tolist() == [1.0, 10.0] and q90.tolist() == [2, 20]
+    with pytest.raises(ValueError, match="one non-negative weight per round"):
+        weighted_percentiles(values, np.array([1.0, -1.0, 1.0, 1.0]), [50])
+    times = np.array([[1.0, 2.0], [2.0, 4.0], [2.0, 4.0]])
+    assert round_speed(times).tolist() == [0.5, 1.0, 1.0]  # typical round: the median (2, 4)
+    assert round_speed(times, np.array([1.0, 0.0, 0.0])).tolist() == [1.0, 2.0, 2.0]
+
+
+def _two_state_rounds(monkeypatch):
+    """Fake measurements: two machine states in which three networks rank differently."""
+    from supernet_functions import lut_validation
+
+    state_a = np.array([10.0, 11.0, 12.0])  # compute-bound state: network 2 slowest
+    state_b = np.array([9.0, 11.5, 10.5])  # memory-bound state: network 1 slowest
+    is_a = np.array([1, 0, 0, 0, 1, 0, 0, 1], bool)  # mostly in state b
+    ms = np.where(is_a[:, None], state_a, state_b)
+    probes = SpeedProbes(torch.device("meta"))
+    probes.enabled = True
+    probes.samples = {
+        "memory_ms": [7.0 if a else 7.8 for a in is_a],
+        "compute_ms": [0.70 if a else 0.57 for a in is_a],
+    }
+    fake = lambda *args, **kwargs: (ms, np.arange(len(ms)), probes)  # noqa: E731
+    monkeypatch.setattr(lut_validation, "measure_rounds", fake)
+    return state_a, state_b
+
+
+def test_validation_compares_with_the_rounds_in_the_builds_conditions(monkeypatch):
+    from supernet_functions.lut_validation import measure_latencies
+
+    state_a, state_b = _two_state_rounds(monkeypatch)
+    reference = {"memory_ms": [7.05] * 5, "compute_ms": [0.69] * 5}  # a build made in state a
+    # round scaling off: the states differ in more than a common speed factor
+    med, iqr, info = measure_latencies([], None, normalize_rounds=False, reference=reference)
+    assert med.tolist() == state_a.tolist() and iqr.tolist() == [0, 0, 0]
+    assert info["all_rounds_ms"].tolist() == state_b.tolist()  # most rounds were in state b
+    matched = info["matched"]
+    assert matched["rounds_used"] == 3 and matched["reference_rounds"] == 5
+    assert matched["effective_rounds"] == 3.0 and matched["reference_rounds_without_match"] == 0
+    assert len(info["raw"]["ms"]) == 8 and info["raw"]["probes"]["compute_ms"][0] == 0.70
+    med, _, info = measure_latencies([], None, normalize_rounds=False)  # nothing to match
+    assert med.tolist() == state_b.tolist() and "matched" not in info
+
+
+def test_validation_report_gives_matched_and_all_round_figures(tiny_lut, monkeypatch):
+    state_a, state_b = _two_state_rounds(monkeypatch)
+    # every op costs 1 ms but ir_k3_e1 2 ms: architecture i (i layers of ir_k3_e1) is predicted 4 + i
+    layers = [
+        {op: {"median": 2.0 if op == "ir_k3_e1" else 1.0} for op in d} for d in tiny_lut.layers
+    ]
+    meta = {**tiny_lut.meta, "probe_rounds": {"memory_ms": [7.0] * 4, "compute_ms": [0.7] * 4}}
+    lut = LatencyLookupTable(meta, layers, {})
+    specs = [
+        ArchSpec(f"random_{i}", ("skip",) * (4 - i) + ("ir_k3_e1",) * i, "tiny") for i in range(3)
+    ]
+    monkeypatch.setattr("supernet_functions.lut_validation.sample_archs", lambda *a: specs)
+    kwargs = dict(num_archs=3, include_named=False, normalize_rounds=False, progress=False)
+    report = validate_lut(lut, **kwargs)
+    v = report["validation"]
+    assert [a["predicted"] for a in report["archs"]] == [4.0, 5.0, 6.0]
+    assert v["match_conditions"] and report["kendall_tau"] == pytest.approx(1.0)
+    assert v["all_rounds"]["kendall_tau"] == pytest.approx(
+        kendall_tau([4, 5, 6], state_b), abs=1e-4
+    )
+    assert v["all_rounds"]["kendall_tau"] < 0.5
+    assert [a["measured"] for a in report["archs"]] == state_a.tolist()
+    assert [a["measured_all_rounds"] for a in report["archs"]] == state_b.tolist()
+    off = validate_lut(lut, match_conditions=False, **kwargs)
+    assert not off["validation"]["match_conditions"] and "all_rounds" not in off["validation"]
+    assert [a["measured"] for a in off["archs"]] == state_b.tolist()
 
 
 def test_speed_probes_time_real_work_and_skip_cuda():
