@@ -188,6 +188,23 @@ def _window_spread(values: np.ndarray, length: int) -> dict:
     }
 
 
+def _two_states(compute: np.ndarray, min_rounds: int = 3) -> np.ndarray | None:
+    """Split rounds into a faster and a slower compute state: of the splits of the compute probe's
+    sorted logarithms that leave at least ``min_rounds`` rounds on each side, the one with the least
+    sum of squares around the two means (1-D 2-means). ``True`` marks the faster state; ``None``
+    with fewer than ``2 * min_rounds`` rounds."""
+    c = np.sort(np.log(compute))
+    n = len(c)
+    if n < 2 * min_rounds:
+        return None
+    sums, squares = np.cumsum(c), np.cumsum(c**2)
+    k = np.arange(min_rounds, n - min_rounds + 1)  # the lower group holds the k smallest values
+    lower = squares[k - 1] - sums[k - 1] ** 2 / k
+    upper = (squares[-1] - squares[k - 1]) - (sums[-1] - sums[k - 1]) ** 2 / (n - k)
+    split = int(k[np.argmin(lower + upper)])
+    return np.log(compute) < (c[split - 1] + c[split]) / 2
+
+
 def bench_drift(args: argparse.Namespace) -> dict:
     import torch
 
@@ -205,19 +222,28 @@ def bench_drift(args: argparse.Namespace) -> dict:
         raise SystemExit(
             f"drift times networks on the CPU: {args.lut_path} is not a CPU latency table"
         )
-    torch.set_num_threads(args.threads)
-    allocator = use_allocator(lut.allocator)
     specs = sample_archs(lut, args.num_archs, args.seed) + named_archs(lut)
-    torch.manual_seed(args.seed)
-    models = [build_network(lut, s, torch.device("cpu")) for s in specs]
-    size = lut.meta["input_size"]
-    x = torch.randn(lut.meta.get("batch_size", 1), 3, size, size)
-    ms, ends, probes = measure_rounds(
-        models, x, seed=args.seed, duration_s=args.duration_s, progress=args.progress
-    )
+    names = [s.name for s in specs]
+    if args.from_raw:  # analyse a run recorded earlier with --raw_path: nothing is timed
+        raw = json.loads(Path(args.from_raw).read_text())
+        if raw["names"] != names:
+            raise SystemExit(f"{args.from_raw} timed other networks than {args.lut_path} validates")
+        ms, ends, samples = np.array(raw["ms"]), np.array(raw["round_end_s"]), raw["probes"]
+        allocator = raw.get("allocator", lut.allocator)
+    else:
+        torch.set_num_threads(args.threads)
+        allocator = use_allocator(lut.allocator)
+        torch.manual_seed(args.seed)
+        models = [build_network(lut, s, torch.device("cpu")) for s in specs]
+        size = lut.meta["input_size"]
+        x = torch.randn(lut.meta.get("batch_size", 1), 3, size, size)
+        ms, ends, probes = measure_rounds(
+            models, x, seed=args.seed, duration_s=args.duration_s, progress=args.progress
+        )
+        samples = probes.samples
     if args.raw_path:
-        raw = {"names": [s.name for s in specs], "ms": ms.tolist(), "round_end_s": ends.tolist()}
-        atomic_write_json(args.raw_path, {**raw, "probes": probes.samples})
+        raw = {"names": names, "ms": ms.tolist(), "round_end_s": ends.tolist()}
+        atomic_write_json(args.raw_path, {**raw, "probes": samples, "allocator": allocator})
     level = round_speed(ms)  # each round's time over the typical round's, for the whole run
     round_s = float(np.median(np.diff(ends, prepend=0.0)))
     out: dict = {
@@ -233,11 +259,24 @@ def bench_drift(args: argparse.Namespace) -> dict:
             np.percentile(level, [0, 10, 50, 90, 100]), 3
         ).tolist(),
     }
-    compute = probes.samples[MATCH_PROBE]  # a CPU table: probed after every round
+    compute = samples[MATCH_PROBE]  # a CPU table: probed after every round
     out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
     out["level_by_window_s"] = {
         str(w): _window_spread(level, max(1, round(w / round_s))) for w in args.windows_s
     }
+    fast = _two_states(np.asarray(compute))
+    if fast is not None:  # how the networks' latencies differ between the two compute states
+        by_state = [round_medians(ms[fast], True)[0], round_medians(ms[~fast], True)[0]]
+        ratio = by_state[0] / by_state[1]
+        out["compute_states"] = {
+            "rounds_fast_slow": [int(fast.sum()), int((~fast).sum())],
+            "compute_ms_fast_slow": [
+                round(float(np.median(np.asarray(compute)[f])), 4) for f in (fast, ~fast)
+            ],
+            "tau_between_states": round(kendall_tau(*by_state), 3),
+            "fast_over_slow_median": round(float(np.median(ratio)), 3),
+            "fast_over_slow_relative_sd_percent": round(float(np.std(np.log(ratio)) * 100), 2),
+        }
     predicted = [lut.predict(s.ops) for s in specs]
     reference = lut.meta.get("probe_rounds")  # the build's conditions, round by round
     out["validation_windows"] = {}
@@ -328,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--windows_s", type=float, nargs="+", default=[60.0, 150.0, 270.0])
     p.add_argument("--val_rounds", type=int, nargs="+", default=[15, 30], help="validation lengths")
     p.add_argument("--raw_path", default="", help="also write every round's times here (JSON)")
+    p.add_argument("--from_raw", default="", help="analyse the rounds of a --raw_path file instead")
     p.add_argument("--progress", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
     args = parser.parse_args(argv)
     if args.mode == "allocator" and args.worker:

@@ -32,7 +32,13 @@ from .lookup_table_builder import (
     build_cost_table,
     build_lut,
 )
-from .lut_validation import DEFAULT_VAL_ROUNDS, plot_report, save_report, validate_lut
+from .lut_validation import (
+    DEFAULT_VAL_MAX_ROUNDS,
+    DEFAULT_VAL_ROUNDS,
+    plot_report,
+    save_report,
+    validate_lut,
+)
 
 __all__ = ["LUTConfig", "main", "report_paths"]
 
@@ -81,6 +87,11 @@ class LUTConfig:
         "validation: compare the table with the rounds made in its build's conditions (nearest "
         "speed probes, CPU); the figures over all rounds are reported beside",
     )
+    val_max_rounds: int = opt(
+        DEFAULT_VAL_MAX_ROUNDS,
+        "validation with --match_conditions: measure past --val_rounds, up to this many rounds, "
+        "while fewer than half of --val_rounds were made in the build's conditions",
+    )
     report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
     progress: bool = opt(True, "show progress bars")
 
@@ -126,6 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: --lut_path is required")
     if cfg.train_or_sample == "validate_lut" and cfg.val_rounds < 1:
         raise SystemExit(f"error: --val_rounds must be at least 1, got {cfg.val_rounds}")
+    if cfg.train_or_sample == "validate_lut" and cfg.match_conditions:
+        if cfg.val_max_rounds < cfg.val_rounds:
+            raise SystemExit(
+                f"error: --val_max_rounds ({cfg.val_max_rounds}) must be at least --val_rounds "
+                f"({cfg.val_rounds})"
+            )
     path = Path(cfg.lut_path)
     if cfg.train_or_sample == "build_lut":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                     allocator=cfg.allocator or None,
                     progress=cfg.progress,
                     match_conditions=cfg.match_conditions,
+                    max_rounds=cfg.val_max_rounds,
                 )
             except LUTError as err:  # e.g. a CUDA table on a machine without CUDA
                 raise SystemExit(f"error: {err}") from None
@@ -188,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
             out.update(num_archs=report["num_archs"], cost=report["cost"], report=str(report_json))
             val = report["validation"]
             if val.get("all_rounds"):  # the headline figures came from the matched rounds
-                out["matched_rounds_used"] = val["matched"]["rounds_used"]
+                out["rounds_measured"] = val["rounds_measured"]
+                out["matched_effective_rounds"] = val["matched"]["effective_rounds"]
                 out["all_rounds"] = {k: val["all_rounds"][k] for k in keys[:4]}
             # the machine's memory / compute speed now against the build's (> 1: slower now)
             out.update({k: v for k, v in report["validation"].items() if k.startswith("probe_")})

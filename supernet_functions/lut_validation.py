@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,13 @@ from .lookup_table_builder import (
 )
 
 __all__ = [
+    "DEFAULT_VAL_MAX_ROUNDS",
     "DEFAULT_VAL_ROUNDS",
     "MATCH_PROBE",
     "MATCH_TOLERANCE",
     "build_network",
     "compare",
+    "effective_rounds",
     "kendall_tau",
     "match_rounds",
     "measure_latencies",
@@ -79,6 +81,10 @@ logger = logging.getLogger(__name__)
 # two validations ranked the same 27 networks alike to Kendall tau 0.875 and 0.818 at worst at 15
 # rounds, 0.920 and 0.880 at 30.
 DEFAULT_VAL_ROUNDS = 30
+# How far a validation matched to its build's conditions may go on measuring (see measure_latencies):
+# at 224x224 here 90 rounds take about 6 minutes; in a 9-minute drift run every 6-minute window held
+# rounds of both of this VM's compute states (SAVED_LOGS/benchmarks/lut_drift.log).
+DEFAULT_VAL_MAX_ROUNDS = 90
 
 
 def named_archs(lut: LatencyLookupTable) -> list[ArchSpec]:
@@ -129,6 +135,8 @@ def measure_rounds(
     seed: int = 0,
     duration_s: float = 0.0,
     progress: bool = True,
+    more: Callable[[SpeedProbes], bool] | None = None,
+    max_rounds: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, SpeedProbes]:
     """Every model's end-to-end latency (ms) in interleaved rounds, unscaled: ``ms[round, model]``.
 
@@ -136,19 +144,28 @@ def measure_rounds(
     fastest of ``reps`` timed ones; the speed probes are timed after it. Returns ``ms``, the seconds
     from the start at the end of each round (its probes included) and the probes. ``duration_s > 0``
     measures rounds until that many seconds have passed instead of a fixed number
-    (``bench/bench_lut.py drift``).
+    (``bench/bench_lut.py drift``). After ``rounds`` rounds, ``more(probes)`` can ask for further
+    ones, up to ``max_rounds`` in all.
     """
     rng = np.random.default_rng(seed)
     clock = time.perf_counter
     rows, ends = [], []
     probes = SpeedProbes(x.device)
     total = None if duration_s > 0 else rounds
+
+    def go_on() -> bool:
+        if duration_s > 0:
+            return clock() - start < duration_s
+        if len(rows) < rounds:
+            return True
+        return more is not None and len(rows) < max_rounds and more(probes)
+
     with torch.inference_mode():
         for m in models:  # untimed warm-up of every network
             m(x)
         start = clock()
         bar = tqdm(desc="measuring rounds", total=total, disable=not progress)
-        while (clock() - start < duration_s) if duration_s > 0 else len(rows) < rounds:
+        while go_on():
             row = np.zeros(len(models))
             for i in rng.permutation(len(models)):
                 model = models[i]
@@ -220,6 +237,11 @@ def round_medians(
     return q50, q75 - q25, speed
 
 
+def effective_rounds(weights: np.ndarray) -> float:
+    """Kish's effective sample size: how many equally weighted rounds ``weights`` are worth."""
+    return float(weights.sum() ** 2 / (weights**2).sum())
+
+
 def measure_latencies(
     models: Sequence[torch.nn.Module],
     x: torch.Tensor,
@@ -230,36 +252,49 @@ def measure_latencies(
     seed: int = 0,
     progress: bool = True,
     reference: dict[str, Sequence[float]] | None = None,
+    max_rounds: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
 
     Each round is first scaled to the typical round's speed (:func:`scale_rounds`), unless
     ``normalize_rounds`` is off. With ``reference`` (a table's ``probe_rounds``) on the CPU, the
     medians are weighted so that the rounds' mix of machine states matches the reference's
-    (:func:`match_rounds`); ``info["all_rounds_ms"]`` then holds the plain medians over every
-    round. ``info["raw"]`` holds every round's times and probes.
+    (:func:`match_rounds`), and measuring goes on past ``rounds``, up to ``max_rounds``, while the
+    weighted rounds are worth fewer than ``rounds / 2`` (:func:`effective_rounds`: a state the build
+    saw often and the validation rarely rests on few rounds); ``info["all_rounds_ms"]`` then holds the
+    plain medians over every round. ``info["raw"]`` holds every round's times and probes.
     """
-    ms, _, probes = measure_rounds(models, x, rounds, reps, warmup, seed, progress=progress)
+
+    def too_few(probes: SpeedProbes) -> bool:
+        if not probes.enabled:  # CUDA: nothing to match
+            return False
+        weights, _ = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
+        return effective_rounds(weights) < rounds / 2
+
+    ms, _, probes = measure_rounds(
+        models, x, rounds, reps, warmup, seed, progress=progress,
+        more=too_few if reference else None, max_rounds=max_rounds,
+    )  # fmt: skip
     q50, iqr, speed = round_medians(ms, normalize_rounds)
     info: dict[str, Any] = {
+        "rounds_measured": len(ms),
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
     }
     if probes.enabled:
         info["probes"] = probes.summary()
-        if reference:
-            weights, dist = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
-            info["all_rounds_ms"] = q50
-            q50, iqr, _ = round_medians(ms, normalize_rounds, weights)
-            info["matched"] = {
-                "probe": MATCH_PROBE,
-                "tolerance_percent": MATCH_TOLERANCE * 100,
-                "reference_rounds": len(dist),
-                "reference_rounds_without_match": int(np.sum(dist > MATCH_TOLERANCE)),
-                "rounds_used": int(np.count_nonzero(weights)),
-                # Kish's effective sample size: how many equally weighted rounds the weights are worth
-                "effective_rounds": round(float(weights.sum() ** 2 / (weights**2).sum()), 1),
-            }
+    if reference and probes.enabled:
+        weights, dist = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
+        info["all_rounds_ms"] = q50
+        q50, iqr, _ = round_medians(ms, normalize_rounds, weights)
+        info["matched"] = {
+            "probe": MATCH_PROBE,
+            "tolerance_percent": MATCH_TOLERANCE * 100,
+            "reference_rounds": len(dist),
+            "reference_rounds_without_match": int(np.sum(dist > MATCH_TOLERANCE)),
+            "rounds_used": int(np.count_nonzero(weights)),
+            "effective_rounds": round(effective_rounds(weights), 1),
+        }
     info["raw"] = {"ms": np.round(ms, 4).tolist(), "probes": probes.per_round()}
     return q50, iqr, info
 
@@ -352,12 +387,15 @@ def validate_lut(
     allocator: str | None = None,
     progress: bool = True,
     match_conditions: bool = True,
+    max_rounds: int = DEFAULT_VAL_MAX_ROUNDS,
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
 
     With ``match_conditions`` (and a CPU table that kept its per-round speed probes) the headline
-    figures compare the table with the validation's rounds made in the build's conditions
-    (:func:`match_rounds`); the figures over every round are reported beside them, as ``all_rounds``.
+    figures compare the table with the validation's rounds weighted to the build's mix of conditions
+    (:func:`match_rounds`; measuring goes on past ``rounds``, up to ``max_rounds``, while too few
+    rounds were made in those conditions); the figures over every round are reported beside them,
+    as ``all_rounds``.
 
     The device, thread count and allocator setting (:func:`use_allocator`; tables that predate it
     were measured with ``"default"``) default to the table's own; validating under other settings is
@@ -367,6 +405,8 @@ def validate_lut(
     meta = lut.meta
     if rounds < 1:
         raise ValueError(f"a validation needs at least 1 measuring round, got {rounds}")
+    if match_conditions and max_rounds < rounds:
+        raise ValueError(f"max_rounds ({max_rounds}) must be at least rounds ({rounds})")
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
         raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")
@@ -404,13 +444,13 @@ def validate_lut(
     with num_threads(threads if dev.type == "cpu" else None):
         return _validate(
             lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
-            match_conditions,
+            match_conditions, max_rounds,
         )  # fmt: skip
 
 
 def _validate(
     lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
-    match_conditions,
+    match_conditions, max_rounds,
 ):  # fmt: skip
     start = time.perf_counter()
     meta, cost, num_archs = lut.meta, lut.cost, sum(s.name.startswith("random_") for s in specs)
@@ -433,7 +473,7 @@ def _validate(
             )
         load_before = load_average()
         measured, spread, info = measure_latencies(
-            models, x, rounds, reps, 1, normalize_rounds, seed, progress, reference
+            models, x, rounds, reps, 1, normalize_rounds, seed, progress, reference, max_rounds
         )
         raw, all_rounds = info.pop("raw"), info.pop("all_rounds_ms", None)
         info.update(load_average_before=load_before, load_average_after=load_average())
@@ -495,6 +535,7 @@ def _validate(
             "threads": threads if dev.type == "cpu" else None,
             "seed": seed,
             "rounds": rounds if cost == "latency" else None,
+            "max_rounds": max_rounds if cost == "latency" and match_conditions else None,
             "reps": reps if cost == "latency" else None,
             "normalize_rounds": normalize_rounds,
             "allocator": allocator if cost == "latency" else None,

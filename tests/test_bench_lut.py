@@ -147,3 +147,20 @@ def test_drift_measures_for_its_duration_and_splits_the_rounds_into_validations(
     assert lo <= p10 <= mid <= p90 <= hi
     window = out["level_by_window_s"]["0.5"]
     assert window["min"] <= window["max"] and window["windows"] >= 1
+    # the recorded rounds analysed again, without timing anything: the same figures
+    again = bench_lut.main([*argv, "--from_raw", str(raw_path)])
+    assert again == out
+    other = json.loads(raw_path.read_text())
+    other["names"] = other["names"][::-1]
+    raw_path.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="timed other networks"):
+        bench_lut.main([*argv, "--from_raw", str(raw_path)])
+
+
+def test_two_compute_states_are_split_where_the_probe_jumps(bench_lut):
+    import numpy as np
+
+    compute = np.array([0.70, 0.57, 0.71, 0.58, 0.99, 0.69, 0.56, 0.70, 0.57])
+    fast = bench_lut._two_states(compute)
+    assert fast.tolist() == (compute < 0.6).tolist()  # the outlier 0.99 stays with the slow state
+    assert bench_lut._two_states(compute[:5]) is None  # too few rounds for two states of 3

@@ -237,6 +237,11 @@ def test_a_validation_without_rounds_is_refused(tiny_lut, tmp_path):
     argv = ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--val_rounds", "0"]
     with pytest.raises(SystemExit, match="error: --val_rounds must be at least 1, got 0"):
         lut_main(argv)
+    with pytest.raises(ValueError, match=r"max_rounds \(5\) must be at least rounds \(10\)"):
+        validate_lut(tiny_lut, num_archs=3, rounds=10, max_rounds=5, progress=False)
+    argv[-1] = "10"
+    with pytest.raises(SystemExit, match=r"--val_max_rounds \(5\) must be at least --val_rounds"):
+        lut_main([*argv, "--val_max_rounds", "5"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -558,3 +563,27 @@ def test_measure_rounds_by_count_and_by_duration():
     assert list(ends) == sorted(ends) and len(probes.samples["compute_ms"]) == 3
     ms, ends, _ = measure_rounds(models, x, duration_s=0.3, progress=False)
     assert ends[-1] >= 0.3 and ends[-2] < 0.3 and len(ms) == len(ends)
+    # past `rounds` while more() asks for it, up to max_rounds
+    ms, _, _ = measure_rounds(models, x, 2, 1, more=lambda p: True, max_rounds=5, progress=False)
+    assert len(ms) == 5
+    three = lambda p: len(p.samples["compute_ms"]) < 3  # noqa: E731
+    ms, _, _ = measure_rounds(models, x, 2, 1, more=three, max_rounds=5, progress=False)
+    assert len(ms) == 3
+
+
+def test_a_validation_goes_on_until_it_has_rounds_in_the_builds_conditions():
+    from supernet_functions.lut_validation import measure_latencies
+
+    models = [torch.nn.Conv2d(3, c, 3).eval() for c in (4, 32)]
+    x = torch.randn(1, 3, 16, 16)
+    # a build whose compute probe took 100 ms: no round here comes near it, the nearest takes all
+    reference = {"memory_ms": [1.0] * 10, "compute_ms": [100.0] * 10}
+    # 3 rounds, and more while they are worth fewer than 3 / 2 rounds of the build's conditions
+    _, _, info = measure_latencies(
+        models, x, 3, 1, progress=False, reference=reference, max_rounds=5
+    )
+    assert info["rounds_measured"] == 5 and len(info["raw"]["ms"]) == 5
+    matched = info["matched"]
+    assert matched["effective_rounds"] == 1.0 and matched["reference_rounds_without_match"] == 10
+    _, _, info = measure_latencies(models, x, 3, 1, progress=False, max_rounds=5)  # no reference
+    assert info["rounds_measured"] == 3 and "matched" not in info
