@@ -605,7 +605,7 @@ class SpeedProbes:
 
     def per_round(self) -> dict[str, list[float]]:
         """Every sample, in the order measured (ms, 4 decimals): a table keeps them so that a
-        validation can pick its rounds made in the same conditions (``lut_validation.match_rounds``).
+        validation can weigh its rounds to the same mix of conditions (``lut_validation.match_rounds``).
         """
         return {name: [round(v, 4) for v in values] for name, values in self.samples.items()}
 

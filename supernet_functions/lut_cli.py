@@ -84,8 +84,8 @@ class LUTConfig:
     val_rounds: int = opt(DEFAULT_VAL_ROUNDS, "validation: interleaved measuring rounds")
     match_conditions: bool = opt(
         True,
-        "validation: compare the table with the rounds made in its build's conditions (nearest "
-        "speed probes, CPU); the figures over all rounds are reported beside",
+        "validation: weigh the rounds to the build's mix of compute-probe states (CPU tables that "
+        "kept probe_rounds); the figures over all rounds are reported beside",
     )
     val_max_rounds: int = opt(
         DEFAULT_VAL_MAX_ROUNDS,

@@ -66,8 +66,8 @@ __all__ = [
     "measure_rounds",
     "named_archs",
     "plot_report",
-    "round_medians",
     "probe_ratios",
+    "round_medians",
     "sample_archs",
     "scale_rounds",
     "validate_lut",
@@ -83,7 +83,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_VAL_ROUNDS = 30
 # How far a validation matched to its build's conditions may go on measuring (see measure_latencies):
 # at 224x224 here 90 rounds take about 6 minutes; in a 9-minute drift run every 6-minute window held
-# rounds of both of this VM's compute states (SAVED_LOGS/benchmarks/lut_drift.log).
+# rounds of both of this VM's compute states (SAVED_LOGS/benchmarks/lut_drift_raw_1.json).
 DEFAULT_VAL_MAX_ROUNDS = 90
 
 
@@ -194,8 +194,8 @@ def scale_rounds(ms: np.ndarray, normalize: bool = True) -> tuple[np.ndarray, np
 # Matching a validation's rounds to its build's conditions (match_rounds). This VM's compute probe
 # takes one of two values (about 0.57 and 0.70 ms), the two states in which networks rank differently
 # (README, "Latency lookup table"); rounds within 5% of each other are in the same state. The memory
-# probe is not used: its level drifted by 10-15% over hours while the rankings did not follow it,
-# and matching on it gave odd rounds most of the weight.
+# probe is not used: its median moved by up to 13% between a build and its validations within two
+# hours, and matching on both probes (nearest round) gave single odd rounds much of the weight.
 MATCH_PROBE = "compute_ms"
 MATCH_TOLERANCE = 0.05
 
