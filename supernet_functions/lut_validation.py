@@ -476,6 +476,15 @@ def _validate(
             models, x, rounds, reps, 1, normalize_rounds, seed, progress, reference, max_rounds
         )
         raw, all_rounds = info.pop("raw"), info.pop("all_rounds_ms", None)
+        matched = info.get("matched")
+        if matched and matched["reference_rounds_without_match"] > matched["reference_rounds"] / 2:
+            logger.warning(
+                "%d of the build's %d rounds ran in conditions that no validation round met (compute "
+                "probe more than %d%% away): the matched figures rest on other conditions",
+                matched["reference_rounds_without_match"],
+                matched["reference_rounds"],
+                round(MATCH_TOLERANCE * 100),
+            )
         info.update(load_average_before=load_before, load_average_after=load_average())
         ratios = probe_ratios(meta.get("probes"), info.get("probes"))
         # flagged, not corrected: a probe is not a model of how each op depends on the machine's state

@@ -459,7 +459,7 @@ def test_validation_compares_with_the_rounds_in_the_builds_conditions(monkeypatc
     assert med.tolist() == state_b.tolist() and "matched" not in info
 
 
-def test_validation_report_gives_matched_and_all_round_figures(tiny_lut, monkeypatch):
+def test_validation_report_gives_matched_and_all_round_figures(tiny_lut, monkeypatch, caplog):
     state_a, state_b = _two_state_rounds(monkeypatch)
     # every op costs 1 ms but ir_k3_e1 2 ms: architecture i (i layers of ir_k3_e1) is predicted 4 + i
     layers = [
@@ -485,6 +485,12 @@ def test_validation_report_gives_matched_and_all_round_figures(tiny_lut, monkeyp
     off = validate_lut(lut, match_conditions=False, **kwargs)
     assert not off["validation"]["match_conditions"] and "all_rounds" not in off["validation"]
     assert [a["measured"] for a in off["archs"]] == state_b.tolist()
+    # a build in a state the validation never saw: said, not hidden
+    lut.meta["probe_rounds"] = {"memory_ms": [7.0] * 4, "compute_ms": [5.0] * 4}
+    with caplog.at_level("WARNING"):
+        unmatched = validate_lut(lut, **kwargs)["validation"]["matched"]
+    assert unmatched["reference_rounds_without_match"] == 4
+    assert "4 of the build's 4 rounds ran in conditions that no validation round met" in caplog.text
 
 
 def test_speed_probes_time_real_work_and_skip_cuda():
