@@ -22,7 +22,10 @@ latency, and how far a network's latency relative to the first one moves between
 build's or a validation's length buys on this machine: how far the machine's speed level (the
 typical round's time over the whole run's) spreads between windows of a build's length, and how
 alike windows of a validation's length rank the networks, with each round scaled as the
-validation scales it.
+validation scales it (and, for a table that kept its per-round probes, weighted as a matched
+validation weighs them), and how the networks' latencies differ between the two compute states
+its rounds fall into (``compute_states``). ``--raw_path`` keeps every round; ``--from_raw`` analyses
+such a file again without timing anything.
 Each mode prints one JSON line.
 """
 
