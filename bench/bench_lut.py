@@ -262,20 +262,18 @@ def bench_drift(args: argparse.Namespace) -> dict:
             np.percentile(level, [0, 10, 50, 90, 100]), 3
         ).tolist(),
     }
-    compute = samples[MATCH_PROBE]  # a CPU table: probed after every round
+    compute = np.asarray(samples[MATCH_PROBE])  # a CPU table: probed after every round
     out["corr_level_compute_probe"] = round(float(np.corrcoef(level, compute)[0, 1]), 3)
     out["level_by_window_s"] = {
         str(w): _window_spread(level, max(1, round(w / round_s))) for w in args.windows_s
     }
-    fast = _two_states(np.asarray(compute))
+    fast = _two_states(compute)
     if fast is not None:  # how the networks' latencies differ between the two compute states
         by_state = [round_medians(ms[fast], True)[0], round_medians(ms[~fast], True)[0]]
         ratio = by_state[0] / by_state[1]
         out["compute_states"] = {
             "rounds_fast_slow": [int(fast.sum()), int((~fast).sum())],
-            "compute_ms_fast_slow": [
-                round(float(np.median(np.asarray(compute)[f])), 4) for f in (fast, ~fast)
-            ],
+            "compute_ms_fast_slow": [round(float(np.median(compute[f])), 4) for f in (fast, ~fast)],
             "tau_between_states": round(kendall_tau(*by_state), 3),
             "fast_over_slow_median": round(float(np.median(ratio)), 3),
             "fast_over_slow_relative_sd_percent": round(float(np.std(np.log(ratio)) * 100), 2),

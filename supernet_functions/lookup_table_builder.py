@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_TIME_BUDGET_S",
     "FIXED_PARTS",
     "FORMAT_VERSION",
+    "PROBES",
     "LUTError",
     "LatencyLookupTable",
     "build_cost_table",
@@ -107,6 +108,8 @@ FORMAT_VERSION = 1
 # within 5 minutes.
 DEFAULT_TIME_BUDGET_S = 270.0
 FIXED_PARTS: tuple[str, ...] = ("stem", "head", "pool", "classifier")
+# The speed probes timed after every round (SpeedProbes), by their keys in tables and reports.
+PROBES: tuple[str, ...] = ("memory_ms", "compute_ms")
 # cost -> unit. FLOPs are counted as multiply-adds, as the paper does.
 COSTS: dict[str, str] = {"latency": "ms", "flops": "M multiply-adds", "params": "M parameters"}
 
@@ -375,11 +378,10 @@ def _check_entry(entry: Any, where: str, allow_zero: bool) -> None:
 
 def _check_probe_rounds(rounds: Any, where: str) -> None:
     """``meta["probe_rounds"]``: equally long lists of positive probe times, one per build round."""
-    names = ("memory_ms", "compute_ms")
-    if not isinstance(rounds, dict) or set(rounds) != set(names):
-        raise LUTError(f"{where}: 'probe_rounds' must be an object with exactly {list(names)}")
+    if not isinstance(rounds, dict) or set(rounds) != set(PROBES):
+        raise LUTError(f"{where}: 'probe_rounds' must be an object with exactly {list(PROBES)}")
     lengths = set()
-    for name in names:
+    for name in PROBES:
         values = rounds[name]
         if not isinstance(values, list) or not values:
             raise LUTError(f"{where}: probe_rounds[{name!r}] must be a non-empty list")
@@ -577,7 +579,7 @@ class SpeedProbes:
             self.src = torch.ones(16 * 2**20)  # 64 MiB
             self.dst = torch.empty_like(self.src)
             self.a = torch.rand(128, 128)
-        self.samples: dict[str, list[float]] = {"memory_ms": [], "compute_ms": []}
+        self.samples: dict[str, list[float]] = {name: [] for name in PROBES}
 
     def measure(self) -> dict[str, float]:
         """Time both workloads (the fastest of 3 each), remember and return them in ms."""

@@ -41,6 +41,7 @@ from general_functions.io_utils import atomic_write, atomic_write_json
 from general_functions.utils import resolve_device
 
 from .lookup_table_builder import (
+    PROBES,
     LatencyLookupTable,
     LUTError,
     SpeedProbes,
@@ -181,13 +182,15 @@ def measure_rounds(
     return np.array(rows), np.array(ends), probes
 
 
-def scale_rounds(ms: np.ndarray, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def scale_rounds(
+    ms: np.ndarray, normalize: bool = True, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``ms[round, model]`` with each round scaled to the typical round's speed, and those speeds.
 
-    The work is the same every round, so ``round_speed`` gauges the machine in each; with
-    ``normalize`` off the times come back as they are.
+    The work is the same every round, so ``round_speed`` gauges the machine in each (the typical
+    round weighted by ``weights`` when given); with ``normalize`` off the times come back as they are.
     """
-    speed = round_speed(ms)
+    speed = round_speed(ms, weights)
     return (ms / speed[:, None] if normalize else ms), speed
 
 
@@ -227,12 +230,10 @@ def round_medians(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each model's median and IQR over rounds (scaled, :func:`scale_rounds`), and the round speeds;
     with ``weights``, weighted ones (:func:`weighted_percentiles`)."""
+    scaled, speed = scale_rounds(ms, normalize, weights)
     if weights is None:
-        scaled, speed = scale_rounds(ms, normalize)
         q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
     else:
-        speed = round_speed(ms, weights)
-        scaled = ms / speed[:, None] if normalize else ms
         q25, q50, q75 = weighted_percentiles(scaled, weights, [25, 50, 75])
     return q50, q75 - q25, speed
 
@@ -342,7 +343,7 @@ def probe_ratios(
         return {}
     return {
         f"probe_{name[: -len('_ms')]}_{suffix}": round(now[name] / build[name], 3)
-        for name in ("memory_ms", "compute_ms")
+        for name in PROBES
         if name in build and name in now
     }
 
