@@ -229,6 +229,23 @@ def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
         assert arch["measured"] > 0
 
 
+def test_cli_prints_matched_and_all_round_figures(tiny_lut, tmp_path, capsys):
+    path = tiny_lut.save(tmp_path / "t.json")  # a table that kept its per-round probes
+    argv = ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--num_archs", "3"]
+    out = lut_main([*argv, "--val_rounds", "2", "--reps", "1", "--progress", "false"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert (
+        out["rounds_measured"] >= 2
+        and 0 < out["matched_effective_rounds"] <= out["rounds_measured"]
+    )
+    assert set(out["all_rounds"]) == {"pearson_r", "kendall_tau", "spearman_rho", "mape_percent"}
+    report = json.loads(Path(out["report"]).read_text())
+    assert len(report["raw"]["ms"]) == out["rounds_measured"]
+    assert all("measured_all_rounds" in a for a in report["archs"])
+    off = lut_main([*argv, "--val_rounds", "2", "--reps", "1", "--match_conditions", "false"])
+    assert "all_rounds" not in off and "rounds_measured" not in off
+
+
 def test_a_validation_without_rounds_is_refused(tiny_lut, tmp_path):
     with pytest.raises(ValueError, match="at least 1 measuring round, got 0"):
         validate_lut(tiny_lut, num_archs=3, rounds=0, progress=False)
