@@ -13,8 +13,11 @@ tables entry by entry and on the predictions for the validation's architectures 
 named architectures as ``validate_lut``), and once more after scaling table A by the median ratio
 b / a of the entries (a machine that ran uniformly faster during one build), and gives the ratio of
 the two builds' speed probes (CPU tables); it measures nothing.
-``summarize`` gives the median and range of repeated validation reports, and how alike their
-measurements rank the networks (Kendall tau between each two reports of the same architectures).
+``summarize`` gives the median and range of repeated validation reports, how alike their
+measurements rank the networks (Kendall tau between each two reports of the same architectures), and
+how far those measurements themselves lie apart (per pair of reports, the median over the networks;
+also for the pairs started within 10 minutes of each other, and after each pair's common factor): two
+tables of the machine can agree only as well as it reproduces its own latencies.
 ``allocator`` times random networks end to end with glibc as it is and with ``keep_heap``
 (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults per pass,
 latency, and how far a network's latency relative to the first one moves between processes.
@@ -24,14 +27,17 @@ typical round's time over the whole run's) spreads between windows of a build's 
 alike windows of a validation's length rank the networks, with each round scaled as the
 validation scales it (and, for a table that kept its per-round probes, weighted as a matched
 validation weighs them), and how the networks' latencies differ between the two compute states
-its rounds fall into (``compute_states``). ``--raw_path`` keeps every round; ``--from_raw`` analyses
-such a file again without timing anything.
+its rounds fall into (``compute_states``), and how far apart two windows of a build's length
+(``--build_s``) that do not overlap put the networks' latencies (``build_windows``: what two builds
+made one after the other could agree to at best). ``--raw_path`` keeps every round; ``--from_raw``
+analyses such a file again without timing anything.
 Each mode prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import itertools
 import json
 import sys
@@ -44,7 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from general_functions.io_utils import atomic_write_json  # noqa: E402
 from supernet_functions import lut_cli  # noqa: E402
-from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
+from supernet_functions.lookup_table_builder import (  # noqa: E402
+    DEFAULT_TIME_BUDGET_S,
+    LatencyLookupTable,
+)
 from supernet_functions.lut_validation import (  # noqa: E402
     kendall_tau,
     named_archs,
@@ -76,6 +85,26 @@ def bench_build(args: argparse.Namespace) -> dict:
     }
 
 
+def _percent_apart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How far apart two positive values are, in percent of their mean (symmetric in x and y)."""
+    return np.abs(x - y) / ((x + y) / 2) * 100
+
+
+def _agreement(pairs: list[tuple[np.ndarray, np.ndarray]], within: float = 3.0) -> dict:
+    """How alike pairs of latency vectors are (two measurements of the same networks): per pair the
+    median over networks of how far apart they are (percent), summarised over the pairs, with the
+    share of pairs within ``within`` percent, and once more after dividing out each pair's common
+    factor (the median ratio), which leaves only how the networks differ relative to each other."""
+    diffs = [float(np.median(_percent_apart(a, b))) for a, b in pairs]
+    shape = [float(np.median(_percent_apart(a * np.median(b / a), b))) for a, b in pairs]
+    return {
+        **_median_range(diffs),
+        "pairs": len(pairs),
+        f"share_within_{within:g}_percent": round(float(np.mean(np.array(diffs) <= within)), 3),
+        "after_common_factor": _median_range(shape),
+    }
+
+
 def bench_agree(args: argparse.Namespace) -> dict:
     a, b = LatencyLookupTable.load(args.lut_a), LatencyLookupTable.load(args.lut_b)
     a.check_compatible(b.meta["search_space"], b.meta["input_size"], list(b.layers[0]))
@@ -83,14 +112,11 @@ def bench_agree(args: argparse.Namespace) -> dict:
         [(a.query(i, op), b.query(i, op)) for i, layer in enumerate(a.layers) for op in layer]
     )
 
-    def percent_apart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.abs(x - y) / ((x + y) / 2) * 100
-
-    entry_diff = percent_apart(pairs[:, 0], pairs[:, 1])
+    entry_diff = _percent_apart(pairs[:, 0], pairs[:, 1])
     # a machine that ran uniformly faster or slower during one build shifts every entry alike; what
     # is left after that factor is what would change the search's choices
     speed = float(np.median(pairs[:, 1] / pairs[:, 0]))
-    entry_diff_scaled = percent_apart(pairs[:, 0] * speed, pairs[:, 1])
+    entry_diff_scaled = _percent_apart(pairs[:, 0] * speed, pairs[:, 1])
     fixed_diff = {
         k: round(abs(a.fixed[k]["median"] - b.fixed[k]["median"]) / b.fixed[k]["median"] * 100, 2)
         for k in a.fixed
@@ -278,6 +304,14 @@ def bench_drift(args: argparse.Namespace) -> dict:
             "fast_over_slow_median": round(float(np.median(ratio)), 3),
             "fast_over_slow_relative_sd_percent": round(float(np.std(np.log(ratio)) * 100), 2),
         }
+    # two builds made one after the other can agree no better than two measurements of their length
+    # do: every pair of windows of a build's length that do not overlap, each scaled as a build
+    # scales its rounds
+    length = max(1, round(args.build_s / round_s))
+    windows = [round_medians(ms[a : a + length], True)[0] for a in range(len(ms) - length + 1)]
+    apart = [(p, q) for i, p in enumerate(windows) for q in windows[i + length :]]
+    if apart:
+        out["build_windows"] = {"seconds": args.build_s, "rounds": length, **_agreement(apart)}
     predicted = [lut.predict(s.ops) for s in specs]
     reference = lut.meta.get("probe_rounds")  # the build's conditions, round by round
     out["validation_windows"] = {}
@@ -331,6 +365,22 @@ def bench_summarize(args: argparse.Namespace) -> dict:
         measured = [[a["measured"] for a in r["archs"]] for r in reports]
         taus = [kendall_tau(x, y) for x, y in itertools.combinations(measured, 2)]
         out["kendall_tau_between_measurements"] = {**_median_range(taus), "pairs": len(taus)}
+        # and how far their latencies reproduce: the agreement that two tables made at those times
+        # could reach at best, since each would predict what the machine ran like during its build
+        plain = all("measured_all_rounds" in a for r in reports for a in r["archs"])
+        key = "measured_all_rounds" if plain else "measured"
+        values = [np.array([a[key] for a in r["archs"]]) for r in reports]
+        starts = [_dt.datetime.fromisoformat(r["validation"]["date"]) for r in reports]
+        pairs = list(itertools.combinations(range(len(reports)), 2))
+        close = [(i, j) for i, j in pairs if abs(starts[i] - starts[j]).total_seconds() <= 600]
+        out["latency_diff_between_measurements"] = {
+            "values": key,
+            **_agreement([(values[i], values[j]) for i, j in pairs]),
+        }
+        if close:
+            out["latency_diff_between_measurements"]["started_within_10_min"] = _agreement(
+                [(values[i], values[j]) for i, j in close]
+            )
     out["dates"] = [r["validation"]["date"] for r in reports]
     return out
 
@@ -367,6 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the validation's seed")
     p.add_argument("--windows_s", type=float, nargs="+", default=[60.0, 150.0, 270.0])
     p.add_argument("--val_rounds", type=int, nargs="+", default=[15, 30], help="validation lengths")
+    p.add_argument(
+        "--build_s", type=float, default=DEFAULT_TIME_BUDGET_S, help="a build's length (seconds)"
+    )
     p.add_argument("--raw_path", default="", help="also write every round's times here (JSON)")
     p.add_argument("--from_raw", default="", help="analyse the rounds of a --raw_path file instead")
     p.add_argument("--progress", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)

@@ -41,14 +41,16 @@ def test_agree_separates_a_common_speed_factor_from_the_rest(bench_lut, tmp_path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
 
 
-def _report(path, measured, names=("a", "b", "c", "d"), all_rounds=None):
+def _report(
+    path, measured, names=("a", "b", "c", "d"), all_rounds=None, date="2026-11-26T00:00:00+00:00"
+):
     report = {
         "pearson_r": 0.99,
         "kendall_tau": 0.9,
         "mape_percent": 2.0,
         "max_ape_percent": 4.0,
         "num_archs": len(names),
-        "validation": {"date": "2026-11-26T00:00:00+00:00", "all_rounds": all_rounds},
+        "validation": {"date": date, "all_rounds": all_rounds},
         "archs": [{"name": n, "measured": m} for n, m in zip(names, measured)],
     }
     path.write_text(json.dumps(report))
@@ -72,6 +74,52 @@ def test_summarize_ranks_the_measurements_of_repeated_validations(bench_lut, tmp
     assert "kendall_tau_between_measurements" not in bench_lut.main(
         ["summarize", reports[0], other]
     )
+
+
+def test_summarize_says_how_far_repeated_measurements_of_the_same_networks_differ(
+    bench_lut, tmp_path
+):
+    a = [10.0, 20.0, 30.0, 40.0]
+    reports = [
+        _report(tmp_path / "1.json", a, date="2026-11-26T10:00:00+00:00"),
+        # 2% slower in every network, five minutes later
+        _report(tmp_path / "2.json", [v * 1.02 for v in a], date="2026-11-26T10:05:00+00:00"),
+        # an hour later: 10% slower, and the last network 5% slower still
+        _report(tmp_path / "3.json", [11.0, 22.0, 33.0, 46.2], date="2026-11-26T11:00:00+00:00"),
+    ]
+    out = bench_lut.main(["summarize", *reports])["latency_diff_between_measurements"]
+    apart = [2 / 101 * 100, 10 / 105 * 100, 8 / 106 * 100]  # percent of the mean, per pair
+    assert out["values"] == "measured" and out["pairs"] == 3
+    assert out["median"] == pytest.approx(apart[2], abs=1e-3)
+    assert out["min"] == pytest.approx(apart[0], abs=1e-3)
+    assert out["max"] == pytest.approx(apart[1], abs=1e-3)
+    assert out["share_within_3_percent"] == pytest.approx(1 / 3, abs=1e-3)
+    # the common factor divided out, only the last network of the third report stays apart, and
+    # the median over four networks is 0
+    assert out["after_common_factor"] == {"median": 0.0, "min": 0.0, "max": 0.0}
+    close = out["started_within_10_min"]
+    assert close["pairs"] == 1 and close["median"] == pytest.approx(apart[0], abs=1e-3)
+    # reports of matched validations: their plain medians over every round are compared
+    for path in reports:
+        report = json.loads(Path(path).read_text())
+        for arch in report["archs"]:
+            arch["measured_all_rounds"], arch["measured"] = arch["measured"], 1.0
+        Path(path).write_text(json.dumps(report))
+    again = bench_lut.main(["summarize", *reports])["latency_diff_between_measurements"]
+    assert again["values"] == "measured_all_rounds"
+    assert again["median"] == pytest.approx(out["median"], abs=1e-3)
+
+
+def test_agreement_of_pairs_with_a_common_factor_and_one_network_apart(bench_lut):
+    import numpy as np
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    b = a * 1.1
+    b[-1] *= 1.5  # one network of five far apart: the median ignores it after the factor
+    out = bench_lut._agreement([(a, b), (a, a)], within=5.0)
+    assert out["max"] == pytest.approx(0.1 / 1.05 * 100, abs=1e-3) and out["min"] == 0.0
+    assert out["share_within_5_percent"] == 0.5 and out["pairs"] == 2
+    assert out["after_common_factor"]["max"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_summarize_gives_the_all_round_figures_of_matched_validations(bench_lut, tmp_path):
@@ -125,6 +173,7 @@ def test_drift_measures_for_its_duration_and_splits_the_rounds_into_validations(
     lut_path.write_text(json.dumps(table))
     argv = ["drift", "--lut_path", str(lut_path), "--num_archs", "2"]
     argv += ["--threads", "1", "--duration_s", "2", "--val_rounds", "2", "--windows_s", "0.5"]
+    argv += ["--build_s", "0.5"]
     # the table was built with glibc as it is: "default", unless this process already keeps its heap
     from supernet_functions.lookup_table_builder import use_allocator
 
@@ -147,6 +196,14 @@ def test_drift_measures_for_its_duration_and_splits_the_rounds_into_validations(
     assert lo <= p10 <= mid <= p90 <= hi
     window = out["level_by_window_s"]["0.5"]
     assert window["min"] <= window["max"] and window["windows"] >= 1
+    # windows of a build's length that do not overlap, compared two by two
+    length = max(1, round(0.5 / out["round_s"]))
+    windows = rounds - length + 1
+    pairs = sum(max(0, windows - i - length) for i in range(windows))
+    assert out.get("build_windows", {}).get("pairs", 0) == pairs
+    if pairs:
+        build = out["build_windows"]
+        assert build["rounds"] == length and 0 <= build["min"] <= build["median"] <= build["max"]
     # the recorded rounds analysed again, without timing anything: the same figures
     again = bench_lut.main([*argv, "--from_raw", str(raw_path)])
     assert again == out
