@@ -16,8 +16,8 @@ the two builds' speed probes (CPU tables); it measures nothing.
 ``summarize`` gives the median and range of repeated validation reports, how alike their
 measurements rank the networks (Kendall tau between each two reports of the same architectures), and
 how far those measurements themselves lie apart (per pair of reports, the median over the networks;
-also for the pairs started within 10 minutes of each other, and after each pair's common factor): two
-tables of the machine can agree only as well as it reproduces its own latencies.
+also for the pairs whose reports are dated within 10 minutes of each other, and after each pair's
+common factor): two tables of the machine can agree only as well as it reproduces its own latencies.
 ``allocator`` times random networks end to end with glibc as it is and with ``keep_heap``
 (:func:`use_allocator`), each in fresh processes, taken in turns: minor page faults per pass,
 latency, and how far a network's latency relative to the first one moves between processes.
@@ -370,15 +370,15 @@ def bench_summarize(args: argparse.Namespace) -> dict:
         plain = all("measured_all_rounds" in a for r in reports for a in r["archs"])
         key = "measured_all_rounds" if plain else "measured"
         values = [np.array([a[key] for a in r["archs"]]) for r in reports]
-        starts = [_dt.datetime.fromisoformat(r["validation"]["date"]) for r in reports]
+        dates = [_dt.datetime.fromisoformat(r["validation"]["date"]) for r in reports]  # ends
         pairs = list(itertools.combinations(range(len(reports)), 2))
-        close = [(i, j) for i, j in pairs if abs(starts[i] - starts[j]).total_seconds() <= 600]
+        close = [(i, j) for i, j in pairs if abs(dates[i] - dates[j]).total_seconds() <= 600]
         out["latency_diff_between_measurements"] = {
             "values": key,
             **_agreement([(values[i], values[j]) for i, j in pairs]),
         }
         if close:
-            out["latency_diff_between_measurements"]["started_within_10_min"] = _agreement(
+            out["latency_diff_between_measurements"]["dated_within_10_min"] = _agreement(
                 [(values[i], values[j]) for i, j in close]
             )
     out["dates"] = [r["validation"]["date"] for r in reports]

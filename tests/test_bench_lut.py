@@ -97,7 +97,7 @@ def test_summarize_says_how_far_repeated_measurements_of_the_same_networks_diffe
     # the common factor divided out, only the last network of the third report stays apart, and
     # the median over four networks is 0
     assert out["after_common_factor"] == {"median": 0.0, "min": 0.0, "max": 0.0}
-    close = out["started_within_10_min"]
+    close = out["dated_within_10_min"]
     assert close["pairs"] == 1 and close["median"] == pytest.approx(apart[0], abs=1e-3)
     # reports of matched validations: their plain medians over every round are compared
     for path in reports:
