@@ -58,6 +58,7 @@ from supernet_functions.lut_validation import (  # noqa: E402
     kendall_tau,
     named_archs,
     probe_ratios,
+    round_medians,
     sample_archs,
 )
 
@@ -217,6 +218,14 @@ def _window_spread(values: np.ndarray, length: int) -> dict:
     }
 
 
+def _window_medians(ms: np.ndarray, length: int, step: int = 1) -> list[np.ndarray]:
+    """Each network's median over every run of ``length`` rounds (one starting every ``step``
+    rounds), the rounds of each run scaled as a build or a validation scales them."""
+    return [
+        round_medians(ms[a : a + length], True)[0] for a in range(0, len(ms) - length + 1, step)
+    ]
+
+
 def _two_states(compute: np.ndarray, min_rounds: int = 3) -> np.ndarray | None:
     """Split rounds into a faster and a slower compute state: of the splits of the compute probe's
     sorted logarithms that leave at least ``min_rounds`` rounds on each side, the one with the least
@@ -243,7 +252,6 @@ def bench_drift(args: argparse.Namespace) -> dict:
         build_network,
         match_rounds,
         measure_rounds,
-        round_medians,
     )
 
     lut = LatencyLookupTable.load(args.lut_path)
@@ -308,7 +316,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
     # do: every pair of windows of a build's length that do not overlap, each scaled as a build
     # scales its rounds
     length = max(1, round(args.build_s / round_s))
-    windows = [round_medians(ms[a : a + length], True)[0] for a in range(len(ms) - length + 1)]
+    windows = _window_medians(ms, length)
     apart = [(p, q) for i, p in enumerate(windows) for q in windows[i + length :]]
     if apart:
         out["build_windows"] = {"seconds": args.build_s, "rounds": length, **_agreement(apart)}
@@ -318,7 +326,7 @@ def bench_drift(args: argparse.Namespace) -> dict:
     for k in args.val_rounds:
         # back-to-back validations of k rounds, each scaled as measure_latencies scales them
         starts = range(0, len(ms) - k + 1, k)
-        est = [round_medians(ms[a : a + k], True)[0] for a in starts]
+        est = _window_medians(ms, k, step=k)
         if len(est) < 2:
             continue
         if reference:  # and as a validation matched to the build's conditions weighs them

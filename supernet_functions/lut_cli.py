@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
                 out["matched_effective_rounds"] = val["matched"]["effective_rounds"]
                 out["all_rounds"] = {k: val["all_rounds"][k] for k in keys[:4]}
             # the machine's memory / compute speed now against the build's (> 1: slower now)
-            out.update({k: v for k, v in report["validation"].items() if k.startswith("probe_")})
-            if report["validation"].get("conditions_differ"):
-                out["conditions_differ"] = report["validation"]["conditions_differ"]
+            out.update({k: v for k, v in val.items() if k.startswith("probe_")})
+            if val.get("conditions_differ"):
+                out["conditions_differ"] = val["conditions_differ"]
     print(json.dumps(out), flush=True)
     return out
 
