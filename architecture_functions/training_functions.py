@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fbnet_building_blocks.arch_specs import ArchSpec, load_arch
+from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
@@ -46,26 +46,40 @@ from general_functions.dataloaders import (
 )
 from general_functions.distributed import (
     DistContext,
-    broadcast_object,
     gather_rng_states,
     local_main_first,
     reduce_meters,
     restore_rng_states,
     run_in_context,
+    run_on_main,
     sync_buffers,
     unwrap,
     wrap_model,
 )
 from general_functions.io_utils import atomic_write_json
-from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
+from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.run_folder import (
+    check_location,
+    extend_cosine,
+    resume_config,
+    start_run_dir,
+)
 from general_functions.utils import (
     AverageMeter,
     accuracy,
-    get_rng_state,
     set_seed,
     set_threads,
 )
 
+from .checkpointing import (
+    PER_RUN,
+    RESET,
+    STAGE,
+    arch_from,
+    check_arch_matches,
+    checkpoint_state,
+    tidy_resumed_run,
+)
 from .config_for_arch import ArchTrainConfig
 from .trim_kernels import trim_depthwise_convs
 
@@ -82,9 +96,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-STAGE = "architecture"
 # Errors caused by what the user asked for; the entry script prints their message without a traceback.
-USER_ERRORS = (DataError, CheckpointError, ConfigError, KeyError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    DataError,
+    CheckpointError,
+    ConfigError,
+    KeyError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 # ----------------------------------------------------------------------------------- one epoch
@@ -275,68 +296,6 @@ def create_loggers(
     return log, writer
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-def _spec_identity(spec: dict[str, Any], search_space: str) -> dict[str, Any]:
-    """What must agree between a checkpoint and the model it is loaded into."""
-    return {
-        "ops": list(spec["ops"]),
-        "search_space": search_space or spec.get("search_space"),
-        "head_channels": spec.get("head_channels"),
-        "width_mult": spec.get("width_mult", 1.0),
-    }
-
-
-def check_arch_matches(state: dict[str, Any], spec: ArchSpec, cfg: ArchTrainConfig, path) -> None:
-    """Refuse a checkpoint of another architecture (or the same ops in another search space)."""
-    saved_spec = state.get("arch_spec")
-    if not isinstance(saved_spec, dict) or "ops" not in saved_spec:
-        raise CheckpointError(f"checkpoint {path} records no architecture; cannot check it")
-    saved_cfg = state.get("config") or {}
-    saved = _spec_identity(saved_spec, saved_cfg.get("search_space", ""))
-    wanted = _spec_identity(spec.to_dict(), cfg.search_space)
-    if saved != wanted:
-        diff = [k for k in wanted if saved[k] != wanted[k]]
-        raise CheckpointError(
-            f"checkpoint {path} holds architecture {saved_spec.get('name')!r} "
-            f"(search space {saved['search_space']!r}), but this run builds {spec.name!r} "
-            f"(search space {wanted['search_space']!r}); they differ in {', '.join(diff)}. "
-            f"Pass --architecture_name {saved_spec.get('name')} (and the same --search_space) "
-            "or another checkpoint"
-        )
-
-
-def _checkpoint_state(
-    cfg,
-    spec,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    epoch,
-    best_top1,
-    best_epoch,
-    wall_s,
-    last,
-    rng_ranks=None,
-) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "epoch": epoch,
-        "model": unwrap(model).state_dict(),  # no DDP "module." prefix
-        "optimizers": {"w": optimizer.state_dict()},
-        "schedulers": {"w": scheduler.state_dict()},
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "config": config_to_dict(cfg),
-        "arch_spec": spec.to_dict(),
-        "best_top1": best_top1,
-        "best_epoch": best_epoch,
-        "last_metrics": last,
-        "wall_s": wall_s,
-        "rng": get_rng_state(),
-        "rng_ranks": rng_ranks,  # every process's RNG state under DDP (None alone)
-    }
-
-
 # ----------------------------------------------------------------------------------- run
 def _load_data(cfg: ArchTrainConfig) -> ImageSet:
     return load_dataset(
@@ -379,7 +338,8 @@ def _summary(metrics: dict[str, float], best_top1, best_epoch, epoch, wall_s, ru
     return out
 
 
-def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> dict[str, Any]:
+def _eval_only(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
+    """Evaluate a checkpoint; every setting not given comes from the checkpoint's configuration."""
     path = cfg.checkpoint or cfg.resume
     if not path:
         raise ValueError(
@@ -389,7 +349,9 @@ def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> dict[s
     device = ctx.device
     log, _ = create_loggers(None, main_process=ctx.is_main)
     state = load_checkpoint(path, stage=STAGE)
-    check_arch_matches(state, spec, cfg, path)
+    every_field = [f.name for f in dataclasses.fields(ArchTrainConfig)]
+    cfg = resume_config(cfg, state["config"], path, per_run=every_field, reset={})
+    spec = arch_from(cfg, state, path)
     with local_main_first(ctx):
         data = _load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, device)
@@ -420,37 +382,61 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
     Under ``torchrun`` every process calls this; they train together with DDP (one per GPU).
     """
     set_threads(cfg.threads)
-    return run_in_context(_run, cfg, cfg.device)
+    return run_in_context(_run, cfg, cfg.device, cfg.dist_timeout_min)
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
     device = ctx.device
-    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
-        cfg = dataclasses.replace(cfg, progress=False)
-    spec = load_arch(cfg.architecture_name)
-    if cfg.amp and device.type != "cuda":
-        logger.warning("--amp is for CUDA; training in float32 on %s", device)
-    if device.type == "cuda" and not cfg.deterministic:
-        torch.backends.cudnn.benchmark = True
     if cfg.eval_only:
-        summary = _eval_only(cfg, spec, ctx)
+        summary = _eval_only(cfg, ctx)
         if ctx.is_main:
             print(json.dumps(summary), flush=True)
         return summary
 
     state = None
-    if cfg.resume:
+    if cfg.resume:  # the recipe comes from the checkpoint; the run continues in its folder
         state = load_checkpoint(cfg.resume, stage=STAGE)
-        check_arch_matches(state, spec, cfg, cfg.resume)
+        cfg = resume_config(cfg, state["config"], cfg.resume, PER_RUN, RESET)
+    spec = arch_from(cfg, state, cfg.resume)
+    if state is not None:
         run_dir = Path(cfg.resume).resolve().parent
+        cfg = dataclasses.replace(cfg, **check_location(cfg, run_dir, "run_dir", cfg.resume))
     else:  # rank 0 names (and makes) the folder; the others learn its name
-        made = (
-            setup_run_dir(cfg.run_dir, cfg.run_name or None, prefix=spec.name)
-            if ctx.is_main
-            else None
+        run_dir = Path(
+            run_on_main(
+                ctx,
+                lambda: str(start_run_dir(cfg.run_dir, cfg.run_name, spec.name, cfg.overwrite)),
+            )
         )
-        run_dir = Path(broadcast_object(str(made) if made else None))
+    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
+        cfg = dataclasses.replace(cfg, progress=False)
+    if cfg.amp and device.type != "cuda":
+        logger.warning("--amp is for CUDA; training in float32 on %s", device)
+    if device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True
     start_epoch = state["epoch"] if state else 0
+    end_epoch = min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
+    if state is not None:
+        log = get_logger(run_dir if ctx.is_main else None, name=__name__)
+        if not ctx.is_main:
+            log.setLevel(logging.WARNING)
+        run_on_main(ctx, lambda: tidy_resumed_run(run_dir, state, log))
+        if start_epoch >= end_epoch:  # finished (or stopped where asked): its summary again
+            log.info(
+                "%s is at epoch %d of %d: nothing to train", cfg.resume, start_epoch, cfg.epochs
+            )
+            return _finish(
+                cfg,
+                spec,
+                run_dir,
+                log,
+                ctx,
+                state["last_metrics"],
+                state["best_top1"],
+                state["best_epoch"],
+                start_epoch,
+                state.get("wall_s", 0.0),
+            )
     log, writer = create_loggers(
         run_dir, resume_epoch=start_epoch if state else None, main_process=ctx.is_main
     )
@@ -473,6 +459,7 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizers"]["w"])
         scheduler.load_state_dict(state["schedulers"]["w"])
+        extend_cosine(scheduler, cfg.epochs)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng_states(ctx, state["rng"], state.get("rng_ranks"))
@@ -499,12 +486,6 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
     )
 
     start = time.perf_counter()
-    end_epoch = min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
-    if start_epoch >= end_epoch:
-        raise ValueError(
-            f"nothing to do: the checkpoint is at epoch {start_epoch} and the run ends at epoch "
-            f"{end_epoch}; raise --epochs to train longer"
-        )
     for epoch in range(start_epoch + 1, end_epoch + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -554,7 +535,7 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
         wall = wall_before + time.perf_counter() - start
         rng_ranks = gather_rng_states() if ctx.enabled else None
         if ctx.is_main:
-            ckpt = _checkpoint_state(
+            ckpt = checkpoint_state(
                 cfg,
                 spec,
                 model,
@@ -573,8 +554,14 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
                 save_checkpoint(run_dir / "best.pth", ckpt)
     writer.close()
 
-    done = end_epoch
     wall = wall_before + time.perf_counter() - start
+    return _finish(cfg, spec, run_dir, log, ctx, last, best_top1, best_epoch, end_epoch, wall)
+
+
+def _finish(
+    cfg, spec, run_dir, log, ctx, last, best_top1, best_epoch, done, wall
+) -> dict[str, Any]:
+    """Log, print (rank 0) and return the summary of a run at the end of epoch ``done``."""
     summary = _summary(last, best_top1, best_epoch, done, wall, run_dir, spec)
     if done < cfg.epochs:
         summary["stopped_early"] = True

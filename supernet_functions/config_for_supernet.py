@@ -137,9 +137,19 @@ class SupernetConfig:
         False,
         "deterministic algorithms: on CUDA slower, but a resumed run repeats the uninterrupted one",
     )
+    dist_timeout_min: float = opt(
+        10.0,
+        "under torchrun: minutes a process waits for the others in a collective before the job "
+        "fails (raise it when rank 0 measures a table or downloads the data alone for longer)",
+    )
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
-    resume: str = opt("", "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth)")
+    resume: str = opt(
+        "",
+        "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth), with the recipe it saved "
+        "(--epochs may be raised; flags that contradict it are refused)",
+    )
+    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
     stop_epoch: int = opt(0, "stop after this many epochs, resumable (0: run all)")
     save_checkpoints: bool = opt(
         True, "write last.pth every epoch (and best.pth with --val_fraction)"

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
-import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,13 +49,22 @@ from general_functions.distributed import (
     local_main_first,
     reduce_meters,
     run_in_context,
+    run_on_main,
     sync_buffers,
     sync_rng_state,
     unwrap,
     wrap_model,
 )
 from general_functions.io_utils import atomic_write_json
-from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
+from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.run_folder import (
+    check_location,
+    extend_cosine,
+    remove_stale_temp_files,
+    repair_best,
+    resume_config,
+    start_run_dir,
+)
 from general_functions.utils import (
     AverageMeter,
     accuracy,
@@ -68,7 +77,8 @@ from general_functions.utils import (
 from .config_for_supernet import SupernetConfig
 from .loss import SupernetLoss, check_cost_table
 from .model_supernet import StochasticSuperNet
-from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
+from .sampling import LUT_FILE, THETAS_FILE, load_table
+from .search_outputs import git_sha, latency_summary, log_thetas, thetas_state, write_arch
 from .speed import prepare_supernet
 
 __all__ = [
@@ -86,19 +96,31 @@ logger = logging.getLogger(__name__)
 STAGE = "supernet"
 # Errors that come from what the user passed (files, names, settings): reported without a traceback.
 USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError)
-# Settings that must match for --resume to continue a run (the rest may change, e.g. --epochs).
-_RESUME_KEYS = (
-    "search_space",
-    "input_size",
-    "dataset",
-    "train_limit",
-    "w_share",
-    "val_fraction",
-    "batch_size",
-    "mixing",
-    "per_sample",
-    "seed",
+# Fields a resumed run may set anew: where the data and the run lie and how to run, not what to
+# learn (and the sampling fields, which a search does not read).
+_PER_RUN = (
+    "data_dir",
+    "download",
+    "device",
+    "threads",
+    "workers",
+    "progress",
+    "channels_last",
+    "trim_kernels",
+    "cudnn_benchmark",
+    "deterministic",
+    "dist_timeout_min",
+    "save_checkpoints",
+    "log_dir",
+    "run_name",
+    "train_or_sample",
+    "architecture_name",
+    "hardsampling_bool_value",
+    "num_samples",
+    "arch_dir",
 )
+# Fields of one invocation: never taken from the checkpoint.
+_RESET = {"resume": "", "stop_epoch": 0, "overwrite": False}
 
 
 def temperature_at(epoch: int, cfg: SupernetConfig) -> float:
@@ -279,67 +301,6 @@ def _committed_table(ltb, space_name: str, input_size: int) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
-# ---------------------------------------------------------------------------------- logging
-def _heatmap(probs: torch.Tensor, ops: list[str], title: str):
-    """A layers x ops image of softmax(thetas) as an HWC uint8 array (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    layers = probs.shape[0]
-    fig, ax = plt.subplots(figsize=(0.55 * len(ops) + 2.0, 0.28 * layers + 1.6), dpi=80)
-    im = ax.imshow(probs.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
-    ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _thetas_state(model, epoch, cfg, lut, lut_source, run_dir) -> dict[str, Any]:
-    probs = model.probabilities()
-    latency = model.latency_matrix()
-    argmax_ops = sample_ops(model.thetas_matrix(), model.candidate_ops, "argmax")
-    return {
-        "run": run_dir.name,
-        "epoch": epoch,
-        "search_space": model.space.name,
-        "input_size": model.input_size,
-        "candidate_ops": list(model.candidate_ops),
-        "temperature": temperature_at(epoch, cfg),
-        "thetas": model.thetas_matrix().tolist(),
-        "probabilities": probs.tolist(),
-        "expected_layers_cost": float((probs * latency).sum()),
-        "uniform_layers_cost": float(latency.mean(dim=1).sum()),
-        "argmax_ops": argmax_ops,
-        "argmax_cost": predicted_cost(lut, argmax_ops),
-        "lut_path": lut_source,
-        "lut_device": lut.meta.get("device_name") or lut.meta.get("device"),
-        "lut_unit": lut.meta.get("unit", "ms"),
-    }
-
-
 # ---------------------------------------------------------------------------------- run
 def run(cfg: SupernetConfig) -> dict[str, Any]:
     """Search: train weights and thetas as in the module docstring; returns the final summary.
@@ -348,24 +309,43 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     """
     _check_config(cfg)
     set_threads(cfg.threads)
-    return run_in_context(_run, cfg, cfg.device)
+    return run_in_context(_run, cfg, cfg.device, cfg.dist_timeout_min)
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     device = ctx.device
+    ckpt = None
+    if cfg.resume:  # the recipe comes from the checkpoint; the run continues in its folder
+        ckpt = load_checkpoint(cfg.resume, stage=STAGE)
+        cfg = resume_config(cfg, ckpt["config"], cfg.resume, _PER_RUN, _RESET)
+        run_dir = Path(cfg.resume).resolve().parent
+        cfg = dataclasses.replace(cfg, **check_location(cfg, run_dir, "log_dir", cfg.resume))
+    else:  # rank 0 names (and makes) the folder; the others learn its name
+        run_dir = Path(
+            run_on_main(
+                ctx,
+                lambda: str(start_run_dir(cfg.log_dir, cfg.run_name, "supernet", cfg.overwrite)),
+            )
+        )
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
-    ckpt = load_checkpoint(cfg.resume, stage=STAGE) if cfg.resume else None
-    if ckpt is not None:
-        _check_resume(cfg, ckpt["config"], cfg.resume)
-    run_name = cfg.run_name or (Path(cfg.resume).parent.name if cfg.resume else "")
-    log_dir = Path(cfg.resume).parent.parent if cfg.resume and not cfg.run_name else cfg.log_dir
-    made = setup_run_dir(log_dir, run_name, prefix="supernet") if ctx.is_main else None
-    run_dir = Path(broadcast_object(str(made) if made else None))  # rank 0 names the folder
     log = get_logger(run_dir if ctx.is_main else None, "fbnet.supernet")
     if not ctx.is_main:
         log.setLevel(logging.WARNING)
     log.info("run folder %s, device %s", run_dir, device)
+    last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
+    if ckpt is not None:
+        run_on_main(ctx, lambda: _tidy_resumed_run(run_dir, ckpt, log))
+        if ckpt["epoch"] + 1 >= last:  # finished (or stopped where asked): its summary again
+            log.info(
+                "%s is at epoch %d of %d: nothing to train",
+                cfg.resume,
+                ckpt["epoch"] + 1,
+                cfg.epochs,
+            )
+            lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
+            summary = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
+            return _finish(run_dir, lut, summary, log, ctx)
     # the same seed on every rank: the shared Gumbel sample comes from this stream
     set_seed(cfg.seed, cfg.deterministic)
 
@@ -422,7 +402,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     lut = lut_source = None
     if ctx.is_main:  # rank 0 reads (or measures) the table and gives it to the others
         if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
-            lut, lut_source = load_table(Path(cfg.resume).parent / LUT_FILE), ckpt["lut_source"]
+            lut, lut_source = load_table(run_dir / LUT_FILE), ckpt["lut_source"]
         else:
             lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
     lut, lut_source = broadcast_object((lut, lut_source))
@@ -465,13 +445,15 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         w_optimizer, T_max=cfg.epochs, eta_min=cfg.w_lr_min
     )
-    start_epoch, best_top1 = 0, -math.inf
+    start_epoch, best_top1, best_epoch = 0, -math.inf, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         w_optimizer.load_state_dict(ckpt["optimizers"]["w"])
         thetas_optimizer.load_state_dict(ckpt["optimizers"]["thetas"])
         w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
+        extend_cosine(w_scheduler, cfg.epochs)
         start_epoch, best_top1 = ckpt["epoch"] + 1, ckpt["best_top1"]
+        best_epoch = ckpt.get("best_epoch")
         set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
         log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
     # DDP for the weights; the thetas stay out of it (see the module docstring)
@@ -494,7 +476,6 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     )
 
     # ---- the loop
-    last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
     ops = list(model.candidate_ops)
     summary: dict[str, Any] = {}
     for epoch in range(start_epoch, last):
@@ -531,7 +512,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
                 model, held_loader, criterion, temperature, cfg.steps_per_epoch, cfg.progress
             )
             values.update({f"held_out/{k}": v for k, v in held.items()})
-        state = _thetas_state(model, epoch, cfg, lut, lut_source, run_dir)
+        state = thetas_state(model, epoch, temperature, lut, lut_source, run_dir)
         values.update(
             {
                 f"search/expected_{cost_tag}": state["expected_layers_cost"],
@@ -543,7 +524,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
             }
         )
         writer.scalars(epoch, values)
-        _log_thetas(writer, model, epoch, ops)
+        log_thetas(writer, model, epoch, ops)
         if ctx.is_main:
             atomic_write_json(run_dir / THETAS_FILE, state)
         log.info(
@@ -566,7 +547,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         )
         improved = held is not None and held["top1"] > best_top1
         if improved:
-            best_top1 = held["top1"]
+            best_top1, best_epoch = held["top1"], epoch
         if cfg.save_checkpoints and ctx.is_main:
             ckpt_state = {
                 "stage": STAGE,
@@ -581,78 +562,46 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
                 "lut_meta": lut.meta,
                 "lut_source": lut_source,
                 "best_top1": best_top1,
+                "best_epoch": best_epoch,  # last.pth first: see general_functions.run_folder
+                "last_metrics": values,
                 "rng": get_rng_state(),
-                "git_sha": _git_sha(),
+                "git_sha": git_sha(),
             }
             save_checkpoint(run_dir / "last.pth", ckpt_state)
             if improved:
                 save_checkpoint(run_dir / "best.pth", ckpt_state)
         summary = {"epoch": epoch, **values}
     writer.close()
+    return _finish(run_dir, lut, summary, log, ctx)
+
+
+def _tidy_resumed_run(run_dir: Path, ckpt: dict[str, Any], log: logging.Logger) -> None:
+    """What a kill may have left: temporary files, and a best.pth older than last.pth says."""
+    remove_stale_temp_files(run_dir)
+    repair_best(run_dir, ckpt, log)
+
+
+def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) -> dict[str, Any]:
+    """Write arch.json, add the latency predictions; log, print (rank 0) and return the summary."""
     wrote = ctx.is_main and (run_dir / THETAS_FILE).is_file()
     if wrote:
-        _write_arch(run_dir)
-    latency = broadcast_object(_latency_summary(run_dir, lut) if wrote else None)  # to every rank
+        write_arch(run_dir)
+    latency = broadcast_object(latency_summary(run_dir, lut) if wrote else None)  # to every rank
     if latency:
         summary.update(latency)
         log.info(
             "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
             "softmax(thetas) %.5g; expected under uniform thetas %.5g",
-            unit,
+            lut.meta.get("unit", "ms"),
             summary["argmax_cost"],
             summary["expected_cost"],
             summary["uniform_cost"],
         )
     log.info("done: %s", run_dir)
-    return {"run_dir": str(run_dir), **summary}
-
-
-def _latency_summary(run_dir: Path, lut) -> dict[str, float]:
-    """Whole-network predictions of the last thetas: argmax, expected, and uniform-thetas expected."""
-    import json
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
-    return {
-        "argmax_cost": state["argmax_cost"]["predicted_cost"],
-        "expected_cost": state["expected_layers_cost"] + lut.fixed_cost,
-        "uniform_cost": state["uniform_layers_cost"] + lut.fixed_cost,
-    }
-
-
-def _log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
-    if writer.tb is None:
-        return
-    probs = model.probabilities()
-    for i, row in enumerate(probs):
-        writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
-    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch + 1}")
-    writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
-    writer.tb.flush()
-
-
-def _write_arch(run_dir: Path) -> None:
-    """``arch.json``: the argmax architecture of the last thetas, as an architecture file."""
-    import json
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
-    space = get_search_space(state["search_space"])
-    spec = {
-        "name": f"{run_dir.name}_argmax",
-        "ops": state["argmax_ops"],
-        "search_space": state["search_space"],
-        "head_channels": None,
-        "width_mult": 1.0,
-        "input_size": None if state["input_size"] == space.input_size else state["input_size"],
-        "source": {
-            "run": str(run_dir),
-            "epoch": state["epoch"],
-            "sampling": "argmax",
-            "lut_path": state["lut_path"],
-            "lut_device": state["lut_device"],
-            **state["argmax_cost"],
-        },
-    }
-    atomic_write_json(run_dir / "arch.json", spec)
+    summary = {"run_dir": str(run_dir), **summary}
+    if ctx.is_main:
+        print(json.dumps(summary), flush=True)
+    return summary
 
 
 def _check_config(cfg: SupernetConfig) -> None:
@@ -671,13 +620,3 @@ def _check_config(cfg: SupernetConfig) -> None:
         problems.append("--init_temperature and --temperature_decay must be positive")
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def _check_resume(cfg: SupernetConfig, saved: dict[str, Any], path: str) -> None:
-    now = config_to_dict(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
-    if diff:
-        raise CheckpointError(
-            f"{path} was made with other settings: "
-            + ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items())
-        )

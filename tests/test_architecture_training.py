@@ -24,7 +24,7 @@ from architecture_functions.training_functions import run, train_one_epoch
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint
-from general_functions.config_utils import config_from_dict
+from general_functions.config_utils import ConfigError, config_from_dict
 from general_functions.dataloaders import DataError, make_fake_data, make_loader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,8 +125,10 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path):
     run(_cfg(tmp_path, run_name="part", stop_after_epoch=1))
     part_dir = tmp_path / "runs" / "part"
     assert load_checkpoint(part_dir / "last.pth")["epoch"] == 1
-    resumed = run(_cfg(tmp_path, run_name="ignored", resume=str(part_dir / "last.pth")))
-    assert not (tmp_path / "runs" / "ignored").exists()  # a resumed run continues in its folder
+    with pytest.raises(ConfigError, match="--run_name other names another folder than part"):
+        run(_cfg(tmp_path, run_name="other", resume=str(part_dir / "last.pth")))
+    resumed = run(_cfg(tmp_path, run_name="part", resume=str(part_dir / "last.pth")))
+    assert not (tmp_path / "runs" / "other").exists()  # a resumed run continues in its folder
     assert _rows(part_dir) == _rows(tmp_path / "runs" / "full")
     for key in ("best_top1", "final_top1", "final_top3", "epochs"):
         assert resumed[key] == full[key]

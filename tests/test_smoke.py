@@ -91,10 +91,10 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
 
 
 def test_resume_refuses_other_settings(tmp_path, lut_path):
-    from general_functions.checkpoint import CheckpointError
+    from general_functions.config_utils import ConfigError
 
     first = run(_cfg(tmp_path, lut_path, run_name="a", epochs=2, stop_epoch=1))
-    with pytest.raises(CheckpointError, match="batch_size"):
+    with pytest.raises(ConfigError, match="--batch_size 8 contradicts the checkpoint's 10"):
         run(_cfg(tmp_path, lut_path, batch_size=8, resume=str(Path(first["run_dir"]) / "last.pth")))
 
 
