@@ -9,6 +9,7 @@ flip, CIFAR mean/std normalisation. Each departure is a named option listed in T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from general_functions.config_utils import opt
 
@@ -106,7 +107,7 @@ class ArchTrainConfig:
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
     deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
     # run
-    run_dir: str = opt("runs/architectures_training", "root folder of run folders")
+    log_dir: str = opt("runs/architectures_training", "folder of run folders")
     run_name: str = opt("", "run folder name (empty = time-stamped)")
     resume: str = opt(
         "",
@@ -117,6 +118,9 @@ class ArchTrainConfig:
     checkpoint: str = opt("", "checkpoint to evaluate with --eval_only")
     eval_only: bool = opt(False, "only evaluate the --checkpoint (or --resume) weights")
     progress: bool = opt(True, "tqdm progress bars")
+
+    # old flag names, kept for one release (one warning line each; old checkpoints read silently)
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {"run_dir": "log_dir"}
 
 
 PRESETS = {

@@ -60,7 +60,7 @@ def commands(work: Path) -> dict[str, list[str]]:
             str(REPO / "architecture_main_file.py"),
             *("--preset", "smoke", "--architecture_name", str(arch), "--epochs", "4"),
             *("--batch_size", "32", "--train_limit", "160", "--test_limit", "64"),
-            *("--threads", "1", "--progress", "False", "--run_dir", str(work / "runs")),
+            *("--threads", "1", "--progress", "False", "--log_dir", str(work / "runs")),
         ],
         "search": [
             *python,

@@ -3,8 +3,8 @@
 - :func:`start_run_dir` refuses a folder that already holds a run unless ``overwrite`` (then it removes
   that run's files first), so a new run never silently replaces an old one.
 - :func:`resume_config` takes the recipe from the checkpoint: a field the user set that contradicts it is
-  refused, naming both values; ``epochs`` may be raised, and per-invocation fields (where the data lies,
-  the device, when to stop) come from the command line.
+  refused, naming both values; ``epochs`` may be raised, and the fields of where and how to run (the data
+  folder, the device, when to stop) may differ. The run stays in its folder.
 - :func:`remove_stale_temp_files` deletes what a kill during an atomic write left behind.
 - :func:`repair_best` makes ``best.pth`` agree with ``last.pth``: ``last.pth`` is written first and
   records the best epoch, so a kill while ``best.pth`` was being written leaves a ``last.pth`` that is
@@ -24,16 +24,21 @@ from typing import Any, TypeVar
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
+from .distributed import DistContext, run_on_main
 from .io_utils import atomic_write
 
 __all__ = [
+    "HOW_TO_RUN",
+    "ONE_INVOCATION",
     "RunExistsError",
-    "check_location",
     "extend_cosine",
+    "new_run_dir",
     "remove_stale_temp_files",
     "repair_best",
     "resume_config",
+    "resume_run",
     "start_run_dir",
+    "tidy_resumed_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,7 +97,7 @@ def _holds_run(folder: Path) -> list[str]:
     return [name for name in RUN_MARKERS if (folder / name).exists()]
 
 
-def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+def remove_stale_temp_files(run_dir: str | Path, log: logging.Logger = logger) -> list[Path]:
     """Delete the temporary files that a kill during an atomic write of a run file left behind."""
     removed = []
     for path in Path(run_dir).glob(".*.tmp"):
@@ -101,7 +106,7 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted write", len(removed))
+        log.info("removed %d temporary file(s) left by an interrupted write", len(removed))
     return removed
 
 
@@ -136,24 +141,44 @@ def repair_best(run_dir: str | Path, last: dict[str, Any], log: logging.Logger =
     )
 
 
+# Fields of where and how a run runs, not of what it learns: a resumed run may set them anew.
+HOW_TO_RUN = (
+    "data_dir",
+    "download",
+    "device",
+    "threads",
+    "workers",
+    "progress",
+    "channels_last",
+    "trim_kernels",
+    "deterministic",
+    "dist_timeout_min",
+)
+# Fields of one invocation: never taken from a checkpoint.
+ONE_INVOCATION = {"resume": "", "stop_after_epoch": 0, "overwrite": False}
+
+
 def resume_config(
     cfg: T,
     saved: dict[str, Any],
     path: str | Path,
-    per_run: Iterable[str],
-    reset: dict[str, Any],
+    per_run: Iterable[str] = (),
+    reset: dict[str, Any] | None = None,
+    same_folder: bool = True,
 ) -> T:
     """The configuration of a resumed run: the checkpoint's ``saved`` one plus what the user set.
 
     A field the user set (:func:`given_fields`) must equal the saved value, except ``epochs``, which
-    may be raised, and the ``per_run`` fields (paths, device, threads, ...), which may differ. The
-    ``reset`` fields (when to stop, what to resume) take the given value or the one in ``reset``, never
-    the saved one. Raises :class:`ConfigError` naming each contradiction.
+    may be raised, and the :data:`HOW_TO_RUN` and ``per_run`` fields, which may differ. The ``reset``
+    fields (default :data:`ONE_INVOCATION`) take the given value or the one in ``reset``, never the
+    saved one. With ``same_folder`` the run stays in the folder of ``path``: ``log_dir`` and
+    ``run_name`` become that folder's, and a given one naming another is refused. Raises
+    :class:`ConfigError` naming each contradiction with both values.
     """
-    cls = type(cfg)
-    saved_cfg = config_from_dict(cls, saved)
+    reset = ONE_INVOCATION if reset is None else reset
+    saved_cfg = config_from_dict(type(cfg), saved)
     given = given_fields(cfg)
-    free = set(per_run) | set(reset)
+    free = {*HOW_TO_RUN, *per_run, *reset, "log_dir", "run_name"}
     problems = []
     for key in sorted(given - free):
         now, then = getattr(cfg, key), getattr(saved_cfg, key)
@@ -161,16 +186,51 @@ def resume_config(
             continue
         rule = " (it may only be raised)" if key == "epochs" else ""
         problems.append(f"--{key} {_show(now)} contradicts the checkpoint's {_show(then)}{rule}")
-    if problems:
-        raise ConfigError(
-            f"--resume {path}: " + "; ".join(problems) + ". A resumed run keeps its recipe: drop "
-            "these flags, or start a new run"
-        )
     values = {key: getattr(cfg, key) for key in given}
     values.update({key: getattr(cfg, key) if key in given else v for key, v in reset.items()})
+    if same_folder:
+        run_dir = Path(path).resolve().parent
+        problems += _other_folder(cfg, given, run_dir)
+        values.update(log_dir=str(run_dir.parent), run_name=run_dir.name)
+    if problems:
+        raise ConfigError(
+            f"--resume {path}: " + "; ".join(problems) + ". A resumed run keeps its recipe and "
+            "its folder: drop these flags, or start a new run"
+        )
     out = dataclasses.replace(saved_cfg, **values)
     out._given = frozenset(given)  # what the user set stays known (see given_fields)
     return out
+
+
+def _other_folder(cfg: Any, given: set[str], run_dir: Path) -> list[str]:
+    """A given ``--run_name`` or ``--log_dir`` that names another folder than ``run_dir``."""
+    problems = []
+    if "run_name" in given and cfg.run_name != run_dir.name:
+        problems.append(f"--run_name {cfg.run_name} names another folder than {run_dir.name}")
+    if "log_dir" in given and Path(cfg.log_dir).resolve() != run_dir.parent:
+        problems.append(f"--log_dir {cfg.log_dir} is not the run's folder {run_dir.parent}")
+    return problems
+
+
+def resume_run(cfg: T, stage: str, per_run: Iterable[str] = (), reset=None) -> tuple[T, dict]:
+    """The configuration (:func:`resume_config`) and checkpoint of the run ``cfg.resume`` names."""
+    state = load_checkpoint(cfg.resume, stage=stage)
+    return resume_config(cfg, state["config"], cfg.resume, per_run, reset), state
+
+
+def new_run_dir(cfg: Any, ctx: DistContext, prefix: str) -> Path:
+    """Rank 0 makes the run folder (:func:`start_run_dir`); every rank gets its path."""
+    return Path(
+        run_on_main(
+            ctx, lambda: str(start_run_dir(cfg.log_dir, cfg.run_name, prefix, cfg.overwrite))
+        )
+    )
+
+
+def tidy_resumed_run(run_dir: Path, state: dict[str, Any], log: logging.Logger) -> None:
+    """What a kill may have left: temporary files, and a best.pth older than last.pth says."""
+    remove_stale_temp_files(run_dir, log)
+    repair_best(run_dir, state, log)
 
 
 def extend_cosine(scheduler, epochs: int) -> None:
@@ -187,25 +247,3 @@ def extend_cosine(scheduler, epochs: int) -> None:
 
 def _show(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def check_location(
-    cfg: Any, run_dir: Path, root_field: str, path: str | Path, given: set[str] | None = None
-) -> dict[str, str]:
-    """Refuse a ``--run_name`` or root folder that names another folder than the resumed run's.
-
-    Returns the two fields as they are for ``run_dir`` (what ``config.json`` should record).
-    """
-    given = given_fields(cfg) if given is None else given
-    actual = {root_field: str(run_dir.parent), "run_name": run_dir.name}
-    problems = []
-    if "run_name" in given and cfg.run_name != run_dir.name:
-        problems.append(f"--run_name {cfg.run_name} names another folder than {run_dir.name}")
-    root = getattr(cfg, root_field)
-    if root_field in given and Path(root).resolve() != run_dir.parent.resolve():
-        problems.append(f"--{root_field} {root} is not the run's folder {run_dir.parent}")
-    if problems:
-        raise ConfigError(
-            f"--resume {path}: " + "; ".join(problems) + " (a resumed run continues in its folder)"
-        )
-    return actual

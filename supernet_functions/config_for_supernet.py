@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from general_functions.config_utils import opt
 
@@ -44,7 +45,7 @@ class SupernetConfig:
     )
     fake_train_size: int = opt(512, "training images of the fake data set")
     batch_size: int = opt(1000, "batch size of both splits", _ORIG)
-    steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
+    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
     loader: str = opt(
         "tensor", "tensor (batched on the device) | torchvision", None, ("tensor", "torchvision")
     )
@@ -150,7 +151,9 @@ class SupernetConfig:
         "(--epochs may be raised; flags that contradict it are refused)",
     )
     overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
-    stop_epoch: int = opt(0, "stop after this many epochs, resumable (0: run all)")
+    stop_after_epoch: int = opt(
+        0, "stop after this many epochs, resumable with --resume (0: run all)"
+    )
     save_checkpoints: bool = opt(
         True, "write last.pth every epoch (and best.pth with --val_fraction)"
     )
@@ -165,6 +168,12 @@ class SupernetConfig:
         "",
         "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
     )
+
+    # old flag names, kept for one release (one warning line each; old checkpoints read silently)
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {
+        "stop_epoch": "stop_after_epoch",
+        "steps_per_epoch": "max_steps_per_epoch",
+    }
 
 
 PRESETS = {

@@ -55,7 +55,7 @@ def _cfg(tmp_path: Path, **kw) -> ArchTrainConfig:
         "epochs": 2,
         "threads": 1,
         "progress": False,
-        "run_dir": str(tmp_path / "runs"),
+        "log_dir": str(tmp_path / "runs"),
         "run_name": "r",
     }
     values.update(kw)
@@ -188,7 +188,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
         run(cfg)
     proc = subprocess.run(
         [sys.executable, "architecture_main_file.py", "--dataset", "cifar10", "--data_dir",
-         str(tmp_path / "nowhere"), "--download", "False", "--run_dir", str(tmp_path / "runs")],
+         str(tmp_path / "nowhere"), "--download", "False", "--log_dir", str(tmp_path / "runs")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0

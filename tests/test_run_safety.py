@@ -70,7 +70,7 @@ def test_a_cifar_batch_that_names_a_function_runs_nothing(tmp_path):
         _train,
         [
             *("--dataset", "cifar10", "--data_dir", str(tmp_path / "data")),
-            *("--run_dir", str(tmp_path / "runs"), "--progress", "False"),
+            *("--log_dir", str(tmp_path / "runs"), "--progress", "False"),
         ],
     )
     assert message.startswith("error: CIFAR-10 file ") and "data_batch_1" in message
@@ -93,7 +93,7 @@ def _train_args(tmp_path: Path, *extra: str, name: str = "r") -> list[str]:
     return [
         *("--architecture_name", str(arch), "--dataset", "fake", "--fake_train_size", "128"),
         *("--fake_test_size", "64", "--batch_size", "32", "--epochs", "3", "--threads", "1"),
-        *("--progress", "False", "--run_dir", str(tmp_path / "runs"), "--run_name", name),
+        *("--progress", "False", "--log_dir", str(tmp_path / "runs"), "--run_name", name),
         *extra,
     ]
 
@@ -214,16 +214,32 @@ def _kill_at_best_write(monkeypatch, nth: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- best.pth, kills
-def test_a_kill_while_best_pth_is_written_is_repaired_on_resume(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """An unbroken training run (run "full") to compare interrupted ones with."""
+    folder = tmp_path_factory.mktemp("train")
+    return folder, _train(_train_args(folder, name="full"))
+
+
+# main, its flags, the unbroken run's fixture and the column that picks best.pth
+KINDS = {
+    "train": (_train, _train_args, "trained", "test/top1"),
+    "search": (_search, _search_args, "searched", "held_out/top1"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_kill_while_best_pth_is_written_is_repaired_on_resume(kind, request, monkeypatch):
     """last.pth (written first) is the best epoch's; resuming puts it in best.pth."""
-    full = _train(_train_args(tmp_path, name="full"))
-    full_dir, run_dir = tmp_path / "runs" / "full", tmp_path / "runs" / "k"
-    _kill_at_best_write(monkeypatch, _improvements(_rows(full_dir), "test/top1"))
+    main, args, reference, column = KINDS[kind]
+    folder, full = request.getfixturevalue(reference)
+    full_dir, run_dir = folder / "runs" / "full", folder / "runs" / "k"
+    _kill_at_best_write(monkeypatch, _improvements(_rows(full_dir), column))
     with pytest.raises(_Killed):
-        _train(_train_args(tmp_path, name="k"))
+        main(args(folder, name="k"))
     monkeypatch.undo()
     assert [p.name for p in run_dir.glob(".*.tmp")] == [".best.pth.k1ll3d_x.tmp"]
-    resumed = _train(_train_args(tmp_path, "--resume", str(run_dir / "last.pth"), name="k"))
+    resumed = main(args(folder, "--resume", str(run_dir / "last.pth"), name="k"))
     assert _untimed(resumed) == {**_untimed(full), "run_dir": str(run_dir)}
     for name in ("last.pth", "best.pth"):
         _same_checkpoint(run_dir / name, full_dir / name)
@@ -231,26 +247,10 @@ def test_a_kill_while_best_pth_is_written_is_repaired_on_resume(tmp_path, monkey
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_a_kill_while_the_search_writes_best_pth_is_repaired_on_resume(searched, monkeypatch):
-    folder, full = searched
-    full_dir, run_dir = folder / "runs" / "full", folder / "runs" / "k"
-    _kill_at_best_write(monkeypatch, _improvements(_rows(full_dir), "held_out/top1"))
-    with pytest.raises(_Killed):
-        _search(_search_args(folder, name="k"))
-    monkeypatch.undo()
-    assert [p.name for p in run_dir.glob(".*.tmp")] == [".best.pth.k1ll3d_x.tmp"]
-    resumed = _search(_search_args(folder, "--resume", str(run_dir / "last.pth"), name="k"))
-    assert resumed == {**full, "run_dir": str(run_dir)}
-    for name in ("last.pth", "best.pth"):
-        _same_checkpoint(run_dir / name, full_dir / name)
-    assert _rows(run_dir) == _rows(full_dir)
-    assert not list(run_dir.glob(".*.tmp"))
-
-
 # ----------------------------------------------------------------------------------- run folders
-@pytest.mark.parametrize("which", ["train", "search"])
-def test_a_new_run_in_a_folder_that_holds_one_is_refused(tmp_path, which):
-    main, args = (_train, _train_args) if which == "train" else (_search, _search_args)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_new_run_in_a_folder_that_holds_one_is_refused(tmp_path, kind):
+    main, args = KINDS[kind][:2]
     main(args(tmp_path, "--epochs", "1", name="x"))
     run_dir = tmp_path / "runs" / "x"
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
@@ -282,7 +282,9 @@ def test_a_plain_resume_restores_the_recipe_and_refuses_contradictions(
     assert "--lr 0.5 contradicts the checkpoint's 0.05" in message
     message = _refused(_train, ["--resume", last, "--epochs", "2"])
     assert "--epochs 2 contradicts the checkpoint's 3 (it may only be raised)" in message
+    torch.set_num_threads(2)
     resumed = _train(["--resume", last])
+    assert torch.get_num_threads() == 1  # the run's --threads 1, so the sums come out the same
     assert _untimed(resumed) == {**_untimed(full), "run_dir": str(part)}
     assert _rows(part) == _rows(tmp_path / "runs" / "full")
     saved = json.loads((part / "config.json").read_text())
@@ -318,7 +320,7 @@ def test_eval_only_needs_nothing_but_the_checkpoint(tmp_path, monkeypatch):
 def test_a_plain_search_resume_restores_the_recipe(searched, monkeypatch, capsys):
     folder, full = searched
     monkeypatch.chdir(folder)  # a resume on the defaults would look for CIFAR-10 here
-    _search(_search_args(folder, "--stop_epoch", "1", name="part"))
+    _search(_search_args(folder, "--stop_after_epoch", "1", name="part"))
     part = folder / "runs" / "part"
     last = str(part / "last.pth")
     message = _refused(_search, ["--resume", last, "--w_lr", "0.05", "--batch_size", "8"])
@@ -326,7 +328,9 @@ def test_a_plain_search_resume_restores_the_recipe(searched, monkeypatch, capsys
     assert "--w_lr 0.05 contradicts the checkpoint's 0.1" in message
     message = _refused(_search, ["--resume", last, "--run_name", "elsewhere"])
     assert "--run_name elsewhere names another folder than part" in message
+    torch.set_num_threads(2)
     resumed = _search(["--resume", last])
+    assert torch.get_num_threads() == 1  # the smoke preset's --threads 1
     assert resumed == {**full, "run_dir": str(part)}
     assert _rows(part) == _rows(folder / "runs" / "full")
     thetas = [
@@ -337,6 +341,30 @@ def test_a_plain_search_resume_restores_the_recipe(searched, monkeypatch, capsys
     capsys.readouterr()  # resumed again, the finished run prints its summary and succeeds
     assert _search(["--resume", last]) == resumed
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == resumed
+
+
+def test_checkpoints_with_the_old_flag_names_resume_and_evaluate(tmp_path, capsys):
+    """Configurations saved before --run_dir, --stop_epoch and --steps_per_epoch were renamed."""
+    from general_functions.checkpoint import load_checkpoint, save_checkpoint
+
+    renames = {"log_dir": "run_dir", "stop_after_epoch": "stop_epoch"}
+    renames["max_steps_per_epoch"] = "steps_per_epoch"
+    _train(_train_args(tmp_path, "--stop_after_epoch", "1"))
+    _search(_search_args(tmp_path, "--stop_after_epoch", "1"))
+    renamed = {"r/last.pth": ["log_dir"], "r/best.pth": ["log_dir"]}
+    renamed["s/last.pth"] = ["stop_after_epoch", "max_steps_per_epoch"]
+    for name, keys in renamed.items():
+        path = tmp_path / "runs" / name
+        state = load_checkpoint(path)
+        for key in keys:
+            state["config"][renames[key]] = state["config"].pop(key)
+        save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
+    capsys.readouterr()
+    evaluated = _train(["--eval_only", "--checkpoint", str(tmp_path / "runs" / "r" / "best.pth")])
+    assert evaluated["eval_only"] is True and evaluated["epochs"] == 1
+    assert _train(["--resume", str(tmp_path / "runs" / "r" / "last.pth")])["epochs"] == 3
+    assert _search(["--resume", str(tmp_path / "runs" / "s" / "last.pth")])["epoch"] == 1
+    assert "deprecated" not in capsys.readouterr().err  # old checkpoints load silently
 
 
 # ----------------------------------------------------------------------------------- torchrun
@@ -407,3 +435,73 @@ def test_a_torchrun_worker_ends_when_its_parent_dies(tmp_path):
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _torchrun(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """torchrun with two CPU workers training for a long time, in a process group of its own."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = _train_args(tmp_path, "--epochs", "1000", "--device", "cpu", *extra)
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        + ["--master_port", str(port), "architecture_main_file.py", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_for_training(proc: subprocess.Popen, tmp_path: Path) -> list[int]:
+    """The worker pids, once the run has written its first checkpoint."""
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "runs" / "r" / "last.pth").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "torchrun did not start"
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    return workers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_torchrun_ends_its_workers(tmp_path):
+    proc = _torchrun(tmp_path)
+    workers = _wait_for_training(proc, tmp_path)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's group: not the workers' sessions
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers)), "a worker outlived torchrun"
+    finally:
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stopped_worker_fails_the_job_after_dist_timeout_min(tmp_path):
+    proc = _torchrun(tmp_path, "--dist_timeout_min", "0.1")
+    workers = _wait_for_training(proc, tmp_path)
+    try:
+        os.kill(workers[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert proc.wait(timeout=180) != 0  # rank 0 gives up after 6 s; torchrun ends the job
+        assert time.monotonic() - stopped < 120
+    finally:
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,4 +1,5 @@
-"""What an architecture run keeps and restores: its checkpoint, the architecture in it, resumption.
+"""What an architecture run keeps, restores and reports: where it stands, its checkpoint, the
+architecture in it, resumption, and its summary.
 
 A checkpoint (:func:`checkpoint_state`) holds the model, optimizer, scheduler, GradScaler, every RNG
 state, the configuration and the architecture; a resumed run rebuilds the network from the saved
@@ -7,15 +8,14 @@ architecture without reading any file the user may since have changed.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from fbnet_building_blocks.arch_specs import ArchSpec, load_arch
 from general_functions.checkpoint import CheckpointError
 from general_functions.config_utils import config_to_dict, given_fields
 from general_functions.distributed import unwrap
-from general_functions.run_folder import remove_stale_temp_files, repair_best
+from general_functions.run_folder import ONE_INVOCATION
 from general_functions.utils import get_rng_state
 
 from .config_for_arch import ArchTrainConfig
@@ -24,10 +24,11 @@ __all__ = [
     "PER_RUN",
     "RESET",
     "STAGE",
+    "Progress",
     "arch_from",
     "check_arch_matches",
     "checkpoint_state",
-    "tidy_resumed_run",
+    "summarize",
 ]
 
 STAGE = "architecture"
@@ -41,6 +42,47 @@ def _spec_identity(spec: dict[str, Any], search_space: str) -> dict[str, Any]:
         "head_channels": spec.get("head_channels"),
         "width_mult": spec.get("width_mult", 1.0),
     }
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, the best test top-1 and its epoch, the last epoch's metrics,
+    and the wall time spent so far (all processes that worked on the run)."""
+
+    epoch: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    last: dict[str, float] | None = None
+    wall_s: float = 0.0
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> Progress:
+        return cls(
+            state["epoch"],
+            state["best_top1"],
+            state["best_epoch"],
+            state.get("last_metrics"),
+            state.get("wall_s", 0.0),
+        )
+
+
+def summarize(metrics: dict[str, float], best_top1, best_epoch, epoch, wall_s, run_dir, spec):
+    """The run's summary: the JSON line the entry script prints last."""
+    out = {
+        "architecture": spec.name,
+        "best_top1": round(best_top1, 3),
+        "best_epoch": best_epoch,
+        "best_chosen_on": "test set",
+        "final_top1": round(metrics["test/top1"], 3),
+        "final_top3": round(metrics["test/top3"], 3),
+        "epochs": epoch,
+        "wall_s": round(wall_s, 1),
+        "run_dir": str(run_dir) if run_dir else None,
+    }
+    if "test_exact1000/top1" in metrics:
+        out["final_exact1000_top1"] = round(metrics["test_exact1000/top1"], 3)
+        out["final_exact1000_top3"] = round(metrics["test_exact1000/top3"], 3)
+    return out
 
 
 def check_arch_matches(state: dict[str, Any], spec: ArchSpec, cfg: ArchTrainConfig, path) -> None:
@@ -62,65 +104,31 @@ def check_arch_matches(state: dict[str, Any], spec: ArchSpec, cfg: ArchTrainConf
         )
 
 
-def checkpoint_state(
-    cfg,
-    spec,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    epoch,
-    best_top1,
-    best_epoch,
-    wall_s,
-    last,
-    rng_ranks=None,
-) -> dict[str, Any]:
+def checkpoint_state(cfg, spec: ArchSpec, parts, progress, rng_ranks=None) -> dict[str, Any]:
+    """The checkpoint of a run (``parts`` of ``training_functions._build``) at ``progress``."""
     return {
         "stage": STAGE,
-        "epoch": epoch,
-        "model": unwrap(model).state_dict(),  # no DDP "module." prefix
-        "optimizers": {"w": optimizer.state_dict()},
-        "schedulers": {"w": scheduler.state_dict()},
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": progress.epoch,
+        "model": unwrap(parts.model).state_dict(),  # no DDP "module." prefix
+        "optimizers": {"w": parts.optimizer.state_dict()},
+        "schedulers": {"w": parts.scheduler.state_dict()},
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
         "config": config_to_dict(cfg),
         "arch_spec": spec.to_dict(),
-        "best_top1": best_top1,
-        "best_epoch": best_epoch,
-        "last_metrics": last,
-        "wall_s": wall_s,
+        "best_top1": progress.best_top1,
+        "best_epoch": progress.best_epoch,  # last.pth is written first: see run_folder.repair_best
+        "last_metrics": progress.last,
+        "wall_s": progress.wall_s,
         "rng": get_rng_state(),
         "rng_ranks": rng_ranks,  # every process's RNG state under DDP (None alone)
     }
 
 
-# Fields a resumed run may set anew: where the data and the run lie and how to run, not what to
-# learn. The architecture fields are checked against the checkpoint's architecture instead.
-PER_RUN = (
-    "architecture_name",
-    "search_space",
-    "data_dir",
-    "download",
-    "device",
-    "threads",
-    "workers",
-    "progress",
-    "channels_last",
-    "trim_kernels",
-    "deterministic",
-    "eval_batch_size",
-    "dist_timeout_min",
-    "run_dir",
-    "run_name",
-)
+# Fields a resumed run may set anew besides run_folder.HOW_TO_RUN; the architecture fields are
+# checked against the checkpoint's architecture instead (arch_from).
+PER_RUN = ("architecture_name", "search_space", "eval_batch_size")
 # Fields of one invocation: never taken from the checkpoint.
-RESET = {
-    "resume": "",
-    "checkpoint": "",
-    "eval_only": False,
-    "stop_after_epoch": 0,
-    "overwrite": False,
-}
+RESET = {**ONE_INVOCATION, "checkpoint": "", "eval_only": False}
 
 
 def arch_from(cfg: ArchTrainConfig, state: dict | None, path: str) -> ArchSpec:
@@ -132,9 +140,3 @@ def arch_from(cfg: ArchTrainConfig, state: dict | None, path: str) -> ArchSpec:
     if state is not None:
         check_arch_matches(state, spec, cfg, path)
     return spec
-
-
-def tidy_resumed_run(run_dir: Path, state: dict[str, Any], log: logging.Logger) -> None:
-    """What a kill may have left: temporary files, and a best.pth older than last.pth says."""
-    remove_stale_temp_files(run_dir)
-    repair_best(run_dir, state, log)
