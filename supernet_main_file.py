@@ -13,7 +13,7 @@ import sys
 
 from general_functions.config_utils import parse_config
 from general_functions.distributed import env_rank
-from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
+from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetConfig
 
 
 def main(argv: list[str] | None = None):  # None: sys.argv[1:]
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
     pre.add_argument("--train_or_sample", default="train")
     if pre.parse_known_args(argv)[0].train_or_sample != "train" and env_rank() != 0:
         return None  # sampling and tables are one process's work: under torchrun rank 0 does it
-    if pre.parse_known_args(argv)[0].train_or_sample in ("build_lut", "validate_lut"):
+    if pre.parse_known_args(argv)[0].train_or_sample in LUT_MODES:
         from supernet_functions import lut_cli  # the latency-table tool reads the full argv
 
         return lut_cli.main(argv)

@@ -14,9 +14,11 @@ from general_functions.config_utils import opt
 
 from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
 
-__all__ = ["SupernetConfig", "PRESETS", "MODES"]
+__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES"]
 
-MODES = ("train", "sample", "build_lut", "validate_lut")
+# the latency-table modes, which supernet_functions.lut_cli runs with its own flags
+LUT_MODES = ("build_lut", "validate_lut")
+MODES = ("train", "sample", *LUT_MODES)
 _ORIG = "original reproduction"
 
 

@@ -201,7 +201,7 @@ def _read_run_lut(run_dir: Path):
 
 def load_table(path: str | Path):
     """Read and check a cost table (:meth:`LatencyLookupTable.load`)."""
-    from .lookup_table_builder import LatencyLookupTable
+    from .latency_table import LatencyLookupTable
 
     return LatencyLookupTable.load(path)
 
