@@ -61,7 +61,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
@@ -480,6 +479,9 @@ def measure_op_latency(
     ``number`` fixes the number of timed runs (one block each; e.g. 1 for a quick check); otherwise
     ``blocked_autorange`` runs for at least ``min_run_time`` seconds. The timer synchronises CUDA itself.
     """
+    # imported here: torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME
+    from torch.utils import benchmark
+
     module.eval()
     with torch.inference_mode():
         module(x)  # warm-up: first calls build kernels and allocate
