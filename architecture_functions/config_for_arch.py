@@ -33,6 +33,32 @@ class ArchTrainConfig:
         ORIGINAL,
     )
     dropout: float = opt(0.0, "dropout before the classifier")
+    head_channels: int = opt(
+        0, "width of the 1x1 head conv (0 = the architecture's own: FBNet-A 1504, FBNet-B/C 1984)"
+    )
+    head: str = opt(
+        "conv_bn_relu",
+        "head after the last block: conv_bn_relu (1x1 conv + BN + ReLU, paper Table 1), conv_bn (no "
+        "ReLU) or conv_bias (a plain 1x1 conv with bias, the original reproduction's)",
+        choices=("conv_bn_relu", "conv_bn", "conv_bias"),
+    )
+    dw_bn_relu: bool = opt(
+        True,
+        "BN + ReLU after each depthwise conv (paper Fig. 3); False: a bare depthwise conv, as the "
+        "original reproduction's retrained networks",
+    )
+    init: str = opt(
+        "fan_out",
+        "conv initialisation: fan_out (Kaiming-normal, fan out: MobileNetV2/torchvision) or original "
+        "(Kaiming-uniform, fan in: the original reproduction's weights_init)",
+        choices=("fan_out", "original"),
+    )
+    normalization: str = opt(
+        "dataset",
+        "input normalisation: dataset (the data set's own per-channel mean and std) or original "
+        "(CIFAR-10 mean with std 0.2023, 0.1994, 0.2010, as the original reproduction)",
+        choices=("dataset", "original"),
+    )
     # data
     dataset: str = opt("cifar10", "data set", ORIGINAL, choices=("cifar10", "imagefolder", "fake"))
     data_dir: str = opt(
