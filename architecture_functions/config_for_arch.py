@@ -53,6 +53,12 @@ class ArchTrainConfig:
         "(Kaiming-uniform, fan in: the original reproduction's weights_init)",
         choices=("fan_out", "original"),
     )
+    bn_init: str = opt(
+        "ones",
+        "BN scale initialisation: ones (PyTorch since 1.2) or uniform (U(0, 1): the default of the "
+        "PyTorch up to 1.1 the original reproduction ran on, which its weights_init kept)",
+        choices=("ones", "uniform"),
+    )
     normalization: str = opt(
         "dataset",
         "input normalisation: dataset (the data set's own per-channel mean and std) or original "

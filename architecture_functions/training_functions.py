@@ -188,6 +188,7 @@ def build_model(
         head=cfg.head,
         dw_bn_relu=cfg.dw_bn_relu,
         init=cfg.init,
+        bn_init=cfg.bn_init,
     ).to(device)
     if cfg.trim_kernels:
         trim_depthwise_convs(model)

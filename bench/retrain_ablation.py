@@ -35,6 +35,26 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "dw_plain": (["--dw_bn_relu", "False"], "no BN/ReLU after the depthwise conv (original)"),
     "dropout_0.2": (["--dropout", "0.2"], "dropout 0.2 before the classifier (original)"),
     "norm_original": (["--normalization", "original"], "std 0.2023/0.1994/0.2010 (original)"),
+    "lr_0.05": (["--lr", "0.05"], "learning rate 0.05 instead of 0.1 (the mechanism's check)"),
+    # second round: one factor at a time on top of the plain-conv head, which trains stably
+    "cb_head_1504": (["--head", "conv_bias", "--head_channels", "1504"], "plain head, 1504 wide"),
+    "cb_init_original": (["--head", "conv_bias", "--init", "original"], "plain head + original init"),
+    "cb_dw_plain": (["--head", "conv_bias", "--dw_bn_relu", "False"], "plain head + bare depthwise"),
+    "cb_dropout_0.2": (["--head", "conv_bias", "--dropout", "0.2"], "plain head + dropout 0.2"),
+    "cb_norm_original": (
+        ["--head", "conv_bias", "--normalization", "original"],
+        "plain head + the original's std",
+    ),
+    "bn_uniform": (["--bn_init", "uniform"], "BN scales U(0, 1) (PyTorch <= 1.1, original)"),
+    "cb_bn_uniform": (["--head", "conv_bias", "--bn_init", "uniform"], "plain head + BN scales U(0, 1)"),
+    "original_all_bn_uniform": (
+        [
+            "--head", "conv_bias", "--head_channels", "1504", "--init", "original",
+            "--dw_bn_relu", "False", "--dropout", "0.2", "--normalization", "original",
+            "--bn_init", "uniform",
+        ],
+        "the original reproduction as it ran: all of the above and BN scales U(0, 1)",
+    ),
     "no_fast_paths": (
         ["--trim_kernels", "False", "--channels_last", "off"],
         "full depthwise kernels, NCHW layout",

@@ -27,10 +27,11 @@ from .blocks import ConvBNReLU
 from .registry import build_block
 from .search_space import SearchSpace, get_search_space
 
-__all__ = ["FBNet", "get_model", "init_weights", "HEADS", "INITS"]
+__all__ = ["FBNet", "get_model", "init_weights", "HEADS", "INITS", "BN_INITS"]
 
 HEADS = ("conv_bn_relu", "conv_bn", "conv_bias")
 INITS = ("fan_out", "original")
+BN_INITS = ("ones", "uniform")
 
 
 class FBNet(nn.Module):
@@ -48,6 +49,7 @@ class FBNet(nn.Module):
         head: str = "conv_bn_relu",
         dw_bn_relu: bool = True,
         init: str = "fan_out",
+        bn_init: str = "ones",
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -73,7 +75,7 @@ class FBNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(width, cnt_classes)
-        init_weights(self, init)
+        init_weights(self, init, bn_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -83,16 +85,22 @@ class FBNet(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def init_weights(model: nn.Module, scheme: str = "fan_out") -> None:
+def init_weights(model: nn.Module, scheme: str = "fan_out", bn_init: str = "ones") -> None:
     """Initialise every conv, BN and linear layer of ``model``.
 
-    ``fan_out``: Kaiming-normal convs with std sqrt(2 / (out_channels * k * k)) (MobileNetV2,
-    torchvision). ``original``: Kaiming-uniform convs with bound sqrt(6 / (in_channels / groups * k * k)),
-    the original reproduction's ``weights_init``. Both: BN weight 1 and bias 0, FC normal(0, 0.01) with
-    bias 0, conv biases 0.
+    ``scheme`` sets the convs: ``fan_out``, Kaiming-normal with std sqrt(2 / (out_channels * k * k))
+    (MobileNetV2, torchvision); ``original``, Kaiming-uniform with bound
+    sqrt(6 / (in_channels / groups * k * k)), the original reproduction's ``weights_init``. Conv biases 0.
+    ``bn_init`` sets the BN scales: ``ones`` (PyTorch since 1.2) or ``uniform``, U(0, 1), the default of
+    PyTorch up to 1.1, which the original's ``weights_init`` left in place. BN biases 0, FC
+    normal(0, 0.01) with bias 0.
     """
     if scheme not in INITS:
         raise ValueError(f"unknown initialisation {scheme!r}; choose from {', '.join(INITS)}")
+    if bn_init not in BN_INITS:
+        raise ValueError(
+            f"unknown BN initialisation {bn_init!r}; choose from {', '.join(BN_INITS)}"
+        )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             if scheme == "fan_out":
@@ -102,7 +110,10 @@ def init_weights(model: nn.Module, scheme: str = "fan_out") -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
+            if bn_init == "ones":
+                nn.init.ones_(m.weight)
+            else:
+                nn.init.uniform_(m.weight, 0.0, 1.0)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
@@ -120,11 +131,13 @@ def get_model(
     head: str = "conv_bn_relu",
     dw_bn_relu: bool = True,
     init: str = "fan_out",
+    bn_init: str = "ones",
 ) -> FBNet:
     """Build a named architecture, a saved one, or a spec loaded from a JSON path.
 
     Arguments left as ``None`` take the architecture's own value, then the search space's default;
-    ``head``, ``dw_bn_relu`` and ``init`` are described in :class:`FBNet` and :func:`init_weights`.
+    ``head``, ``dw_bn_relu``, ``init`` and ``bn_init`` are described in :class:`FBNet` and
+    :func:`init_weights`.
     """
     spec = load_arch(arch)
     space = get_search_space(search_space or spec.search_space)
@@ -139,4 +152,5 @@ def get_model(
         head=head,
         dw_bn_relu=dw_bn_relu,
         init=init,
+        bn_init=bn_init,
     )
