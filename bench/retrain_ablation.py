@@ -55,6 +55,22 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         ],
         "the original reproduction as it ran: all of the above and BN scales U(0, 1)",
     ),
+    "original_paper_block": (
+        [
+            "--head", "conv_bias", "--head_channels", "1504", "--init", "original",
+            "--dw_bn_relu", "True", "--dropout", "0.2", "--normalization", "original",
+            "--bn_init", "uniform",
+        ],
+        "the original as it ran, with BN + ReLU after the depthwise conv (paper block)",
+    ),
+    "original_authors_head": (
+        [
+            "--head", "conv_bn_relu", "--head_channels", "1984", "--init", "original",
+            "--dw_bn_relu", "False", "--dropout", "0.2", "--normalization", "original",
+            "--bn_init", "uniform",
+        ],
+        "the original as it ran, with the authors' head (1x1 conv 1984 + BN + ReLU)",
+    ),
     "no_fast_paths": (
         ["--trim_kernels", "False", "--channels_last", "off"],
         "full depthwise kernels, NCHW layout",
