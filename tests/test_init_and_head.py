@@ -86,3 +86,37 @@ def test_bare_depthwise_conv_keeps_parameter_names_and_drops_bn():
     assert [type(m) for m in paper.conv_dw] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
     x = torch.randn(2, 16, 8, 8)
     assert bare(x).shape == paper(x).shape == (2, 24, 4, 4)
+
+
+def test_trainer_defaults_build_the_original_reproductions_network():
+    """The CIFAR-10 defaults: head conv with bias 1504 wide, dropout 0.2, bare depthwise convs,
+    Kaiming-uniform (fan-in) convs, BN scales from U(0, 1) (PyTorch <= 1.1), FC normal(0, 0.01)."""
+    cfg = ArchTrainConfig(channels_last="off", trim_kernels=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, load_arch("fbnet_b"), 10, 32, torch.device("cpu"))
+    assert isinstance(model.head, nn.Conv2d) and model.head.bias is not None
+    assert model.head.out_channels == 1504 == model.classifier.in_features  # not the authors' 1984
+    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.2
+    for block in model.blocks:
+        if isinstance(block, InvertedResidual):
+            assert [type(m) for m in block.conv_dw] == [nn.Conv2d]
+    for name, conv in _convs(model):
+        w = conv.weight.detach()
+        bound = math.sqrt(3) * _expected_std(conv, "original")
+        assert w.abs().max().item() <= bound * (1 + 1e-6), name
+        if w.numel() >= 2000:
+            assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.08), name
+    scales = torch.cat(
+        [m.weight.detach() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    )
+    assert scales.min() >= 0 and scales.max() < 1
+    # U(0, 1): mean 1/2 and std 1/sqrt(12) over the network's thousands of BN channels
+    assert scales.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert scales.std().item() == pytest.approx(1 / math.sqrt(12), rel=0.05)
+    assert model.classifier.weight.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+def test_head_channels_zero_takes_the_architectures_own_width():
+    cfg = ArchTrainConfig(head_channels=0, channels_last="off", trim_kernels=False)
+    model = build_model(cfg, load_arch("fbnet_b"), 10, 32, torch.device("cpu"))
+    assert model.head.out_channels == 1984
