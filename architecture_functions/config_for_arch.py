@@ -13,6 +13,7 @@ With BN scales of 1 (PyTorch since 1.2) the same recipe diverges in its first ep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from general_functions.config_utils import opt
 
@@ -85,7 +86,9 @@ class ArchTrainConfig:
         "or an ImageFolder root with train/ and val/ (or test/)",
         ORIGINAL,
     )
-    download: bool = opt(True, "download CIFAR-10 with torchvision when the folder is absent")
+    download: bool = opt(
+        False, "download CIFAR-10 into --data_dir when it is absent (checksums verified)"
+    )
     input_size: int = opt(0, "ImageFolder crop size (0 = 224); CIFAR-10 and fake data are 32x32")
     train_limit: int = opt(0, "train on a fixed random subset of this many images (0 = all)")
     test_limit: int = opt(0, "evaluate on the first this-many test images (0 = all)")
@@ -128,19 +131,19 @@ class ArchTrainConfig:
     channels_last: str = opt(
         "auto",
         "channels_last memory format for the model and batches; auto = on (FBNet-A CPU steps 1.35x "
-        "faster untrimmed, ~1% with --trim_kernels, README 'Speed'; not measured on CUDA)",
+        "faster untrimmed, ~1% with --trim_kernels, docs/performance.md; not measured on CUDA)",
         choices=("auto", "on", "off"),
     )
     trim_kernels: bool = opt(
         True,
         "compute depthwise convolutions whose kernel overhangs a small map with only the taps that "
-        "touch it (exact; 2.7x faster FBNet-A steps on 32x32 CPU inputs, see README)",
+        "touch it (exact; 2.7x faster FBNet-A steps on 32x32 CPU inputs, docs/performance.md)",
     )
     threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
     sync_bn: bool = opt(
         False,
         "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
-        "instead of each process's share (README: Multi-GPU and multi-node)",
+        "instead of each process's share (docs/multi_gpu.md)",
     )
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
     deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
@@ -151,6 +154,29 @@ class ArchTrainConfig:
     checkpoint: str = opt("", "checkpoint to evaluate with --eval_only")
     eval_only: bool = opt(False, "only evaluate the --checkpoint (or --resume) weights")
     progress: bool = opt(True, "tqdm progress bars")
+
+    # checked by config_utils
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "dropout": "[0, 1)",
+        "input_size": "[0, inf)",
+        "train_limit": "[0, inf)",
+        "test_limit": "[0, inf)",
+        "fake_train_size": "[1, inf)",
+        "fake_test_size": "[1, inf)",
+        "workers": "[0, inf)",
+        "epochs": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "eval_batch_size": "[0, inf)",
+        "lr": "[0, inf)",
+        "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)",
+        "gamma": "(0, inf)",
+        "min_lr": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "max_steps_per_epoch": "[0, inf)",
+        "stop_after_epoch": "[0, inf)",
+        "threads": "[0, inf)",
+    }
 
 
 PRESETS = {
