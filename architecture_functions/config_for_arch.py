@@ -74,7 +74,8 @@ class ArchTrainConfig:
     normalization: str = opt(
         "original",
         "input normalisation: dataset (the data set's own per-channel mean and std) or original "
-        "(CIFAR-10 mean with std 0.2023, 0.1994, 0.2010, as the original reproduction)",
+        "(for CIFAR-10: its mean with std 0.2023, 0.1994, 0.2010, as the original reproduction; "
+        "other data sets keep their own)",
         choices=("dataset", "original"),
         source=ORIGINAL,
     )

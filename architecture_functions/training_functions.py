@@ -223,10 +223,8 @@ def build_loaders(
     if cfg.train_limit:
         train = split_train(train, fraction=1.0, seed=cfg.seed, limit=cfg.train_limit)[0]
     std = data.std
-    if cfg.normalization == "original":
-        if cfg.dataset != "cifar10":
-            raise ValueError("--normalization original is CIFAR-10's; use dataset for other data")
-        std = ORIGINAL_CIFAR10_STD
+    if cfg.normalization == "original" and cfg.dataset in ("cifar10", "fake"):
+        std = ORIGINAL_CIFAR10_STD  # CIFAR-10's (the synthetic set uses CIFAR-10's statistics)
     common = {
         "device": device,
         "loader": cfg.loader,
