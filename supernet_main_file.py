@@ -5,6 +5,7 @@
     python supernet_main_file.py --train_or_sample sample --architecture_name d --hardsampling_bool_value False --num_samples 3
     python supernet_main_file.py --train_or_sample build_lut --help      # measure a latency table
 Then `python architecture_main_file.py --architecture_name my_net`. Defaults: the original CIFAR-10 run.
+`--train_or_sample MODE --help` lists the options of MODE (train, sample, build_lut, validate_lut).
 """
 
 import argparse
@@ -13,25 +14,33 @@ import sys
 
 from general_functions.config_utils import parse_config
 from general_functions.distributed import env_rank
-from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
+from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetConfig, help_layout
+
+
+def _mode(argv: list[str] | None) -> str | None:
+    """The ``--train_or_sample`` of ``argv`` (None when absent; parse_config checks its value)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--train_or_sample", default=None)
+    return pre.parse_known_args(argv)[0].train_or_sample
 
 
 def main(argv: list[str] | None = None):  # None: sys.argv[1:]
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--train_or_sample", default="train")
-    if pre.parse_known_args(argv)[0].train_or_sample != "train" and env_rank() != 0:
+    mode = _mode(argv)
+    if mode not in (None, "train") and env_rank() != 0:
         return None  # sampling and tables are one process's work: under torchrun rank 0 does it
-    if pre.parse_known_args(argv)[0].train_or_sample in ("build_lut", "validate_lut"):
-        from supernet_functions import lut_cli  # the latency-table tool reads the full argv
-
-        return lut_cli.main(argv)
-    cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS)
-    from supernet_functions.sampling import run_sampling
     from supernet_functions.training_functions_supernet import USER_ERRORS, run
 
-    try:  # a bad table, name, checkpoint or data folder: one clear line, no traceback
+    try:  # a bad table, name, checkpoint, device or data folder: one clear line, no traceback
+        if mode in LUT_MODES:
+            from supernet_functions import lut_cli  # the latency-table tool reads the full argv
+
+            return lut_cli.main(argv)
+        groups, hidden = help_layout(mode)
+        cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS, groups, hidden)
         if cfg.train_or_sample == "train":
             return run(cfg)
+        from supernet_functions.sampling import run_sampling
+
         for record in run_sampling(cfg):
             print(json.dumps(record), flush=True)
     except USER_ERRORS as err:

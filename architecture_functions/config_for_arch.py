@@ -3,7 +3,11 @@
 Defaults reproduce the original CIFAR-10 reproduction (github AnnaAraslanova/FBNet,
 ``architecture_functions/config_for_arch.py``): SGD lr 0.1, momentum 0.9, weight decay 4e-5, batch 1000,
 MultiStepLR at epochs 90 and 110 with gamma 0.1 over 140 epochs, random crop (padding 4) + horizontal
-flip, CIFAR mean/std normalisation. Each departure is a named option listed in TRAINING_DETAILS.md.
+flip, its normalisation (std 0.2023, 0.1994, 0.2010). The network is built as the original built its
+retrained networks, initialised as it ran on PyTorch 1.0/1.1: a plain 1x1 head conv with bias, 1504 wide,
+dropout 0.2, bare depthwise convs, Kaiming-uniform (fan-in) convs and BN scales drawn from U(0, 1).
+With BN scales of 1 (PyTorch since 1.2) the same recipe diverges in its first epoch; TRAINING_DETAILS.md
+("Retraining on CIFAR-10") has the ablation and the mechanism. Each departure is a named option.
 """
 
 from __future__ import annotations
@@ -33,7 +37,48 @@ class ArchTrainConfig:
         "'fbnet_cifar' keeps more resolution for 32x32 inputs",
         ORIGINAL,
     )
-    dropout: float = opt(0.0, "dropout before the classifier")
+    dropout: float = opt(0.2, "dropout before the classifier", ORIGINAL)
+    head_channels: int = opt(
+        1504,
+        "width of the 1x1 head conv: 1504 for every network as the original reproduction; 0 = the "
+        "architecture's own (the authors': FBNet-A 1504, FBNet-B/C 1984)",
+        ORIGINAL,
+    )
+    head: str = opt(
+        "conv_bias",
+        "head after the last block: conv_bn_relu (1x1 conv + BN + ReLU, paper Table 1), conv_bn (no "
+        "ReLU) or conv_bias (a plain 1x1 conv with bias, the original reproduction's)",
+        choices=("conv_bn_relu", "conv_bn", "conv_bias"),
+        source=ORIGINAL,
+    )
+    dw_bn_relu: bool = opt(
+        False,
+        "BN + ReLU after each depthwise conv (paper Fig. 3); False: a bare depthwise conv, as the "
+        "original reproduction's retrained networks",
+        ORIGINAL,
+    )
+    init: str = opt(
+        "original",
+        "conv initialisation: fan_out (Kaiming-normal, fan out: MobileNetV2/torchvision) or original "
+        "(Kaiming-uniform, fan in: the original reproduction's weights_init)",
+        choices=("fan_out", "original"),
+        source=ORIGINAL,
+    )
+    bn_init: str = opt(
+        "uniform",
+        "BN scale initialisation: ones (PyTorch since 1.2) or uniform (U(0, 1): the default of the "
+        "PyTorch up to 1.1 the original reproduction ran on, which its weights_init kept)",
+        choices=("ones", "uniform"),
+        source=ORIGINAL,
+    )
+    normalization: str = opt(
+        "original",
+        "input normalisation: dataset (the data set's own per-channel mean and std) or original "
+        "(for CIFAR-10: its mean with std 0.2023, 0.1994, 0.2010, as the original reproduction; "
+        "other data sets keep their own)",
+        choices=("dataset", "original"),
+        source=ORIGINAL,
+    )
     # data
     dataset: str = opt("cifar10", "data set", ORIGINAL, choices=("cifar10", "imagefolder", "fake"))
     data_dir: str = opt(
@@ -42,7 +87,9 @@ class ArchTrainConfig:
         "or an ImageFolder root with train/ and val/ (or test/)",
         ORIGINAL,
     )
-    download: bool = opt(True, "download CIFAR-10 with torchvision when the folder is absent")
+    download: bool = opt(
+        False, "download CIFAR-10 into --data_dir when it is absent (checksums verified)"
+    )
     input_size: int = opt(0, "ImageFolder crop size (0 = 224); CIFAR-10 and fake data are 32x32")
     train_limit: int = opt(0, "train on a fixed random subset of this many images (0 = all)")
     test_limit: int = opt(0, "evaluate on the first this-many test images (0 = all)")
@@ -85,19 +132,19 @@ class ArchTrainConfig:
     channels_last: str = opt(
         "auto",
         "channels_last memory format for the model and batches; auto = on (FBNet-A CPU steps 1.35x "
-        "faster untrimmed, ~1% with --trim_kernels, README 'Speed'; not measured on CUDA)",
+        "faster untrimmed, ~1% with --trim_kernels, docs/performance.md; not measured on CUDA)",
         choices=("auto", "on", "off"),
     )
     trim_kernels: bool = opt(
         True,
         "compute depthwise convolutions whose kernel overhangs a small map with only the taps that "
-        "touch it (exact; 2.7x faster FBNet-A steps on 32x32 CPU inputs, see README)",
+        "touch it (exact; 2.7x faster FBNet-A steps on 32x32 CPU inputs, docs/performance.md)",
     )
     threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
     sync_bn: bool = opt(
         False,
         "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
-        "instead of each process's share (README: Multi-GPU and multi-node)",
+        "instead of each process's share (docs/multi_gpu.md)",
     )
     dist_timeout_min: float = opt(
         10.0,
@@ -121,6 +168,29 @@ class ArchTrainConfig:
 
     # old flag names, kept for one release (one warning line each; old checkpoints read silently)
     DEPRECATED_NAMES: ClassVar[dict[str, str]] = {"run_dir": "log_dir"}
+    # checked by config_utils
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "dropout": "[0, 1)",
+        "input_size": "[0, inf)",
+        "train_limit": "[0, inf)",
+        "test_limit": "[0, inf)",
+        "fake_train_size": "[1, inf)",
+        "fake_test_size": "[1, inf)",
+        "workers": "[0, inf)",
+        "epochs": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "eval_batch_size": "[0, inf)",
+        "lr": "[0, inf)",
+        "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)",
+        "gamma": "(0, inf)",
+        "min_lr": "[0, inf)",
+        "label_smoothing": "[0, 1)",
+        "max_steps_per_epoch": "[0, inf)",
+        "stop_after_epoch": "[0, inf)",
+        "threads": "[0, inf)",
+        "dist_timeout_min": "(0, inf)",
+    }
 
 
 PRESETS = {

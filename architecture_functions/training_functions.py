@@ -37,6 +37,7 @@ from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
 from general_functions.dataloaders import (
+    ORIGINAL_CIFAR10_STD,
     DataError,
     EpochLoader,
     ImageSet,
@@ -205,7 +206,12 @@ def build_model(
         cnt_classes=num_classes,
         search_space=cfg.search_space or None,
         input_size=input_size,
+        head_channels=cfg.head_channels or None,
         dropout=cfg.dropout,
+        head=cfg.head,
+        dw_bn_relu=cfg.dw_bn_relu,
+        init=cfg.init,
+        bn_init=cfg.bn_init,
     ).to(device)
     if cfg.trim_kernels:
         trim_depthwise_convs(model)
@@ -239,11 +245,14 @@ def build_loaders(
     train = data.train
     if cfg.train_limit:
         train = split_train(train, fraction=1.0, seed=cfg.seed, limit=cfg.train_limit)[0]
+    std = data.std
+    if cfg.normalization == "original" and cfg.dataset in ("cifar10", "fake"):
+        std = ORIGINAL_CIFAR10_STD  # CIFAR-10's (the synthetic set uses CIFAR-10's statistics)
     common = {
         "device": device,
         "loader": cfg.loader,
         "mean": data.mean,
-        "std": data.std,
+        "std": std,
         "seed": cfg.seed,
         "channels_last": use_channels_last(cfg),
         "workers": cfg.workers,

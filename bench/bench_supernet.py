@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a loaded 2-core machine
-# spinning threads starve the busy one and small ops become up to ~100x slower (README "Performance").
+# spinning threads starve the busy one and small ops become up to ~100x slower (docs/performance.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402

@@ -18,10 +18,9 @@ python supernet_main_file.py --train_or_sample build_lut --lut_path "$lut" --sea
     --input_size 224 --device cuda --time_budget_s "$budget" --progress False || exit 1
 for i in 1 2 3; do
     python supernet_main_file.py --train_or_sample validate_lut --lut_path "$lut" --num_archs 20 \
-        --report_path "$out/fbnet_224_cuda.validation_$i.json" --progress False | tail -n 1
+        --report_path "$out/fbnet_224_cuda.validation_$i.json" --progress False | tail -n 1 \
+        | tee -a "$out/fbnet_224_cuda.validations.jsonl"
 done
-python bench/bench_lut.py summarize "$out"/fbnet_224_cuda.validation_[123].json \
-    | tee "$out/fbnet_224_cuda.validation_summary.json"
 python supernet_main_file.py --train_or_sample build_lut --lut_path "$out/fbnet_224_cuda.build2.json" \
     --search_space fbnet --input_size 224 --device cuda --time_budget_s "$budget" --seed 1 \
     --progress False | tail -n 1

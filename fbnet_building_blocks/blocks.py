@@ -11,8 +11,9 @@ Every candidate op of a searched layer is either an inverted-residual block or a
 
 The block follows the paper and the authors' code, which keep BN + ReLU after the depthwise conv and keep
 the first 1x1 conv even when the expansion is 1 (the published parameter and multiply-add counts of
-FBNet-A/B/C include it). Squeeze-and-excitation (Hu et al., 2018) is an option of the block, used by the
-extended op family only.
+FBNet-A/B/C include it). ``dw_bn_relu=False`` gives the original CIFAR-10 reproduction's retrained block,
+whose depthwise conv has neither (its builder's ``dw_skip_bn``/``dw_skip_relu``). Squeeze-and-excitation
+(Hu et al., 2018) is an option of the block, used by the extended op family only.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class InvertedResidual(nn.Module):
         expansion: hidden width = in_channels * expansion.
         groups: groups of both 1x1 convs; a channel shuffle follows the first one when > 1.
         se: add squeeze-and-excitation after the depthwise conv.
+        dw_bn_relu: BN + ReLU after the depthwise conv (paper); False: a plain depthwise conv
+            (the original CIFAR-10 reproduction's retrained networks).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class InvertedResidual(nn.Module):
         expansion: int = 1,
         groups: int = 1,
         se: bool = False,
+        dw_bn_relu: bool = True,
     ) -> None:
         super().__init__()
         hidden = in_channels * expansion
@@ -111,13 +115,25 @@ class InvertedResidual(nn.Module):
         self.has_skip = stride == 1 and in_channels == out_channels
         self.conv_pw = ConvBNReLU(in_channels, hidden, 1, groups=groups)
         self.shuffle = ChannelShuffle(groups) if groups > 1 else nn.Identity()
-        self.conv_dw = ConvBNReLU(hidden, hidden, kernel_size, stride=stride, groups=hidden)
+        self.conv_dw = (
+            ConvBNReLU(hidden, hidden, kernel_size, stride=stride, groups=hidden)
+            if dw_bn_relu
+            else _depthwise_conv(hidden, kernel_size, stride)
+        )
         self.se = SqueezeExcite(hidden) if se else nn.Identity()
         self.conv_pwl = ConvBNReLU(hidden, out_channels, 1, groups=groups, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_pwl(self.se(self.conv_dw(self.shuffle(self.conv_pw(x)))))
         return out + x if self.has_skip else out
+
+
+def _depthwise_conv(channels: int, kernel_size: int, stride: int) -> nn.Sequential:
+    """A bare depthwise conv, kept in a Sequential so its weight is named ``conv_dw.0.weight`` either way."""
+    conv = nn.Conv2d(
+        channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=False
+    )
+    return nn.Sequential(conv)
 
 
 class Skip(nn.Module):

@@ -59,8 +59,13 @@ def check_ops(ops: Iterable[str]) -> None:
         get_op_args(op)
 
 
-def build_block(op: str, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
-    """Build the registered op ``op`` for a layer of the given widths and stride."""
+def build_block(
+    op: str, in_channels: int, out_channels: int, stride: int = 1, dw_bn_relu: bool = True
+) -> nn.Module:
+    """Build the registered op ``op`` for a layer of the given widths and stride.
+
+    ``dw_bn_relu`` applies to inverted-residual ops: see :class:`~.blocks.InvertedResidual`.
+    """
     args = get_op_args(op)
     if args.kind == "skip":
         return Skip(in_channels, out_channels, stride)
@@ -72,4 +77,5 @@ def build_block(op: str, in_channels: int, out_channels: int, stride: int = 1) -
         expansion=args.expansion,
         groups=args.groups,
         se=args.se,
+        dw_bn_relu=dw_bn_relu,
     )

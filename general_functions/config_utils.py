@@ -6,10 +6,13 @@ Values read from a JSON file are type-checked against the field, and unknown key
 :func:`given_fields` tells which fields the user set (a resumed run takes the others from its checkpoint).
 A class may rename fields: ``DEPRECATED_NAMES = {"old": "new"}`` keeps ``--old`` (and ``old`` in JSON)
 working, with one warning line, and reads old checkpoints' configurations silently.
+A class may bound its numbers with a ``BOUNDS`` class variable of intervals (``"[1, inf)"``,
+``"(0, 1)"``); a value outside is a :class:`ConfigError` that names the flag, whatever set it.
 
     @dataclass
     class TrainConfig:
         lr: float = opt(0.1, "SGD learning rate", "original reproduction")
+        BOUNDS: ClassVar[dict[str, str]] = {"lr": "[0, inf)"}
 
     cfg = parse_config(TrainConfig, argv, presets={"smoke": {"epochs": 1}})
 """
@@ -20,6 +23,8 @@ import argparse
 import ast
 import dataclasses
 import json
+import math
+import re
 import sys
 import types
 import typing
@@ -30,6 +35,8 @@ __all__ = [
     "ConfigError",
     "opt",
     "parse_config",
+    "build_parser",
+    "check_bounds",
     "config_to_dict",
     "config_from_dict",
     "given_fields",
@@ -142,7 +149,41 @@ def config_from_dict(cls: type[T], values: dict[str, Any], base: T | None = None
         choices = fields[key].metadata.get("choices")
         if choices and merged[key] not in choices:
             raise ConfigError(f"{key}: {merged[key]!r} is not one of {list(choices)}")
-    return cls(**merged)
+    cfg = cls(**merged)
+    check_bounds(cfg)
+    return cfg
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$")
+
+
+def _bound_problem(interval: str, value: float) -> str | None:
+    """What is wrong with ``value`` for ``interval`` (e.g. ``"[1, inf)"``), or None when it fits."""
+    match = _INTERVAL.match(interval)
+    if match is None:
+        raise ValueError(f"malformed interval {interval!r}: write e.g. '[1, inf)' or '(0, 1)'")
+    left, low, high, right = match.groups()
+    low, high = float(low), float(high)
+    too_low = value < low or (left == "(" and value == low)
+    too_high = value > high or (right == ")" and value == high)
+    if not (too_low or too_high or math.isnan(value)):
+        return None
+    if math.isinf(high):
+        return f"at least {low:g}" if left == "[" else f"greater than {low:g}"
+    if math.isinf(low):
+        return f"at most {high:g}" if right == "]" else f"less than {high:g}"
+    return f"in {interval}"
+
+
+def check_bounds(cfg: Any) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``cfg`` outside its ``BOUNDS``."""
+    for name, interval in getattr(type(cfg), "BOUNDS", {}).items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # None (unset) or not a number
+        problem = _bound_problem(interval, value)
+        if problem:
+            raise ConfigError(f"--{name} must be {problem}, got {value}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -171,39 +212,90 @@ class _DeprecatedFlag(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _default_text(value: Any) -> str:
+    if value == "":
+        return "empty"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)
+
+
 def _help(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    text += f" (default: {default}"
+    notes = [f"default: {_default_text(default)}"]
+    if default == "" and ("empty" in text or "default" in text):
+        notes = []  # the help already says what an empty value means
     if f.metadata.get("source"):
-        text += f"; {f.metadata['source']}"
-    return text + ")"
+        notes.append(f.metadata["source"])
+    if notes:
+        text += f" ({'; '.join(notes)})"
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line that points at --help, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+Groups = list[tuple[str, tuple[str, ...] | None]]
 
 
 def build_parser(
-    cls: type, description: str = "", presets: dict[str, dict[str, Any]] | None = None
+    cls: type,
+    description: str = "",
+    presets: dict[str, dict[str, Any]] | None = None,
+    groups: Groups | None = None,
+    hidden: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """A parser with one flag per field of ``cls``.
+
+    ``groups``: (heading, field names) pairs, in order; ``None`` as the names takes every field no
+    other group names (by default one group holds them all). Fields in ``hidden`` are accepted but
+    left out of ``--help`` (e.g. the options of another mode).
+    """
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="JSON file of field values (see --help)")
     if presets:
         parser.add_argument(
             "--preset", default=None, choices=sorted(presets), help="a named set of defaults"
         )
-    group = parser.add_argument_group(f"{cls.__name__} fields")
-    for name, f in _fields(cls).items():
-        kwargs: dict[str, Any] = {"default": None, "help": _help(f), "metavar": name.upper()}
-        if f.metadata.get("choices"):
-            kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
-        # a bare ``--flag`` means True; ``--flag False`` works too
-        if _base_type(f.type)[0] is bool:
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        group.add_argument(f"--{name}", **kwargs)
-        for old in (o for o, new in getattr(cls, "DEPRECATED_NAMES", {}).items() if new == name):
-            kwargs.update(help=f"deprecated name of --{name}", dest=name, action=_DeprecatedFlag)
-            group.add_argument(f"--{old}", **kwargs)
+    fields = _fields(cls)
+    groups = groups or [(f"{cls.__name__} fields", None)]
+    named = {name for _, names in groups if names for name in names}
+    if named - set(fields):
+        raise ValueError(f"help groups name unknown fields {sorted(named - set(fields))}")
+    for title, names in groups:
+        names = names if names is not None else tuple(n for n in fields if n not in named)
+        if all(name in hidden for name in names):
+            group = parser
+        else:
+            group = parser.add_argument_group(title)
+        for name in names:
+            kwargs = _flag_kwargs(name, fields[name], name in hidden)
+            group.add_argument(f"--{name}", **kwargs)
+            for old in (
+                o for o, new in getattr(cls, "DEPRECATED_NAMES", {}).items() if new == name
+            ):
+                kwargs.update(help=argparse.SUPPRESS, dest=name, action=_DeprecatedFlag)
+                group.add_argument(f"--{old}", **kwargs)
     return parser
+
+
+def _flag_kwargs(name: str, f: dataclasses.Field, hidden: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"default": None, "help": _help(f), "metavar": name.upper()}
+    if f.metadata.get("choices"):
+        kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    # a bare ``--flag`` means True; ``--flag False`` works too
+    if _base_type(f.type)[0] is bool:
+        kwargs.update(nargs="?", const="true", metavar="BOOL")
+    if hidden:
+        kwargs["help"] = argparse.SUPPRESS
+    return kwargs
 
 
 def parse_config(
@@ -211,9 +303,14 @@ def parse_config(
     argv: list[str] | None = None,
     description: str = "",
     presets: dict[str, dict[str, Any]] | None = None,
+    groups: Groups | None = None,
+    hidden: tuple[str, ...] = (),
 ) -> T:
-    """Parse ``argv`` into ``cls`` with the precedence described in the module docstring."""
-    parser = build_parser(cls, description, presets)
+    """Parse ``argv`` into ``cls`` with the precedence described in the module docstring.
+
+    ``groups`` and ``hidden`` arrange ``--help`` (:func:`build_parser`); every field stays a flag.
+    """
+    parser = build_parser(cls, description, presets, groups, hidden)
     args = parser.parse_args(argv)
     cfg = cls()
     given: set[str] = set()
@@ -226,7 +323,7 @@ def parse_config(
             cfg = config_from_dict(cls, values, cfg)
             given |= set(values)
     except ConfigError as err:
-        parser.error(str(err))
+        parser.exit(2, f"error: {err}\n")
     cfg._given = frozenset(given)  # not a field: see given_fields
     return cfg
 

@@ -94,14 +94,26 @@ def set_rng_state(state: dict) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` picks CUDA when available, else the CPU.
+
+    ``cuda`` without a GPU, or a name torch does not know, is a :class:`ValueError` whose message is
+    the one line an entry script prints.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu or cuda") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {name!r}: use auto, cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: torch sees no CUDA device here (torch {torch.__version__}); "
+            "use --device cpu or auto"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 

@@ -15,9 +15,11 @@ from general_functions.config_utils import opt
 
 from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
 
-__all__ = ["SupernetConfig", "PRESETS", "MODES"]
+__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout"]
 
-MODES = ("train", "sample", "build_lut", "validate_lut")
+# the latency-table modes, which supernet_functions.lut_cli runs with its own flags
+LUT_MODES = ("build_lut", "validate_lut")
+MODES = ("train", "sample", *LUT_MODES)
 _ORIG = "original reproduction"
 
 
@@ -68,7 +70,7 @@ class SupernetConfig:
     per_sample: bool = opt(
         False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
     )
-    # ---------------------------------------------------------------- speed (README "Performance")
+    # ---------------------------------------------------------------- speed (docs/performance.md)
     channels_last: str = opt(
         "auto",
         "channels_last memory format for the supernet; auto = on (exact: the same arithmetic, "
@@ -131,7 +133,7 @@ class SupernetConfig:
     sync_bn: bool = opt(
         False,
         "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
-        "instead of each process's share (README: Multi-GPU and multi-node)",
+        "instead of each process's share (docs/multi_gpu.md)",
     )
     seed: int = opt(0, "seed of weights, split, batches and Gumbel noise")
     deterministic: bool = opt(
@@ -175,6 +177,38 @@ class SupernetConfig:
         "steps_per_epoch": "max_steps_per_epoch",
     }
 
+    # ---------------------------------------------------------------- checked by config_utils
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "train_limit": "[0, inf)",
+        "w_share": "(0, 1)",
+        "val_fraction": "[0, 1)",
+        "fake_train_size": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "workers": "[0, inf)",
+        "input_size": "[0, inf)",
+        "lut_batch_size": "[1, inf)",
+        "lut_time_budget_s": "(0, inf)",
+        "lut_rounds": "[0, inf)",
+        "alpha": "(0, inf)",
+        "beta": "[0, inf)",
+        "cost_scale": "(0, inf)",
+        "epochs": "[1, inf)",
+        "warmup_epochs": "[0, inf)",
+        "w_lr": "[0, inf)",
+        "w_momentum": "[0, 1)",
+        "w_weight_decay": "[0, inf)",
+        "w_lr_min": "[0, inf)",
+        "thetas_lr": "[0, inf)",
+        "thetas_weight_decay": "[0, inf)",
+        "init_temperature": "(0, inf)",
+        "temperature_decay": "(0, inf)",
+        "threads": "[0, inf)",
+        "num_samples": "[1, inf)",
+        "stop_after_epoch": "[0, inf)",
+        "max_steps_per_epoch": "[0, inf)",
+        "dist_timeout_min": "(0, inf)",
+    }
+
 
 PRESETS = {
     # The whole pipeline on 160 synthetic images of the 4-layer space: a few minutes on 2 CPU cores.
@@ -192,3 +226,31 @@ PRESETS = {
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
     },
 }
+
+
+# ``--help`` by mode: sampling reads a search run, so it needs only these fields (and its own).
+_SHARED_FIELDS = ("train_or_sample", "log_dir", "run_name", "seed")
+_SAMPLE_FIELDS = ("architecture_name", "hardsampling_bool_value", "num_samples", "arch_dir")
+
+
+def help_layout(
+    mode: str | None,
+) -> tuple[list[tuple[str, tuple[str, ...] | None]], tuple[str, ...]]:
+    """(groups, hidden) for :func:`general_functions.config_utils.parse_config`.
+
+    ``mode`` is the ``--train_or_sample`` given on the command line (None when absent): ``train`` or
+    ``sample`` shows only that mode's options; without a mode every option shows, under a heading that
+    names the mode that reads it.
+    """
+    groups = [
+        ("options of both train and sample", _SHARED_FIELDS),
+        ("options of sample (turn a search run's thetas into architectures)", _SAMPLE_FIELDS),
+        ("options of train (the search)", None),
+    ]
+    train_only = tuple(
+        name
+        for name in SupernetConfig.__dataclass_fields__
+        if name not in _SHARED_FIELDS + _SAMPLE_FIELDS
+    )
+    hidden = {"train": _SAMPLE_FIELDS, "sample": train_only}.get(mode or "", ())
+    return groups, hidden

@@ -3,16 +3,13 @@
 :func:`validate_lut` samples architectures uniformly from the table's search space (plus the named ones
 that fit it), builds each as a real :class:`FBNet`, and measures it:
 
-- latency: ``model(x)`` end to end (eval, inference mode, the table's device, thread count and batch
-  size; on CUDA between two CUDA events, as the build times its parts) with the build's statistics:
-  the architectures are measured in interleaved rounds (every architecture once per round, in a fresh
-  random order, one untimed pass then the fastest of ``reps`` timed passes), each round scaled to the
-  typical round's speed (the work is the same every round; ``round_speed``), and a network's latency
-  is its median over rounds. This machine's speed changes between states in which networks differ in
-  their relative latency, not only in level (README, "Latency lookup table"); so when the table kept
-  the speed probe of each of its build's rounds, the medians are weighted to give the validation's
-  rounds the build's mix of states (:func:`match_rounds`), and the figures over every round are
-  reported beside them;
+- latency: ``model(x)`` end to end (eval, inference mode, the table's device, thread count, batch
+  size and allocator setting; on CUDA between two CUDA events, as the build times its parts) with the
+  build's statistics: the architectures are measured in interleaved rounds (every architecture once
+  per round, in a fresh random order, one untimed pass then the fastest of ``reps`` timed passes),
+  each round scaled to the typical round's speed (the work is the same every round;
+  :func:`~supernet_functions.lookup_table_builder.round_speed`), and a network's latency is its
+  median over rounds;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
 It reports Pearson's r, Kendall's tau and the mean absolute percentage error (MAPE) between the table's
@@ -24,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,52 +37,28 @@ from fbnet_building_blocks.summary import count_params
 from general_functions.io_utils import atomic_write, atomic_write_json
 from general_functions.utils import resolve_device
 
-from .lookup_table_builder import (
-    PROBES,
-    LatencyLookupTable,
-    LUTError,
-    SpeedProbes,
-    load_average,
-    num_threads,
-    round_speed,
-    time_parts,
-    use_allocator,
-    weighted_percentiles,
-)
+from .latency_table import LatencyLookupTable, LUTError
+from .lookup_table_builder import load_average, num_threads, round_speed, time_parts, use_allocator
 
 __all__ = [
-    "DEFAULT_VAL_MAX_ROUNDS",
     "DEFAULT_VAL_ROUNDS",
-    "MATCH_PROBE",
-    "MATCH_TOLERANCE",
     "build_network",
     "compare",
-    "effective_rounds",
     "kendall_tau",
-    "match_rounds",
     "measure_latencies",
-    "measure_rounds",
     "named_archs",
     "plot_report",
-    "probe_ratios",
-    "round_medians",
     "sample_archs",
-    "scale_rounds",
+    "save_report",
     "validate_lut",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Rounds of a validation. In two 9-minute ``bench/bench_lut.py drift`` runs on this project's 2-core
-# VM (SAVED_LOGS/benchmarks/lut_drift.log), a network's latency relative to the others varied
-# between back-to-back validations with sd 1.00% and 1.29% at 15 rounds, 0.68% and 0.74% at 30, and
-# two validations ranked the same 27 networks alike to Kendall tau 0.875 and 0.818 at worst at 15
-# rounds, 0.920 and 0.880 at 30.
+# Interleaved rounds of a validation: about 2 minutes for 27 networks at 224x224 on a 2-core CPU; twice
+# as many rounds as 15 halve how far a network's latency relative to the others moves between two
+# back-to-back validations (docs/latency_tables.md).
 DEFAULT_VAL_ROUNDS = 30
-# How far a validation matched to its build's conditions may go on measuring (see measure_latencies):
-# at 224x224 here 90 rounds take about 6 minutes; in a 9-minute drift run every 6-minute window held
-# rounds of both of this VM's compute states (SAVED_LOGS/benchmarks/lut_drift_raw_1.json).
-DEFAULT_VAL_MAX_ROUNDS = 90
 
 
 def named_archs(lut: LatencyLookupTable) -> list[ArchSpec]:
@@ -127,122 +100,6 @@ def build_network(lut: LatencyLookupTable, spec: ArchSpec, device: torch.device)
     return model.to(device).eval()
 
 
-def measure_rounds(
-    models: Sequence[torch.nn.Module],
-    x: torch.Tensor,
-    rounds: int = DEFAULT_VAL_ROUNDS,
-    reps: int = 3,
-    warmup: int = 1,
-    seed: int = 0,
-    duration_s: float = 0.0,
-    progress: bool = True,
-    more: Callable[[SpeedProbes], bool] | None = None,
-    max_rounds: int = 0,
-) -> tuple[np.ndarray, np.ndarray, SpeedProbes]:
-    """Every model's end-to-end latency (ms) in interleaved rounds, unscaled: ``ms[round, model]``.
-
-    A round runs every model once, in a fresh random order: ``warmup`` untimed passes, then the
-    fastest of ``reps`` timed ones; the speed probes are timed after it. Returns ``ms``, the seconds
-    from the start at the end of each round (its probes included) and the probes. ``duration_s > 0``
-    measures rounds until that many seconds have passed instead of a fixed number
-    (``bench/bench_lut.py drift``). After ``rounds`` rounds, ``more(probes)`` can ask for further
-    ones, up to ``max_rounds`` in all.
-    """
-    rng = np.random.default_rng(seed)
-    clock = time.perf_counter
-    rows, ends = [], []
-    probes = SpeedProbes(x.device)
-    total = None if duration_s > 0 else rounds
-
-    def go_on() -> bool:
-        if duration_s > 0:
-            return clock() - start < duration_s
-        if len(rows) < rounds:
-            return True
-        return more is not None and len(rows) < max_rounds and more(probes)
-
-    with torch.inference_mode():
-        for m in models:  # untimed warm-up of every network
-            m(x)
-        start = clock()
-        bar = tqdm(desc="measuring rounds", total=total, disable=not progress)
-        while go_on():
-            row = np.zeros(len(models))
-            for i in rng.permutation(len(models)):
-                model = models[i]
-                for _ in range(warmup):
-                    model(x)
-                passes = [time_parts([model], x, x.device, clock)[0] for _ in range(reps)]
-                row[i] = min(passes) * 1e3
-            rows.append(row)
-            probes.measure()
-            ends.append(clock() - start)
-            bar.update()
-        bar.close()
-    return np.array(rows), np.array(ends), probes
-
-
-def scale_rounds(
-    ms: np.ndarray, normalize: bool = True, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``ms[round, model]`` with each round scaled to the typical round's speed, and those speeds.
-
-    The work is the same every round, so ``round_speed`` gauges the machine in each (the typical
-    round weighted by ``weights`` when given); with ``normalize`` off the times come back as they are.
-    """
-    speed = round_speed(ms, weights)
-    return (ms / speed[:, None] if normalize else ms), speed
-
-
-# Matching a validation's rounds to its build's conditions (match_rounds). This VM's compute probe
-# takes one of two values (about 0.57 and 0.70 ms), the two states in which networks rank differently
-# (README, "Latency lookup table"); rounds within 5% of each other are in the same state. The memory
-# probe is not used: its median moved by up to 13% between a build and its validations within two
-# hours, and matching on both probes (nearest round) gave single odd rounds much of the weight.
-MATCH_PROBE = "compute_ms"
-MATCH_TOLERANCE = 0.05
-
-
-def match_rounds(
-    reference: Sequence[float], measured: Sequence[float], tolerance: float = MATCH_TOLERANCE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weights of the measured rounds that give them the mix of conditions of the reference rounds.
-
-    ``reference`` and ``measured`` are one probe time per round (a build's, a validation's; the
-    compute probe of :class:`SpeedProbes`). Each reference round gives a weight of 1, shared equally
-    by the measured rounds whose probe lies within ``tolerance`` of its own (relative), or given to
-    the nearest one when none does. Returns the weights (they sum to the number of reference rounds)
-    and, for each reference round, the relative distance to its nearest measured round.
-    """
-    ref = np.log(np.asarray(reference, float))
-    got = np.log(np.asarray(measured, float))
-    dist = np.abs(ref[:, None] - got[None, :])  # [reference, measured]
-    near = dist <= np.log1p(tolerance)
-    nearest = dist.argmin(axis=1)
-    none_near = ~near.any(axis=1)
-    near[none_near, nearest[none_near]] = True
-    weights = (near / near.sum(axis=1, keepdims=True)).sum(axis=0)
-    return weights, np.expm1(dist.min(axis=1))
-
-
-def round_medians(
-    ms: np.ndarray, normalize: bool, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each model's median and IQR over rounds (scaled, :func:`scale_rounds`), and the round speeds;
-    with ``weights``, weighted ones (:func:`weighted_percentiles`)."""
-    scaled, speed = scale_rounds(ms, normalize, weights)
-    if weights is None:
-        q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
-    else:
-        q25, q50, q75 = weighted_percentiles(scaled, weights, [25, 50, 75])
-    return q50, q75 - q25, speed
-
-
-def effective_rounds(weights: np.ndarray) -> float:
-    """Kish's effective sample size: how many equally weighted rounds ``weights`` are worth."""
-    return float(weights.sum() ** 2 / (weights**2).sum())
-
-
 def measure_latencies(
     models: Sequence[torch.nn.Module],
     x: torch.Tensor,
@@ -252,52 +109,35 @@ def measure_latencies(
     normalize_rounds: bool = True,
     seed: int = 0,
     progress: bool = True,
-    reference: dict[str, Sequence[float]] | None = None,
-    max_rounds: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Median over interleaved rounds of each model's end-to-end latency (ms), and its IQR.
+    """Each model's end-to-end latency (ms): its median over interleaved rounds, and its IQR.
 
-    Each round is first scaled to the typical round's speed (:func:`scale_rounds`), unless
-    ``normalize_rounds`` is off. With ``reference`` (a table's ``probe_rounds``) on the CPU, the
-    medians are weighted so that the rounds' mix of machine states matches the reference's
-    (:func:`match_rounds`), and measuring goes on past ``rounds``, up to ``max_rounds``, while the
-    weighted rounds are worth fewer than ``rounds / 2`` (:func:`effective_rounds`: a state the build
-    saw often and the validation rarely rests on few rounds); ``info["all_rounds_ms"]`` then holds the
-    plain medians over every round. ``info["raw"]`` holds every round's times and probes.
+    A round runs every model once, in a fresh random order: ``warmup`` untimed passes, then the
+    fastest of ``reps`` timed ones. Each round is then scaled to the typical round's speed
+    (:func:`round_speed`), unless ``normalize_rounds`` is off. ``info["raw_ms"]`` holds every round's
+    unscaled times ``[round][model]``.
     """
-
-    def too_few(probes: SpeedProbes) -> bool:
-        if not probes.enabled:  # CUDA: nothing to match
-            return False
-        weights, _ = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
-        return effective_rounds(weights) < rounds / 2
-
-    ms, _, probes = measure_rounds(
-        models, x, rounds, reps, warmup, seed, progress=progress,
-        more=too_few if reference else None, max_rounds=max_rounds,
-    )  # fmt: skip
-    q50, iqr, speed = round_medians(ms, normalize_rounds)
-    info: dict[str, Any] = {
-        "rounds_measured": len(ms),
+    rng = np.random.default_rng(seed)
+    clock = time.perf_counter
+    rows = np.zeros((rounds, len(models)))
+    with torch.inference_mode():
+        for m in models:  # untimed warm-up of every network
+            m(x)
+        for r in tqdm(range(rounds), desc="measuring rounds", disable=not progress):
+            for i in rng.permutation(len(models)):
+                for _ in range(warmup):
+                    models[i](x)
+                passes = [time_parts([models[i]], x, x.device, clock)[0] for _ in range(reps)]
+                rows[r, i] = min(passes) * 1e3
+    speed = round_speed(rows)
+    scaled = rows / speed[:, None] if normalize_rounds else rows
+    q25, q50, q75 = np.percentile(scaled, [25, 50, 75], axis=0)
+    info = {
         "round_speed_min": round(float(speed.min()), 3),
         "round_speed_max": round(float(speed.max()), 3),
+        "raw_ms": np.round(rows, 4).tolist(),
     }
-    if probes.enabled:
-        info["probes"] = probes.summary()
-    if reference and probes.enabled:
-        weights, dist = match_rounds(reference[MATCH_PROBE], probes.samples[MATCH_PROBE])
-        info["all_rounds_ms"] = q50
-        q50, iqr, _ = round_medians(ms, normalize_rounds, weights)
-        info["matched"] = {
-            "probe": MATCH_PROBE,
-            "tolerance_percent": MATCH_TOLERANCE * 100,
-            "reference_rounds": len(dist),
-            "reference_rounds_without_match": int(np.sum(dist > MATCH_TOLERANCE)),
-            "rounds_used": int(np.count_nonzero(weights)),
-            "effective_rounds": round(effective_rounds(weights), 1),
-        }
-    info["raw"] = {"ms": np.round(ms, 4).tolist(), "probes": probes.per_round()}
-    return q50, iqr, info
+    return q50, q75 - q25, info
 
 
 def _count_macs(model: torch.nn.Module, input_size: int, batch_size: int) -> float:
@@ -331,36 +171,6 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(dx * dy) / np.sqrt(untied_x * untied_y))
 
 
-def probe_ratios(
-    build: dict | None, now: dict | None, suffix: str = "vs_build"
-) -> dict[str, float]:
-    """Probe times of ``now`` over ``build``'s (> 1: slower now), as ``probe_<name>_<suffix>``.
-
-    ``build`` and ``now`` are probe summaries (a table's ``meta["probes"]``, a validation's); empty
-    if either is missing.
-    """
-    if not build or not now:
-        return {}
-    return {
-        f"probe_{name[: -len('_ms')]}_{suffix}": round(now[name] / build[name], 3)
-        for name in PROBES
-        if name in build and name in now
-    }
-
-
-def _conditions_differ(ratios: dict[str, float], tolerance: float = 0.1) -> list[str]:
-    """The probes that ran more than ``tolerance`` faster or slower than during the build."""
-    differ = [k for k, v in ratios.items() if abs(v - 1.0) > tolerance]
-    for name in differ:
-        logger.warning(
-            "%s = %.2f: the machine ran at another speed than while the table was built, so this "
-            "validation's errors include that difference",
-            name,
-            ratios[name],
-        )
-    return differ
-
-
 def compare(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
     """Pearson r, Kendall tau-b, Spearman rho, MAPE, max APE and mean signed error (percent)."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
@@ -387,31 +197,19 @@ def validate_lut(
     normalize_rounds: bool = True,
     allocator: str | None = None,
     progress: bool = True,
-    match_conditions: bool = True,
-    max_rounds: int = DEFAULT_VAL_MAX_ROUNDS,
 ) -> dict[str, Any]:
     """Measure ``num_archs`` random (+ named) architectures and compare them with the table.
 
-    With ``match_conditions`` (and a CPU table that kept its per-round speed probes) the headline
-    figures compare the table with the validation's rounds weighted to the build's mix of conditions
-    (:func:`match_rounds`; measuring goes on past ``rounds``, up to ``max_rounds``, while too few
-    rounds were made in those conditions); the figures over every round are reported beside them,
-    as ``all_rounds``.
-
-    The device, thread count and allocator setting (:func:`use_allocator`; tables that predate it
-    were measured with ``"default"``) default to the table's own; validating under other settings is
-    allowed, with a warning. Counted tables (FLOPs, parameters) are always counted on the CPU's meta
-    device.
+    The device, thread count and allocator setting (:func:`use_allocator`; tables without one were
+    measured with ``"default"``) default to the table's own; other settings are allowed, with a
+    warning. Counted tables (FLOPs, parameters) are counted on the meta device.
     """
-    meta = lut.meta
+    meta, cost = lut.meta, lut.cost
     if rounds < 1:
         raise ValueError(f"a validation needs at least 1 measuring round, got {rounds}")
-    if match_conditions and max_rounds < rounds:
-        raise ValueError(f"max_rounds ({max_rounds}) must be at least rounds ({rounds})")
     specs = sample_archs(lut, num_archs, seed) + (named_archs(lut) if include_named else [])
     if len(specs) < 3:
         raise ValueError(f"need at least 3 architectures to compare, got {len(specs)}")
-    cost = lut.cost
     if cost != "latency":
         device = "cpu"  # counted, not timed: any device gives the same counts
     elif device is None:
@@ -423,86 +221,43 @@ def validate_lut(
                 "to compare it with this machine anyway)"
             )
     dev = resolve_device(device)
-    if cost == "latency" and meta.get("device") not in (None, dev.type):
-        logger.warning("validating on %s a table measured on %s", dev.type, meta["device"])
     if threads is None:
         threads = meta.get("threads") or torch.get_num_threads()
-    elif cost == "latency" and meta.get("threads") and threads != meta["threads"]:
-        logger.warning(
-            "validating with %d threads a table measured with %d: expect a mismatch",
-            threads,
-            meta["threads"],
-        )
     if cost == "latency":
-        built_with = lut.allocator
-        allocator = use_allocator(allocator or built_with)
-        if allocator != built_with:
-            logger.warning(
-                "validating with allocator %s a table measured with %s: expect a mismatch",
-                allocator,
-                built_with,
-            )
-    with num_threads(threads if dev.type == "cpu" else None):
-        return _validate(
-            lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
-            match_conditions, max_rounds,
-        )  # fmt: skip
-
-
-def _validate(
-    lut, specs, dev, threads, seed, rounds, reps, normalize_rounds, allocator, progress,
-    match_conditions, max_rounds,
-):  # fmt: skip
+        allocator = use_allocator(allocator or lut.allocator)
+        here = {"device": dev.type, "allocator": allocator}
+        built = {"device": meta.get("device", dev.type), "allocator": lut.allocator}
+        if dev.type == "cpu":
+            here["threads"], built["threads"] = threads, meta.get("threads") or threads
+        for key, value in here.items():
+            if value != built[key]:
+                logger.warning(
+                    "validating with %s %s a table measured with %s: expect a mismatch",
+                    key,
+                    value,
+                    built[key],
+                )
     start = time.perf_counter()
-    meta, cost, num_archs = lut.meta, lut.cost, sum(s.name.startswith("random_") for s in specs)
     torch.manual_seed(seed)
-    if cost != "latency":  # counting needs shapes only: build on the meta device
-        dev = torch.device("meta")
-    with dev:
-        models = [build_network(lut, spec, dev) for spec in specs]
-    batch = meta.get("batch_size", 1)
-    size = meta["input_size"]
+    build_dev = dev if cost == "latency" else torch.device("meta")  # counting needs shapes only
+    with build_dev:
+        models = [build_network(lut, spec, build_dev) for spec in specs]
+    size, batch = meta["input_size"], meta.get("batch_size", 1)
     info: dict[str, Any] = {}
-    raw, all_rounds = None, None
     if cost == "latency":
         x = torch.randn(batch, 3, size, size, device=dev)
-        reference = meta.get("probe_rounds") if match_conditions else None
-        if match_conditions and reference is None and dev.type == "cpu":
-            logger.warning(
-                "the table kept no per-round speed probes (built before they were recorded): "
-                "comparing it with every round, whatever the machine's state"
-            )
         load_before = load_average()
-        measured, spread, info = measure_latencies(
-            models, x, rounds, reps, 1, normalize_rounds, seed, progress, reference, max_rounds
-        )
-        raw, all_rounds = info.pop("raw"), info.pop("all_rounds_ms", None)
-        matched = info.get("matched")
-        if matched and matched["reference_rounds_without_match"] > matched["reference_rounds"] / 2:
-            logger.warning(
-                "%d of the build's %d rounds ran in conditions that no validation round met (compute "
-                "probe more than %d%% away): the matched figures rest on other conditions",
-                matched["reference_rounds_without_match"],
-                matched["reference_rounds"],
-                round(MATCH_TOLERANCE * 100),
+        with num_threads(threads if dev.type == "cpu" else None):
+            measured, spread, info = measure_latencies(
+                models, x, rounds, reps, 1, normalize_rounds, seed, progress
             )
         info.update(load_average_before=load_before, load_average_after=load_average())
-        ratios = probe_ratios(meta.get("probes"), info.get("probes"))
-        # flagged, not corrected: a probe is not a model of how each op depends on the machine's state
-        info.update(ratios, conditions_differ=_conditions_differ(ratios))
-    elif cost == "flops":
-        measured = np.array([_count_macs(m, size, batch) / 1e6 for m in models])
-        spread = np.zeros(len(models))
     else:
-        measured = np.array([count_params(m) / 1e6 for m in models])
+        count = (lambda m: _count_macs(m, size, batch)) if cost == "flops" else count_params
+        measured = np.array([count(m) / 1e6 for m in models])
         spread = np.zeros(len(models))
+    raw = info.pop("raw_ms", None)
     predicted = [lut.predict(spec.ops) for spec in specs]
-    metrics = compare(predicted, measured)
-    info["match_conditions"] = all_rounds is not None
-    if all_rounds is not None:
-        info["all_rounds"] = {k: round(v, 4) for k, v in compare(predicted, all_rounds).items()}
-    else:
-        all_rounds = [None] * len(specs)
     archs = [
         {
             "name": spec.name,
@@ -511,44 +266,30 @@ def _validate(
             "measured": round(float(m), 5),
             "measured_iqr": round(float(s), 5),
             "error_percent": round(float((p - m) / m * 100.0), 3),
-            **({"measured_all_rounds": round(float(a), 5)} if a is not None else {}),
         }
-        for spec, p, m, s, a in zip(specs, predicted, measured, spread, all_rounds)
+        for spec, p, m, s in zip(specs, predicted, measured, spread)
     ]
+    timed = cost == "latency"
+    keys = ("search_space", "input_size", "batch_size", "device", "device_name", "threads", "date")
+    keys += ("allocator", "rounds", "build_time_s")
     report = {
-        **{k: round(v, 4) for k, v in metrics.items()},
+        **{k: round(v, 4) for k, v in compare(predicted, measured).items()},
         "num_archs": len(specs),
         "num_random": num_archs,
         "num_named": len(specs) - num_archs,
         "cost": cost,
         "unit": meta.get("unit"),
         "lut_path": str(lut.path) if lut.path else None,
-        "lut_meta": {
-            k: meta.get(k)
-            for k in (
-                "search_space",
-                "input_size",
-                "batch_size",
-                "device",
-                "device_name",
-                "threads",
-                "date",
-                "method",
-                "allocator",
-                "rounds",
-                "build_time_s",
-            )
-        },  # fmt: skip
+        "lut_meta": {k: meta.get(k) for k in keys},
         "validation": {
             "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "device": dev.type,
             "threads": threads if dev.type == "cpu" else None,
             "seed": seed,
-            "rounds": rounds if cost == "latency" else None,
-            "max_rounds": max_rounds if cost == "latency" and match_conditions else None,
-            "reps": reps if cost == "latency" else None,
+            "rounds": rounds if timed else None,
+            "reps": reps if timed else None,
             "normalize_rounds": normalize_rounds,
-            "allocator": allocator if cost == "latency" else None,
+            "allocator": allocator if timed else None,
             "torch_version": torch.__version__,
             "time_s": round(time.perf_counter() - start, 1),
             **info,
@@ -556,7 +297,7 @@ def _validate(
         "archs": archs,
     }
     if raw is not None:
-        report["raw"] = raw  # every round's times [round][arch] and probes, for re-analysis
+        report["raw_ms"] = raw  # every round's unscaled times [round][arch], for re-analysis
     return report
 
 

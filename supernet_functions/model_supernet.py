@@ -152,7 +152,7 @@ class StochasticSuperNet(nn.Module):
 
     Args:
         search_space: a name from ``SEARCH_SPACES`` or a :class:`SearchSpace`.
-        lut: a :class:`~supernet_functions.lookup_table_builder.LatencyLookupTable` for the layers'
+        lut: a :class:`~supernet_functions.latency_table.LatencyLookupTable` for the layers'
             costs, or ``None`` for zeros (no latency term).
         cnt_classes: classifier outputs.
         input_size: the side of the input images (sets the layers' input maps; default: the space's).

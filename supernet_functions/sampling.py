@@ -112,9 +112,15 @@ def read_thetas(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def find_latest_run(log_dir: str | Path) -> Path:
-    """The run folder under ``log_dir`` whose ``thetas.json`` was written last."""
-    runs = sorted(Path(log_dir).glob(f"*/{THETAS_FILE}"), key=lambda p: p.stat().st_mtime)
+def find_latest_run(log_dir: str | Path, nested: bool = False) -> Path:
+    """The run folder under ``log_dir`` whose ``thetas.json`` was written last.
+
+    ``nested``: also look one level deeper, i.e. treat ``log_dir`` as a folder of ``--log_dir``
+    folders (``runs/`` holds ``runs/supernet/`` and the smoke preset's ``runs/supernet_smoke/``).
+    """
+    patterns = [f"*/{THETAS_FILE}", f"*/*/{THETAS_FILE}"] if nested else [f"*/{THETAS_FILE}"]
+    found = [path for pattern in patterns for path in Path(log_dir).glob(pattern)]
+    runs = sorted(found, key=lambda p: p.stat().st_mtime)
     if not runs:
         raise FileNotFoundError(
             f"no search run under {log_dir}: run `supernet_main_file.py --train_or_sample train` "
@@ -201,15 +207,29 @@ def _read_run_lut(run_dir: Path):
 
 def load_table(path: str | Path):
     """Read and check a cost table (:meth:`LatencyLookupTable.load`)."""
-    from .lookup_table_builder import LatencyLookupTable
+    from .latency_table import LatencyLookupTable
 
     return LatencyLookupTable.load(path)
 
 
 def run_sampling(cfg) -> list[dict[str, Any]]:
-    """``--train_or_sample sample``: the run ``--run_name`` (default: the latest under ``--log_dir``)."""
-    run_dir = Path(cfg.log_dir) / cfg.run_name if cfg.run_name else find_latest_run(cfg.log_dir)
+    """``--train_or_sample sample``: the run ``--run_name`` under ``--log_dir``, by default the latest.
+
+    With ``--log_dir`` at its default, the latest run is looked for in every folder beside it
+    (``runs/*/<run>``), so ``sample`` finds what ``train --preset smoke`` wrote to
+    ``runs/supernet_smoke`` as well as the default ``runs/supernet``.
+    """
+    from .config_for_supernet import SupernetConfig
+
+    default_log_dir = SupernetConfig.__dataclass_fields__["log_dir"].default
+    if cfg.run_name:
+        run_dir = Path(cfg.log_dir) / cfg.run_name
+    elif Path(cfg.log_dir) == Path(default_log_dir):
+        run_dir = find_latest_run(Path(default_log_dir).parent, nested=True)
+    else:
+        run_dir = find_latest_run(cfg.log_dir)
     mode = "argmax" if cfg.hardsampling_bool_value else "sample"
-    return sample_and_save(
+    records = sample_and_save(
         run_dir, cfg.architecture_name, mode, cfg.num_samples, cfg.seed, cfg.arch_dir or None
     )
+    return [{**record, "run": str(run_dir)} for record in records]

@@ -1,6 +1,6 @@
 """Making supernet steps fast without changing what they compute (``bench/bench_supernet.py`` measures it).
 
-A profile of a supernet step on 32x32 inputs (``torch.profiler``, README "Performance") showed where the
+A profile of a supernet step on 32x32 inputs (``torch.profiler``, docs/performance.md) showed where the
 time goes, and each point below answers one finding:
 
 - **The idle parameter set.** The original computes every gradient in both steps. Here the set that is

@@ -137,6 +137,7 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # a fresh process killed mid-run; test_stop_and_resume covers the resume itself
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """A process killed with SIGKILL after its first epoch, resumed, gives the uninterrupted metrics."""
     kw = {"epochs": 3, "fake_train_size": 512}
@@ -177,9 +178,15 @@ def test_eval_only_reproduces_best_checkpoint(tmp_path, capsys):
     assert evaluated["final_top1"] == summary["best_top1"]
 
 
-def test_torchvision_loader_path_trains(tmp_path):
-    summary = run(_cfg(tmp_path, epochs=1, loader="torchvision", workers=0, channels_last="off"))
-    assert 0 <= summary["final_top1"] <= 100
+def test_torchvision_loader_path_trains_and_tests_like_the_tensor_path(tmp_path):
+    kw = {"epochs": 1, "channels_last": "off"}
+    summary = run(_cfg(tmp_path, loader="torchvision", workers=0, **kw))
+    last = tmp_path / "runs" / "r" / "last.pth"
+    assert load_checkpoint(last)["epoch"] == 1
+    # the same weights tested through the tensor path: both paths prepare test images alike
+    again = run(_cfg(tmp_path, run_name="e", eval_only=True, checkpoint=str(last), **kw))
+    assert again["final_top1"] == pytest.approx(summary["final_top1"], abs=1e-3)
+    assert again["final_top3"] == pytest.approx(summary["final_top3"], abs=1e-3)
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from general_functions.config_utils import opt, parse_config
+from general_functions.config_utils import (
+    ConfigError,
+    check_bounds,
+    config_from_dict,
+    opt,
+    parse_config,
+)
 from general_functions.dataloaders import (
     DataError,
     load_cifar10,
@@ -47,6 +53,67 @@ def test_config_rejects_bad_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(_Cfg, ["--config", str(file)])
     assert "unknown configuration keys ['learning_rate']" in capsys.readouterr().err
+
+
+@dataclass
+class _Bounded:
+    n: int = opt(2, "a count")
+    share: float = opt(0.5, "a share")
+    name: str = opt("", "a name")
+    BOUNDS = {"n": "[1, inf)", "share": "(0, 1)"}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"n": 0}, "--n must be at least 1, got 0"),
+        ({"share": 1.0}, "--share must be in (0, 1), got 1.0"),
+        ({"share": 0.0}, "--share must be in (0, 1), got 0.0"),
+        ({"share": float("nan")}, "--share must be in (0, 1), got nan"),
+    ],
+)
+def test_bounds_refuse_values_outside_and_name_the_flag(values, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_Bounded, values)
+    assert str(err.value) == message
+    assert config_from_dict(_Bounded, {"n": 1, "share": 0.999}).n == 1
+
+
+def test_a_bound_broken_in_a_config_file_is_one_line(tmp_path, capsys):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"n": -3}))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(_Bounded, ["--config", str(file)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --n must be at least 1, got -3\n"
+
+
+def test_help_escapes_percent_and_words_empty_defaults(capsys):
+    @dataclass
+    class _Help:
+        speed: str = opt("auto", "about 5% faster")
+        folder: str = opt("", "where to write", "paper")
+        other: str = opt("", "empty: the default folder")
+
+    with pytest.raises(SystemExit):
+        parse_config(_Help, ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "about 5% faster (default: auto)" in out
+    assert "where to write (default: empty; paper)" in out
+    assert "empty: the default folder" in out  # the help says what empty means itself:
+    assert "empty: the default folder (default" not in out  # no "(default: empty)" after it
+
+
+def test_real_configs_bound_only_their_own_fields_and_their_defaults_fit():
+    from architecture_functions.config_for_arch import PRESETS as ARCH_PRESETS
+    from architecture_functions.config_for_arch import ArchTrainConfig
+    from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
+
+    for cls, presets in ((ArchTrainConfig, ARCH_PRESETS), (SupernetConfig, PRESETS)):
+        assert set(cls.BOUNDS) <= set(cls.__dataclass_fields__), cls.__name__
+        check_bounds(cls())
+        for preset in presets.values():
+            check_bounds(config_from_dict(cls, preset))
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):

@@ -3,6 +3,7 @@ that match what a real network gives, and small measurements that run fast on CP
 
 import json
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +16,12 @@ from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
 from fbnet_building_blocks.fbnet_builder import FBNet
 from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 from fbnet_building_blocks.summary import count_params, model_summary
+from supernet_functions.latency_table import LUT_DIR, LatencyLookupTable, LUTError, lut_key
 from supernet_functions.lookup_table_builder import (
-    LatencyLookupTable,
-    LUTError,
-    SpeedProbes,
     build_cost_table,
     build_lut,
-    lut_key,
-    measure_op_latency,
     network_parts,
+    round_speed,
     use_allocator,
 )
 from supernet_functions.lut_cli import main as lut_main
@@ -31,10 +29,13 @@ from supernet_functions.lut_validation import (
     build_network,
     compare,
     kendall_tau,
+    measure_latencies,
     named_archs,
     sample_archs,
     validate_lut,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -133,24 +134,25 @@ def _bad_files(good: dict):
         ),
         "version": (edited(lambda d: d["meta"].update(format_version=99)), "format_version 99"),
         "bad_cost": (edited(lambda d: d["meta"].update(cost="energy")), "unknown cost 'energy'"),
-        "probe_rounds_keys": (
-            edited(lambda d: d["meta"]["probe_rounds"].pop("compute_ms")),
-            "'probe_rounds' must be an object with exactly",
+        "bad_unit": (
+            edited(lambda d: d["meta"].update(unit="s")),
+            "a latency table is in 'ms', not 's'",
         ),
-        "probe_rounds_value": (
-            edited(lambda d: d["meta"]["probe_rounds"]["memory_ms"].__setitem__(0, -1.0)),
-            r"probe_rounds\['memory_ms'\] holds -1.0, not a positive time",
+        "huge": (
+            edited(lambda d: d["layers"][1]["ir_k3_e1"].update(median=1e308)),
+            r"layer 1, op 'ir_k3_e1' \(ir_k3_e1\|\d+->\d+\|s\d\|\d+\): 'median' 1e\+308 ms is out of "
+            r"range \(above 3.6e\+06, one hour per op\)",
         ),
-        "probe_rounds_length": (
-            edited(lambda d: d["meta"]["probe_rounds"]["compute_ms"].pop()),
-            "the lists of 'probe_rounds' differ in length",
+        "over_an_hour": (
+            edited(lambda d: d["fixed"]["head"].update(median=3_600_001.0)),
+            r"fixed part 'head': 'median' 3600001.0 ms is out of range",
         ),
     }
 
 
 BAD_KINDS = (
     "missing empty truncated corrupt not_object no_layers missing_layers unknown_op zero negative "
-    "not_number no_median version bad_cost probe_rounds_keys probe_rounds_value probe_rounds_length"
+    "not_number no_median version bad_cost bad_unit huge over_an_hour"
 ).split()
 
 
@@ -229,23 +231,6 @@ def test_one_hot_sum_is_what_the_validation_predicts(tiny_lut):
         assert arch["measured"] > 0
 
 
-def test_cli_prints_matched_and_all_round_figures(tiny_lut, tmp_path, capsys):
-    path = tiny_lut.save(tmp_path / "t.json")  # a table that kept its per-round probes
-    argv = ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--num_archs", "3"]
-    out = lut_main([*argv, "--val_rounds", "2", "--reps", "1", "--progress", "false"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
-    assert (
-        out["rounds_measured"] >= 2
-        and 0 < out["matched_effective_rounds"] <= out["rounds_measured"]
-    )
-    assert set(out["all_rounds"]) == {"pearson_r", "kendall_tau", "spearman_rho", "mape_percent"}
-    report = json.loads(Path(out["report"]).read_text())
-    assert len(report["raw"]["ms"]) == out["rounds_measured"]
-    assert all("measured_all_rounds" in a for a in report["archs"])
-    off = lut_main([*argv, "--val_rounds", "2", "--reps", "1", "--match_conditions", "false"])
-    assert "all_rounds" not in off and "rounds_measured" not in off
-
-
 def test_a_validation_without_rounds_is_refused(tiny_lut, tmp_path):
     with pytest.raises(ValueError, match="at least 1 measuring round, got 0"):
         validate_lut(tiny_lut, num_archs=3, rounds=0, progress=False)
@@ -254,11 +239,6 @@ def test_a_validation_without_rounds_is_refused(tiny_lut, tmp_path):
     argv = ["--train_or_sample", "validate_lut", "--lut_path", str(path), "--val_rounds", "0"]
     with pytest.raises(SystemExit, match="error: --val_rounds must be at least 1, got 0"):
         lut_main(argv)
-    with pytest.raises(ValueError, match=r"max_rounds \(5\) must be at least rounds \(10\)"):
-        validate_lut(tiny_lut, num_archs=3, rounds=10, max_rounds=5, progress=False)
-    argv[-1] = "10"
-    with pytest.raises(SystemExit, match=r"--val_max_rounds \(5\) must be at least --val_rounds"):
-        lut_main([*argv, "--val_max_rounds", "5"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -342,13 +322,6 @@ def test_parts_in_sequence_equal_the_network():
     torch.testing.assert_close(h, model(x))
 
 
-def test_measure_tiny_op_with_few_runs():
-    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
-    result = measure_op_latency(conv, torch.randn(1, 4, 8, 8), threads=1, number=2)
-    assert result["n"] == 2 and result["median"] > 0 and result["iqr"] >= 0
-    assert not conv.training
-
-
 def test_cli_builds_flops_table_and_validates(tmp_path, capsys):
     path = tmp_path / "flops.json"
     argv = ["--train_or_sample", "build_lut", "--cost", "flops", "--lut_path", str(path)]
@@ -366,15 +339,21 @@ def test_cli_builds_flops_table_and_validates(tmp_path, capsys):
     assert (tmp_path / "flops.validation.png").stat().st_size > 1000
 
 
-def test_cli_refuses_bad_table_clearly(tmp_path):
+def test_cli_refuses_bad_table_clearly(tiny_lut, tmp_path):
     path = _write(tmp_path, '{"meta": {"search_space": "tiny"')
     with pytest.raises(SystemExit, match="is truncated"):
         lut_main(["--train_or_sample", "validate_lut", "--lut_path", str(path)])
+    data = json.loads(json.dumps(tiny_lut.to_dict()))
+    data["layers"][2]["skip"]["median"] = 1e308  # overflowed the search's loss to inf before
+    path = _write(tmp_path, data, "huge.json")
+    with pytest.raises(SystemExit) as err:
+        lut_main(["--train_or_sample", "validate_lut", "--lut_path", str(path)])
+    message = str(err.value)
+    assert message.startswith(f"error: lookup table {path}: layer 2, op 'skip' (skip|")
+    assert "'median' 1e+308 ms is out of range" in message and "\n" not in message
 
 
 def test_committed_tables_load_and_fit_the_paper_search_space():
-    from supernet_functions.lookup_table_builder import LUT_DIR
-
     tables = [p for p in LUT_DIR.glob("*.json") if "." not in p.stem]  # not *.validation_1 etc.
     assert {"fbnet_32_cpu.json", "fbnet_224_cpu.json", "fbnet_224_cuda.json"} <= {
         p.name for p in tables
@@ -383,141 +362,6 @@ def test_committed_tables_load_and_fit_the_paper_search_space():
         lut = LatencyLookupTable.load(path)
         lut.check_compatible("fbnet", lut.meta["input_size"], CANDIDATE_OPS)
         assert lut.meta["cost"] in ("latency", "flops", "params"), path
-
-
-def test_speed_probes_are_stored_with_the_table_and_compared_by_the_validation(tiny_lut):
-    probes = tiny_lut.meta["probes"]  # one sample per timed round of the build
-    assert probes["memory_ms"] > 0 and probes["compute_ms"] > 0
-    lo, hi = probes["memory_ms_range"]
-    assert lo <= probes["memory_ms"] <= hi
-    report = validate_lut(tiny_lut, num_archs=3, rounds=2, reps=1, progress=False)
-    v = report["validation"]
-    assert v["probes"]["memory_ms"] > 0
-    assert v["probe_memory_vs_build"] == pytest.approx(
-        v["probes"]["memory_ms"] / probes["memory_ms"], rel=1e-2
-    )
-    assert "probe_compute_vs_build" in v
-    # a table whose build saw a memory copy 100x faster: the validation flags the difference
-    fast_build = {**probes, "memory_ms": probes["memory_ms"] / 100}
-    odd = LatencyLookupTable({**tiny_lut.meta, "probes": fast_build}, tiny_lut.layers)
-    flagged = validate_lut(odd, num_archs=3, rounds=1, reps=1, progress=False)["validation"]
-    assert "probe_memory_vs_build" in flagged["conditions_differ"]
-
-
-def test_build_keeps_the_probes_of_every_round(tiny_lut):
-    rounds = tiny_lut.meta["probe_rounds"]
-    assert len(rounds["memory_ms"]) == len(rounds["compute_ms"]) == tiny_lut.meta["rounds"]
-    assert np.median(rounds["memory_ms"]) == pytest.approx(
-        tiny_lut.meta["probes"]["memory_ms"], 1e-3
-    )
-
-
-def test_match_rounds_weighs_measured_rounds_by_the_reference_conditions_by_hand():
-    from supernet_functions.lut_validation import match_rounds
-
-    reference = [0.70, 0.57, 0.57, 0.90]  # compute probe of four build rounds
-    measured = [0.57, 0.58, 0.71, 0.69, 0.56]
-    weights, dist = match_rounds(reference, measured, tolerance=0.05)
-    # 0.70 -> 0.71 and 0.69 (1/2 each); each 0.57 -> 0.57, 0.58, 0.56 (1/3 each); 0.90: nothing
-    # within 5%, so all of it to the nearest, 0.71
-    assert weights.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 2 + 1, 1 / 2, 2 / 3])
-    assert weights.sum() == pytest.approx(len(reference))
-    assert dist.tolist() == pytest.approx([0.71 / 0.70 - 1, 0.0, 0.0, 0.90 / 0.71 - 1])
-
-
-def test_weighted_percentiles_and_round_speed_by_hand():
-    from supernet_functions.lookup_table_builder import round_speed, weighted_percentiles
-
-    values = np.array([[4.0, 40.0], [1.0, 10.0], [3.0, 30.0], [2.0, 20.0]])  # [round, item]
-    (median,) = weighted_percentiles(values, np.ones(4), [50])
-    assert median.tolist() == [2.0, 20.0]  # the lower middle value
-    q50, q75, q90 = weighted_percentiles(values, np.array([0.0, 3.0, 0.0, 1.0]), [50, 75, 90])
-    assert q50.tolist() == [1.0, 10.0] and q75.tolist() == [1.0, 10.0] and q90.tolist() == [2, 20]
-    with pytest.raises(ValueError, match="one non-negative weight per round"):
-        weighted_percentiles(values, np.array([1.0, -1.0, 1.0, 1.0]), [50])
-    times = np.array([[1.0, 2.0], [2.0, 4.0], [2.0, 4.0]])
-    assert round_speed(times).tolist() == [0.5, 1.0, 1.0]  # typical round: the median (2, 4)
-    assert round_speed(times, np.array([1.0, 0.0, 0.0])).tolist() == [1.0, 2.0, 2.0]
-
-
-def _two_state_rounds(monkeypatch):
-    """Fake measurements: two machine states in which three networks rank differently."""
-    from supernet_functions import lut_validation
-
-    state_a = np.array([10.0, 11.0, 12.0])  # compute-bound state: network 2 slowest
-    state_b = np.array([9.0, 11.5, 10.5])  # memory-bound state: network 1 slowest
-    is_a = np.array([1, 0, 0, 0, 1, 0, 0, 1], bool)  # mostly in state b
-    ms = np.where(is_a[:, None], state_a, state_b)
-    probes = SpeedProbes(torch.device("meta"))
-    probes.enabled = True
-    probes.samples = {
-        "memory_ms": [7.0 if a else 7.8 for a in is_a],
-        "compute_ms": [0.70 if a else 0.57 for a in is_a],
-    }
-    fake = lambda *args, **kwargs: (ms, np.arange(len(ms)), probes)  # noqa: E731
-    monkeypatch.setattr(lut_validation, "measure_rounds", fake)
-    return state_a, state_b
-
-
-def test_validation_compares_with_the_rounds_in_the_builds_conditions(monkeypatch):
-    from supernet_functions.lut_validation import measure_latencies
-
-    state_a, state_b = _two_state_rounds(monkeypatch)
-    reference = {"memory_ms": [7.05] * 5, "compute_ms": [0.69] * 5}  # a build made in state a
-    # round scaling off: the states differ in more than a common speed factor
-    med, iqr, info = measure_latencies([], None, normalize_rounds=False, reference=reference)
-    assert med.tolist() == state_a.tolist() and iqr.tolist() == [0, 0, 0]
-    assert info["all_rounds_ms"].tolist() == state_b.tolist()  # most rounds were in state b
-    matched = info["matched"]
-    assert matched["rounds_used"] == 3 and matched["reference_rounds"] == 5
-    assert matched["effective_rounds"] == 3.0 and matched["reference_rounds_without_match"] == 0
-    assert len(info["raw"]["ms"]) == 8 and info["raw"]["probes"]["compute_ms"][0] == 0.70
-    med, _, info = measure_latencies([], None, normalize_rounds=False)  # nothing to match
-    assert med.tolist() == state_b.tolist() and "matched" not in info
-
-
-def test_validation_report_gives_matched_and_all_round_figures(tiny_lut, monkeypatch, caplog):
-    state_a, state_b = _two_state_rounds(monkeypatch)
-    # every op costs 1 ms but ir_k3_e1 2 ms: architecture i (i layers of ir_k3_e1) is predicted 4 + i
-    layers = [
-        {op: {"median": 2.0 if op == "ir_k3_e1" else 1.0} for op in d} for d in tiny_lut.layers
-    ]
-    meta = {**tiny_lut.meta, "probe_rounds": {"memory_ms": [7.0] * 4, "compute_ms": [0.7] * 4}}
-    lut = LatencyLookupTable(meta, layers, {})
-    specs = [
-        ArchSpec(f"random_{i}", ("skip",) * (4 - i) + ("ir_k3_e1",) * i, "tiny") for i in range(3)
-    ]
-    monkeypatch.setattr("supernet_functions.lut_validation.sample_archs", lambda *a: specs)
-    kwargs = dict(num_archs=3, include_named=False, normalize_rounds=False, progress=False)
-    report = validate_lut(lut, **kwargs)
-    v = report["validation"]
-    assert [a["predicted"] for a in report["archs"]] == [4.0, 5.0, 6.0]
-    assert v["match_conditions"] and report["kendall_tau"] == pytest.approx(1.0)
-    assert v["all_rounds"]["kendall_tau"] == pytest.approx(
-        kendall_tau([4, 5, 6], state_b), abs=1e-4
-    )
-    assert v["all_rounds"]["kendall_tau"] < 0.5
-    assert [a["measured"] for a in report["archs"]] == state_a.tolist()
-    assert [a["measured_all_rounds"] for a in report["archs"]] == state_b.tolist()
-    off = validate_lut(lut, match_conditions=False, **kwargs)
-    assert not off["validation"]["match_conditions"] and "all_rounds" not in off["validation"]
-    assert [a["measured"] for a in off["archs"]] == state_b.tolist()
-    # a build in a state the validation never saw: said, not hidden
-    lut.meta["probe_rounds"] = {"memory_ms": [7.0] * 4, "compute_ms": [5.0] * 4}
-    with caplog.at_level("WARNING"):
-        unmatched = validate_lut(lut, **kwargs)["validation"]["matched"]
-    assert unmatched["reference_rounds_without_match"] == 4
-    assert "4 of the build's 4 rounds ran in conditions that no validation round met" in caplog.text
-
-
-def test_speed_probes_time_real_work_and_skip_cuda():
-    probes = SpeedProbes(torch.device("cpu"))
-    first = probes.measure()
-    assert set(first) == {"memory_ms", "compute_ms"} and min(first.values()) > 0
-    probes.measure()
-    assert len(probes.samples["memory_ms"]) == 2
-    assert torch.equal(probes.dst, probes.src)  # the copy really ran
-    assert SpeedProbes(torch.device("meta")).measure() == {}
 
 
 _FAULTS_SCRIPT = """
@@ -549,9 +393,8 @@ print(json.dumps({"default": default, "setting": setting, "keep_heap": faults_pe
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
 def test_keep_heap_takes_page_faults_out_of_a_pass():
     # a fresh process: the setting cannot be undone, and the test process may already have it
-    root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
-        [sys.executable, "-c", _FAULTS_SCRIPT], cwd=root, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _FAULTS_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
     )
     faults = json.loads(out.stdout.strip().splitlines()[-1])
     assert faults["setting"] == "keep_heap"
@@ -559,54 +402,104 @@ def test_keep_heap_takes_page_faults_out_of_a_pass():
     assert faults["keep_heap"] < faults["default"] / 20
 
 
-def test_table_records_its_allocator_and_validation_follows_it(tiny_lut, caplog):
-    expected = "keep_heap" if platform.libc_ver()[0] == "glibc" else "default"
-    assert tiny_lut.meta["allocator"] == expected
+def test_round_speed_by_hand():
+    times = np.array([[1.0, 2.0], [2.0, 4.0], [2.0, 4.0], [3.0, 4.0]])  # [round, item]
+    # typical round: the medians (2, 4); round 4 is 1.5x and 1x that: its speed is the median, 1.25
+    assert round_speed(times).tolist() == [0.5, 1.0, 1.0, 1.25]
+
+
+def test_measured_latency_is_the_median_of_the_scaled_rounds():
+    torch.manual_seed(0)
+    models = [torch.nn.Conv2d(3, c, 3).eval() for c in (4, 64)]
+    x = torch.randn(1, 3, 32, 32)
+    med, iqr, info = measure_latencies(models, x, rounds=5, reps=1, progress=False)
+    raw = np.array(info["raw_ms"])
+    assert raw.shape == (5, 2) and (raw > 0).all() and (iqr >= 0).all()
+    scaled = raw / round_speed(raw)[:, None]  # computed here from the rounds, as the docs say
+    np.testing.assert_allclose(med, np.median(scaled, axis=0), rtol=1e-3)
+    assert med[1] > med[0]  # 16x the output channels
+    plain, _, info = measure_latencies(models, x, 3, 1, normalize_rounds=False, progress=False)
+    np.testing.assert_allclose(plain, np.median(info["raw_ms"], axis=0), rtol=1e-3)
+
+
+def test_validation_report_holds_every_round_and_its_medians(tiny_lut):
+    report = validate_lut(tiny_lut, num_archs=3, seed=4, rounds=3, reps=1, progress=False)
+    raw = np.array(report["raw_ms"])
+    assert raw.shape == (3, report["num_archs"])
+    measured = np.median(raw / round_speed(raw)[:, None], axis=0)
+    np.testing.assert_allclose([a["measured"] for a in report["archs"]], measured, rtol=1e-3)
+    errors = [(a["predicted"] - a["measured"]) / a["measured"] * 100 for a in report["archs"]]
+    assert report["mape_percent"] == pytest.approx(np.mean(np.abs(errors)), abs=1e-3)
+
+
+def test_default_build_uses_the_default_allocator_and_validation_follows_the_table(tiny_lut):
+    # a user's ordinary process: glibc as it is (the test process never switches to keep_heap)
+    assert tiny_lut.meta["allocator"] == "default"
     report = validate_lut(tiny_lut, num_archs=3, rounds=1, reps=1, progress=False)
-    assert report["validation"]["allocator"] == expected
-    assert report["lut_meta"]["allocator"] == expected
-    # a table from before the setting existed was measured with glibc as it is: told, not hidden
-    old_meta = {k: v for k, v in tiny_lut.meta.items() if k != "allocator"}
-    old = LatencyLookupTable(old_meta, tiny_lut.layers, tiny_lut.fixed)
-    with caplog.at_level("WARNING"):
-        validate_lut(old, num_archs=3, rounds=1, reps=1, progress=False)
-    if expected == "keep_heap":
-        assert "a table measured with default" in caplog.text
+    assert report["validation"]["allocator"] == "default"
+    assert report["lut_meta"]["allocator"] == "default"
     with pytest.raises(ValueError, match="unknown allocator 'tcmalloc'"):
         use_allocator("tcmalloc")
 
 
-def test_measure_rounds_by_count_and_by_duration():
-    from supernet_functions.lut_validation import measure_rounds
+_KEEP_HEAP_SCRIPT = """
+import json
+from supernet_functions.lookup_table_builder import build_lut
+from supernet_functions.lut_validation import validate_lut
 
-    models = [torch.nn.Conv2d(3, c, 3).eval() for c in (4, 32)]
-    x = torch.randn(1, 3, 16, 16)
-    ms, ends, probes = measure_rounds(models, x, rounds=3, reps=2, progress=False)
-    assert ms.shape == (3, 2) and (ms > 0).all()
-    assert list(ends) == sorted(ends) and len(probes.samples["compute_ms"]) == 3
-    ms, ends, _ = measure_rounds(models, x, duration_s=0.3, progress=False)
-    assert ends[-1] >= 0.3 and ends[-2] < 0.3 and len(ms) == len(ends)
-    # past `rounds` while more() asks for it, up to max_rounds
-    ms, _, _ = measure_rounds(models, x, 2, 1, more=lambda p: True, max_rounds=5, progress=False)
-    assert len(ms) == 5
-    three = lambda p: len(p.samples["compute_ms"]) < 3  # noqa: E731
-    ms, _, _ = measure_rounds(models, x, 2, 1, more=three, max_rounds=5, progress=False)
-    assert len(ms) == 3
+lut = build_lut("tiny", rounds=1, reps=1, warmup=0, threads=1, allocator="keep_heap", progress=False)
+report = validate_lut(lut, num_archs=3, rounds=1, reps=1, allocator="default", progress=False)
+print(json.dumps({"table": lut.meta["allocator"], "validation": report["validation"]["allocator"]}))
+"""
 
 
-def test_a_validation_goes_on_until_it_has_rounds_in_the_builds_conditions():
-    from supernet_functions.lut_validation import measure_latencies
-
-    models = [torch.nn.Conv2d(3, c, 3).eval() for c in (4, 32)]
-    x = torch.randn(1, 3, 16, 16)
-    # a build whose compute probe took 100 ms: no round here comes near it, the nearest takes all
-    reference = {"memory_ms": [1.0] * 10, "compute_ms": [100.0] * 10}
-    # 3 rounds, and more while they are worth fewer than 3 / 2 rounds of the build's conditions
-    _, _, info = measure_latencies(
-        models, x, 3, 1, progress=False, reference=reference, max_rounds=5
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
+def test_keep_heap_is_an_option_the_table_records():
+    # a fresh process: the setting cannot be undone within one
+    out = subprocess.run(
+        [sys.executable, "-c", _KEEP_HEAP_SCRIPT], cwd=ROOT, capture_output=True, text=True
     )
-    assert info["rounds_measured"] == 5 and len(info["raw"]["ms"]) == 5
-    matched = info["matched"]
-    assert matched["effective_rounds"] == 1.0 and matched["reference_rounds_without_match"] == 10
-    _, _, info = measure_latencies(models, x, 3, 1, progress=False, max_rounds=5)  # no reference
-    assert info["rounds_measured"] == 3 and "matched" not in info
+    assert out.returncode == 0, out.stderr
+    settings = json.loads(out.stdout.strip().splitlines()[-1])
+    # asking for "default" afterwards cannot undo it: the report says what was in effect
+    assert settings == {"table": "keep_heap", "validation": "keep_heap"}
+    assert "already keeps freed memory in its heap" in out.stderr
+
+
+def _build_argv(path, *extra):
+    argv = ["--train_or_sample", "build_lut", "--lut_path", str(path), "--search_space", "tiny"]
+    return argv + ["--rounds", "1", "--reps", "1", "--threads", "1", "--progress", "False", *extra]
+
+
+def test_cli_build_refuses_an_existing_table_and_keeps_its_log(tmp_path):
+    path, log = tmp_path / "t.json", tmp_path / "t.build.log"
+    out = lut_main(_build_argv(path, "--seed", "1"))
+    assert out["lut_path"] == str(path) and LatencyLookupTable.load(path).meta["seed"] == 1
+    assert LatencyLookupTable.load(path).meta["allocator"] == "default"  # the default command
+    table, first_log = path.read_bytes(), log.read_text()
+    assert "build_lut config" in first_log and "wrote" in first_log
+    with pytest.raises(SystemExit, match=rf"error: {path} already exists: pass --overwrite"):
+        lut_main(_build_argv(path, "--seed", "2"))
+    assert path.read_bytes() == table and log.read_text() == first_log  # nothing touched
+    lut_main(_build_argv(path, "--seed", "2", "--overwrite", "True"))
+    assert LatencyLookupTable.load(path).meta["seed"] == 2
+    both = log.read_text()
+    assert both.startswith(first_log) and both.count("build_lut config") == 2
+
+
+def test_every_table_mode_the_help_lists_is_run(monkeypatch, capsys):
+    import supernet_main_file
+    from supernet_functions import lut_cli
+    from supernet_functions.config_for_supernet import MODES
+
+    with pytest.raises(SystemExit) as done:
+        supernet_main_file.main(["--train_or_sample", "build_lut", "--help"])
+    assert done.value.code == 0
+    listed = re.search(r"--train_or_sample \{([a-z_,]+)\}", capsys.readouterr().out).group(1)
+    assert listed.split(",") == ["build_lut", "validate_lut"]
+    seen = []
+    monkeypatch.setattr(lut_cli, "main", lambda argv: seen.append(argv[1]) or {})
+    for mode in listed.split(","):
+        assert mode in MODES
+        supernet_main_file.main(["--train_or_sample", mode, "--lut_path", "x.json"])
+    assert seen == listed.split(",")

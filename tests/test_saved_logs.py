@@ -1,4 +1,5 @@
-"""Every committed run under SAVED_LOGS must stay readable: CSV, TensorBoard events, config, architecture."""
+"""Every committed run under SAVED_LOGS stays readable and consistent: CSV, TensorBoard events,
+config, architectures that build and run, search results that follow from their thetas and table."""
 
 import csv
 import json
@@ -7,10 +8,12 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboardX.proto import event_pb2
 
 from fbnet_building_blocks.arch_specs import load_arch
 from fbnet_building_blocks.fbnet_builder import get_model
+from supernet_functions.sampling import load_table
 
 SAVED = Path(__file__).resolve().parent.parent / "SAVED_LOGS"
 RUNS = sorted(p.parent for p in SAVED.rglob("metrics.csv"))
@@ -55,4 +58,39 @@ def test_run_folder_loads(run):
         data = json.loads(arch_file.read_text())
         if isinstance(data, dict) and "ops" in data:
             spec = load_arch(str(arch_file))
-            assert get_model(spec, 10, input_size=32) is not None
+            model = get_model(spec, 10, input_size=32).eval()
+            with torch.no_grad():
+                logits = model(torch.randn(2, 3, 32, 32))
+            assert logits.shape == (2, 10) and torch.isfinite(logits).all(), arch_file
+
+
+SEARCHES = sorted(p.parent for p in SAVED.glob("supernet_training/*/thetas.json"))
+TRAININGS = sorted(p.parent for p in SAVED.glob("architectures_training/*/summary.json"))
+
+
+@pytest.mark.parametrize("run", SEARCHES, ids=[p.name for p in SEARCHES])
+def test_search_run_arch_is_the_argmax_of_its_thetas_and_priced_by_its_table(run):
+    """arch.json holds each layer's argmax of thetas.json, at the latency its lut.json predicts."""
+    state = json.loads((run / "thetas.json").read_text())
+    arch = json.loads((run / "arch.json").read_text())
+    thetas = torch.tensor(state["thetas"])
+    assert thetas.shape == (len(arch["ops"]), len(state["candidate_ops"]))
+    argmax = [state["candidate_ops"][i] for i in thetas.argmax(dim=1).tolist()]
+    assert arch["ops"] == argmax == state["argmax_ops"]
+    lut = load_table(run / "lut.json")
+    expected = lut.predict(arch["ops"])
+    assert arch["source"]["predicted_latency_ms"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("run", TRAININGS, ids=[p.name for p in TRAININGS])
+def test_training_summary_is_the_last_row_of_its_metrics(run):
+    """summary.json's final figures are the last epoch's row; its best is the best row."""
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["epochs"] == int(rows[-1]["step"])
+    assert summary["final_top1"] == pytest.approx(float(rows[-1]["test/top1"]), abs=0.01)
+    assert summary["final_top3"] == pytest.approx(float(rows[-1]["test/top3"]), abs=0.01)
+    best = max(range(len(rows)), key=lambda i: float(rows[i]["test/top1"]))
+    assert summary["best_epoch"] == best + 1
+    assert summary["best_top1"] == pytest.approx(float(rows[best]["test/top1"]), abs=0.01)

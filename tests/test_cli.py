@@ -1,0 +1,234 @@
+"""The entry points as a new user meets them: --help of every mode, one-line errors, the README's
+smoke commands run as printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import architecture_main_file
+import supernet_main_file
+from architecture_functions.config_for_arch import ArchTrainConfig
+from general_functions.config_utils import config_from_dict
+from supernet_functions.config_for_supernet import SupernetConfig
+from supernet_functions.sampling import run_sampling
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE_MARKER = "<!-- smoke:"
+
+# (argv, text the help must show, text it must not show: the options of another mode)
+HELP_CASES = {
+    "architecture": (
+        ["architecture_main_file.py"],
+        ["--architecture_name", "--eval_only", "--channels_last", "~1%"],
+        ["--hardsampling_bool_value", "--w_lr"],
+    ),
+    "supernet": (
+        ["supernet_main_file.py"],
+        ["options of train (the search)", "options of sample", "--w_lr", "--num_samples"],
+        [],
+    ),
+    "train": (
+        ["supernet_main_file.py", "--train_or_sample", "train"],
+        ["options of train (the search)", "--w_lr", "--mixing", "--log_dir"],
+        ["--hardsampling_bool_value", "--num_samples", "options of sample"],
+    ),
+    "sample": (
+        ["supernet_main_file.py", "--train_or_sample", "sample"],
+        ["options of sample", "--hardsampling_bool_value", "--num_samples", "--log_dir"],
+        ["--w_lr", "--batch_size", "--mixing", "options of train"],
+    ),
+    "build_lut": (
+        ["supernet_main_file.py", "--train_or_sample", "build_lut"],
+        ["--lut_path"],
+        ["--w_lr", "--hardsampling_bool_value"],
+    ),
+    "validate_lut": (
+        ["supernet_main_file.py", "--train_or_sample", "validate_lut"],
+        ["--lut_path"],
+        ["--w_lr", "--hardsampling_bool_value"],
+    ),
+}
+SCRIPTS = {
+    "architecture_main_file.py": architecture_main_file,
+    "supernet_main_file.py": supernet_main_file,
+}
+
+
+@pytest.mark.parametrize("case", list(HELP_CASES))
+def test_help_of_every_mode_shows_that_modes_options(case, capsys):
+    (script, *argv), shown, not_shown = HELP_CASES[case]
+    with pytest.raises(SystemExit) as exit_info:
+        SCRIPTS[script].main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:")
+    for text in shown:
+        assert text in out, text
+    listed = set(
+        re.findall(r"^  (--\w+)", out, re.M)
+    )  # the flags the help lists (not its usage text)
+    headings = "\n".join(line for line in out.splitlines() if line.endswith(":"))
+    for text in not_shown:
+        assert text not in (listed if text.startswith("--") else headings), text
+    assert "(default: ;" not in out and "(default: )" not in out
+
+
+def _python(argv: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    # seconds on a quiet machine; the bound only stops a hang (a starved shared machine took 300 s+)
+    env = {k: v for k, v in os.environ.items() if k != "FBNET_ARCH_DIR"}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_in_a_fresh_process_prints_no_warning():
+    """The search and the table tool are imported before --help (torch warned about CUDA_HOME)."""
+    proc = _python(["supernet_main_file.py", "--train_or_sample", "build_lut", "--help"], REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch_size", "0"], "error: --batch_size must be at least 1, got 0\n"),
+        (["--epochs", "0"], "error: --epochs must be at least 1, got 0\n"),
+        (["--device", "cuda"], "error: --device cuda: torch sees no CUDA device here"),
+    ],
+    ids=["batch_size", "epochs", "device"],
+)
+def test_bad_number_or_absent_device_is_one_line(
+    script, flags, message, tmp_path, monkeypatch, capsys
+):
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)  # a run folder made before the error would land here
+    threads = torch.get_num_threads()  # the smoke presets may set it
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            SCRIPTS[script].main(["--preset", "smoke", "--progress", "False", *flags])
+    finally:
+        torch.set_num_threads(threads)
+    # sys.exit(text) prints text itself; parse_config prints it and exits with 2
+    code = exit_info.value.code
+    err = capsys.readouterr().err + (code if isinstance(code, str) else "")
+    assert err.startswith(message) and err.count("\n") <= 1, err
+    assert "Traceback" not in err
+
+
+def test_both_scripts_leave_a_missing_cifar10_undownloaded():
+    assert ArchTrainConfig().download is False and SupernetConfig().download is False
+    assert ArchTrainConfig().data_dir == SupernetConfig().data_dir
+
+
+def _thetas_run(folder: Path, winner: int) -> Path:
+    """A search run folder as `train` leaves it, for the 4-layer space: op ``winner`` everywhere."""
+    from fbnet_building_blocks.search_space import CANDIDATE_OPS
+
+    folder.mkdir(parents=True)
+    thetas = [[1.0 if j == winner else 0.0 for j in range(len(CANDIDATE_OPS))] for _ in range(4)]
+    state = {"thetas": thetas, "candidate_ops": list(CANDIDATE_OPS), "search_space": "tiny"}
+    (folder / "thetas.json").write_text(json.dumps({**state, "epoch": 2}))
+    return folder
+
+
+def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch):
+    from fbnet_building_blocks.search_space import CANDIDATE_OPS
+
+    monkeypatch.chdir(tmp_path)
+    old = _thetas_run(tmp_path / "runs" / "supernet" / "old", winner=0)
+    new = _thetas_run(tmp_path / "runs" / "supernet_smoke" / "new", winner=8)
+    os.utime(old / "thetas.json", (1_000_000, 1_000_000))
+    values = {"train_or_sample": "sample", "arch_dir": str(tmp_path / "archs")}
+    (record,) = run_sampling(config_from_dict(SupernetConfig, {**values, "architecture_name": "a"}))
+    assert record["run"] == str(Path("runs/supernet_smoke/new"))
+    assert record["ops"] == [CANDIDATE_OPS[8]] * 4
+    # an explicit --log_dir still means that folder only
+    explicit = {**values, "architecture_name": "b", "log_dir": str(old.parent)}
+    (record,) = run_sampling(config_from_dict(SupernetConfig, explicit))
+    assert record["run"] == str(old) and record["ops"] == [CANDIDATE_OPS[0]] * 4
+    assert new.is_dir()
+
+
+# ---------------------------------------------------------------- the README's smoke commands
+def readme_smoke_commands(readme: Path = REPO / "README.md") -> list[str]:
+    """The commands of the fenced block that follows the ``<!-- smoke: ... -->`` marker."""
+    lines = readme.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(SMOKE_MARKER))
+    fence = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+    end = next(i for i in range(fence + 1, len(lines)) if lines[i].startswith("```"))
+    commands, current = [], ""
+    for line in lines[fence + 1 : end]:
+        line = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
+        current += line.rstrip("\\").strip() + " " if line else ""
+        if line and not line.endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return commands
+
+
+def _copy_of_the_repository(dest: Path) -> Path:
+    """The code as a clean clone has it (packages and entry scripts), without runs or data."""
+    for path in REPO.iterdir():
+        if path.is_dir() and (path / "__init__.py").is_file():
+            shutil.copytree(path, dest / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif path.suffix == ".py":
+            shutil.copy2(path, dest / path.name)
+    return dest
+
+
+def _run_readme_commands(commands: list[str], cwd: Path) -> list[str]:
+    """Run each command as printed; returns each one's last stdout line ("" when it prints none)."""
+    last_lines = []
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "python", command
+        proc = _python(argv[1:], cwd)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+        assert "Traceback" not in proc.stderr and "CUDA_HOME" not in proc.stderr, command
+        last_lines.append((proc.stdout.strip().splitlines() or [""])[-1])
+    return last_lines
+
+
+def test_readme_smoke_block_is_the_whole_pipeline():
+    commands = readme_smoke_commands()
+    assert [c.split()[1:4:2] for c in commands[:2]] == [
+        ["supernet_main_file.py", "train"],
+        ["supernet_main_file.py", "sample"],
+    ]
+    assert commands[2].startswith("python architecture_main_file.py --architecture_name")
+    assert "--eval_only --checkpoint" in commands[3]
+
+
+def test_readme_smoke_search_and_sample_run_as_printed(tmp_path):
+    """The first two commands: `sample` finds the run `train --preset smoke` wrote, no other flag."""
+    commands = readme_smoke_commands()[:2]
+    search, sample = _run_readme_commands(commands, _copy_of_the_repository(tmp_path))
+    record = json.loads(sample)
+    assert record["run"].startswith(str(Path("runs") / "supernet_smoke"))
+    assert len(record["ops"]) == 4 and (tmp_path / "sampled_architectures").is_dir()
+
+
+@pytest.mark.slow
+def test_readme_smoke_commands_run_as_printed(tmp_path):
+    """All of them: search, sample, retrain, evaluate (half a minute on 2 cores)."""
+    *_, sample, retrain, evaluate = _run_readme_commands(
+        readme_smoke_commands(), _copy_of_the_repository(tmp_path)
+    )
+    name = json.loads(sample)["name"]
+    trained, evaluated = json.loads(retrain), json.loads(evaluate)
+    assert trained["architecture"] == evaluated["architecture"] == name
+    assert evaluated["final_top1"] == trained["best_top1"]
