@@ -47,7 +47,7 @@ class SupernetConfig:
     )
     fake_train_size: int = opt(512, "training images of the fake data set")
     batch_size: int = opt(1000, "batch size of both splits", _ORIG)
-    steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
+    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
     loader: str = opt(
         "tensor", "tensor (batched on the device) | torchvision", None, ("tensor", "torchvision")
     )
@@ -140,10 +140,22 @@ class SupernetConfig:
         False,
         "deterministic algorithms: on CUDA slower, but a resumed run repeats the uninterrupted one",
     )
+    dist_timeout_min: float = opt(
+        10.0,
+        "under torchrun: minutes a process waits for the others in a collective before the job "
+        "fails (raise it when rank 0 measures a table or downloads the data alone for longer)",
+    )
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
-    resume: str = opt("", "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth)")
-    stop_epoch: int = opt(0, "stop after this many epochs, resumable (0: run all)")
+    resume: str = opt(
+        "",
+        "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth), with the recipe it saved "
+        "(--epochs may be raised; flags that contradict it are refused)",
+    )
+    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
+    stop_after_epoch: int = opt(
+        0, "stop after this many epochs, resumable with --resume (0: run all)"
+    )
     save_checkpoints: bool = opt(
         True, "write last.pth every epoch (and best.pth with --val_fraction)"
     )
@@ -158,6 +170,12 @@ class SupernetConfig:
         "",
         "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
     )
+
+    # old flag names, kept for one release (one warning line each; old checkpoints read silently)
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {
+        "stop_epoch": "stop_after_epoch",
+        "steps_per_epoch": "max_steps_per_epoch",
+    }
 
     # ---------------------------------------------------------------- checked by config_utils
     BOUNDS: ClassVar[dict[str, str]] = {
@@ -186,6 +204,9 @@ class SupernetConfig:
         "temperature_decay": "(0, inf)",
         "threads": "[0, inf)",
         "num_samples": "[1, inf)",
+        "stop_after_epoch": "[0, inf)",
+        "max_steps_per_epoch": "[0, inf)",
+        "dist_timeout_min": "(0, inf)",
     }
 
 

@@ -230,7 +230,7 @@ def arch_config(folder: Path, **kw):
         "max_steps_per_epoch": 2,
         "threads": 1,
         "progress": False,
-        "run_dir": str(folder / "runs"),
+        "log_dir": str(folder / "runs"),
         "run_name": "",
         "channels_last": "off",
         "dropout": 0.0,  # each rank draws its own masks: no match with one process's draw
@@ -326,7 +326,7 @@ def supernet_config(folder: Path, **kw):
         "batch_size": 16,
         "epochs": 2,
         "warmup_epochs": 1,
-        "steps_per_epoch": 2,
+        "max_steps_per_epoch": 2,
         "val_fraction": 0.25,
         "lut_path": str(lut),
         "threads": 1,
@@ -344,7 +344,7 @@ def scenario_supernet_run(ctx: DistContext, folder: Path) -> dict:
     folder = folder / "supernet_ddp"
     folder.mkdir(exist_ok=True)
     with frozen_bn_everywhere():
-        first = run(supernet_config(folder, stop_epoch=1))
+        first = run(supernet_config(folder, stop_after_epoch=1))
         last = Path(first["run_dir"]) / "last.pth"
         second = run(supernet_config(folder, resume=str(last)))
     return {"first": first, "second": second}
