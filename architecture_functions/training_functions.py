@@ -207,11 +207,7 @@ def build_model(
         search_space=cfg.search_space or None,
         input_size=input_size,
         head_channels=cfg.head_channels or None,
-        dropout=cfg.dropout,
-        head=cfg.head,
-        dw_bn_relu=cfg.dw_bn_relu,
-        init=cfg.init,
-        bn_init=cfg.bn_init,
+        **{k: getattr(cfg, k) for k in ("dropout", "head", "dw_bn_relu", "init", "bn_init")},
     ).to(device)
     if cfg.trim_kernels:
         trim_depthwise_convs(model)

@@ -32,6 +32,12 @@ AUTHORS = [
 ]  # fmt: skip
 
 # name -> (flags added to the baseline, what it changes)
+# the original reproduction's network as it ran (the trainer's defaults today)
+ORIGINAL_AS_RAN = [
+    "--head", "conv_bias", "--head_channels", "1504", "--init", "original", "--dw_bn_relu", "False",
+    "--dropout", "0.2", "--normalization", "original", "--bn_init", "uniform",
+]  # fmt: skip
+
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "as_built": ([], "the authors' structure: head conv+BN+ReLU of the architecture's width, "
                  "BN+ReLU after the depthwise conv, fan-out init, no dropout"),
@@ -56,27 +62,15 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "bn_uniform": (["--bn_init", "uniform"], "BN scales U(0, 1) (PyTorch <= 1.1, original)"),
     "cb_bn_uniform": (["--head", "conv_bias", "--bn_init", "uniform"], "plain head + BN scales U(0, 1)"),
     "original_all_bn_uniform": (
-        [
-            "--head", "conv_bias", "--head_channels", "1504", "--init", "original",
-            "--dw_bn_relu", "False", "--dropout", "0.2", "--normalization", "original",
-            "--bn_init", "uniform",
-        ],
+        ORIGINAL_AS_RAN,
         "the original reproduction as it ran: all of the above and BN scales U(0, 1)",
     ),
     "original_paper_block": (
-        [
-            "--head", "conv_bias", "--head_channels", "1504", "--init", "original",
-            "--dw_bn_relu", "True", "--dropout", "0.2", "--normalization", "original",
-            "--bn_init", "uniform",
-        ],
+        [*ORIGINAL_AS_RAN, "--dw_bn_relu", "True"],
         "the original as it ran, with BN + ReLU after the depthwise conv (paper block)",
     ),
     "original_authors_head": (
-        [
-            "--head", "conv_bn_relu", "--head_channels", "1984", "--init", "original",
-            "--dw_bn_relu", "False", "--dropout", "0.2", "--normalization", "original",
-            "--bn_init", "uniform",
-        ],
+        [*ORIGINAL_AS_RAN, "--head", "conv_bn_relu", "--head_channels", "1984"],
         "the original as it ran, with the authors' head (1x1 conv 1984 + BN + ReLU)",
     ),
     "no_fast_paths": (
