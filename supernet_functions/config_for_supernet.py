@@ -153,7 +153,13 @@ class SupernetConfig:
     hardsampling_bool_value: bool = opt(
         True, "True: argmax of every layer's thetas; False: draw from softmax(thetas)", _ORIG
     )
-    num_samples: int = opt(1, "architectures to draw (NAME_1..NAME_N when more than one)")
+    num_samples: int = opt(
+        1,
+        "architectures to save. With argmax (--hardsampling_bool_value True) and N > 1: NAME_argmax "
+        "plus N-1 distinct draws from softmax(thetas), NAME_1..; the paper samples 6. With draws "
+        "(False): N distinct draws, NAME_1..NAME_N. Duplicates are skipped",
+        "the paper samples 6; the original saves 1",
+    )
     arch_dir: str = opt(
         "",
         "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
