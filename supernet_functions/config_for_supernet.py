@@ -112,6 +112,13 @@ class SupernetConfig:
     loss_include_fixed: bool = opt(
         False, "add the table's fixed parts (stem, head) to LAT", "paper Eq. 4 sums the layers only"
     )
+    target_latency_ms: float = opt(
+        0.0,
+        "latency budget of the whole network in ms (0: off): the latency term is the paper's above "
+        "it and constant below it, CE*alpha*log(max(LAT, T - fixed parts))^beta (supernet_functions/"
+        "loss.py); needs a latency table in ms",
+        "MnasNet's hard constraint on the paper's Eq. 2",
+    )
     # ---------------------------------------------------------------- schedule
     epochs: int = opt(180, "epochs in all, warm-up included", _ORIG)
     warmup_epochs: int = opt(10, "first epochs train the weights only", _ORIG)
@@ -180,6 +187,7 @@ class SupernetConfig:
         "alpha": "(0, inf)",
         "beta": "[0, inf)",
         "cost_scale": "(0, inf)",
+        "target_latency_ms": "[0, inf)",
         "epochs": "[1, inf)",
         "warmup_epochs": "[0, inf)",
         "w_lr": "[0, inf)",

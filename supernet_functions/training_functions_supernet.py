@@ -66,7 +66,7 @@ from general_functions.utils import (
 )
 
 from .config_for_supernet import SupernetConfig
-from .loss import SupernetLoss, check_cost_table
+from .loss import SupernetLoss, check_cost_table, loss_target
 from .model_supernet import StochasticSuperNet
 from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
 from .speed import prepare_supernet
@@ -452,7 +452,12 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         cfg.loss_variant,
         cfg.cost_scale,
         fixed_cost=lut.fixed_cost if cfg.loss_include_fixed else 0.0,
+        target=loss_target(
+            cfg.target_latency_ms, lut, cfg.loss_include_fixed, space.candidate_ops, log
+        ),
     )
+    if cfg.target_latency_ms:
+        log.info("latency target %.4g ms (whole network): the loss's hinge", cfg.target_latency_ms)
     w_optimizer = torch.optim.SGD(
         model.weight_parameters(),
         lr=cfg.w_lr,

@@ -169,3 +169,18 @@ def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
     argv = ["--train_or_sample", mode, "--lut_path", "luts/x.json", "--input_size", "32"]
     supernet_main_file.main(argv)
     assert seen == [argv]
+
+
+def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_path):
+    """The smoke preset with a table where skip is cheapest: seeded, so only the target differs."""
+    rows = [{op: 0.3 if op == "skip" else 1.0 + 0.5 * j for j, op in enumerate(OPS)}] * 4
+    lut = LatencyLookupTable.from_latencies("tiny", rows, fixed_ms={"stem": 0.1, "head": 0.2})
+    path = tmp_path / "lut.json"
+    path.write_text(json.dumps(lut.to_dict()))
+    dearest = lut.predict([max(r, key=r.get) for r in rows])  # 18.3 ms: no latency pressure at all
+    argmax_ms = {}
+    for target in (6.0, dearest):  # 6 ms: below what uniform thetas cost (10.3 ms), so it binds
+        values = {**PRESETS["smoke"], "lut_path": str(path), "log_dir": str(tmp_path / "runs")}
+        values.update(progress=False, save_checkpoints=False, target_latency_ms=target)
+        argmax_ms[target] = run(config_from_dict(SupernetConfig, values))["argmax_cost"]
+    assert argmax_ms[6.0] < argmax_ms[dearest] - 5.0  # 2.7 vs 12.8 ms when written
