@@ -15,7 +15,7 @@ from general_functions.config_utils import opt
 
 from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
 
-__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout"]
+__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "check_config", "help_layout"]
 
 # the latency-table modes, which supernet_functions.lut_cli runs with its own flags
 LUT_MODES = ("build_lut", "validate_lut")
@@ -69,6 +69,14 @@ class SupernetConfig:
     )
     per_sample: bool = opt(
         False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
+    )
+    bn_init: str = opt(
+        "ones",
+        "BN scale initialisation of the supernet: ones (PyTorch since 1.2) or uniform (U(0, 1), the "
+        "default of the PyTorch <= 1.1 the original ran on; divides the head's curvature by about 3, "
+        "TRAINING_DETAILS.md 'Retraining on CIFAR-10')",
+        "PyTorch default; the original ran with uniform",
+        ("ones", "uniform"),
     )
     # ---------------------------------------------------------------- speed (docs/performance.md)
     channels_last: str = opt(
@@ -218,7 +226,47 @@ PRESETS = {
         "lut_rounds": 2,
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
     },
+    # A search on real CIFAR-10 that fits a 2-core CPU: about 55 minutes by the measured step speeds,
+    # at most 75 with this machine's drift. Soft Gumbel (the paper's), the `fbnet` space with its
+    # committed 32x32 table. Each value and its reason: TRAINING_DETAILS.md ("A search on a 2-core
+    # CPU"). Pass --data_dir.
+    "cpu_cifar10": {
+        "dataset": "cifar10",
+        "search_space": "fbnet",  # the only space with a committed 32x32 table (luts/README.md)
+        "mixing": "gumbel",
+        "train_limit": 12000,  # 6,000 weight + 6,000 theta images
+        "w_share": 0.5,  # DARTS's half/half split: as many theta images as weight images
+        "batch_size": 128,
+        "epochs": 13,
+        "warmup_epochs": 8,  # 48,000 weight images before the first theta step
+        "bn_init": "uniform",  # BN scales U(0, 1), as the original ran: a flatter head
+        "w_lr": 0.04,  # the 5k search's stable 0.01 at batch 32, scaled linearly to batch 128
+        "thetas_lr": 0.07,  # 5 x 47 = 235 theta steps x 0.07 ~ the original's 1,700 x 0.01
+        "temperature_decay": math.exp(-1.0),  # 5.0, 1.84, 0.68, 0.25, 0.09 over the 5 search epochs
+        "loader": "tensor",
+        "threads": 2,
+        "log_dir": "runs/supernet_cpu_cifar10",
+    },
 }
+
+
+def check_config(cfg: SupernetConfig) -> None:
+    """Settings that no single bound catches: one ValueError naming every problem."""
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
+    if not 0 < cfg.w_share < 1:
+        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
+    if cfg.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
+    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
+        problems.append("--init_temperature and --temperature_decay must be positive")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 # ``--help`` by mode: sampling reads a search run, so it needs only these fields (and its own).

@@ -146,4 +146,3 @@ def sample_within_latency(
         f"found {len(found)} of {count} distinct architectures {where}, in {max_draws} draws: "
         "widen the window or allow more draws"
     )
-

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,12 @@ from torch import nn
 from tqdm import tqdm
 
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
-from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from general_functions.checkpoint import (
+    CheckpointError,
+    git_sha,
+    load_checkpoint,
+    save_checkpoint,
+)
 from general_functions.config_utils import config_to_dict
 from general_functions.dataloaders import DataError, load_dataset, make_loader, split_train
 from general_functions.distributed import (
@@ -65,10 +70,11 @@ from general_functions.utils import (
     set_threads,
 )
 
-from .config_for_supernet import SupernetConfig
+from .config_for_supernet import SupernetConfig, check_config
 from .loss import SupernetLoss, check_cost_table, loss_target
 from .model_supernet import StochasticSuperNet
-from .sampling import LUT_FILE, THETAS_FILE, load_table, predicted_cost, sample_ops
+from .run_outputs import latency_summary, log_thetas, thetas_state, write_arch
+from .sampling import LUT_FILE, THETAS_FILE, describe_thetas, load_table, thetas_summary
 from .speed import prepare_supernet
 
 __all__ = [
@@ -279,74 +285,13 @@ def _committed_table(ltb, space_name: str, input_size: int) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
-# ---------------------------------------------------------------------------------- logging
-def _heatmap(probs: torch.Tensor, ops: list[str], title: str):
-    """A layers x ops image of softmax(thetas) as an HWC uint8 array (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    layers = probs.shape[0]
-    fig, ax = plt.subplots(figsize=(0.55 * len(ops) + 2.0, 0.28 * layers + 1.6), dpi=80)
-    im = ax.imshow(probs.numpy(), aspect="auto", cmap="viridis", vmin=0.0)
-    ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _thetas_state(model, epoch, cfg, lut, lut_source, run_dir) -> dict[str, Any]:
-    probs = model.probabilities()
-    latency = model.latency_matrix()
-    argmax_ops = sample_ops(model.thetas_matrix(), model.candidate_ops, "argmax")
-    return {
-        "run": run_dir.name,
-        "epoch": epoch,
-        "search_space": model.space.name,
-        "input_size": model.input_size,
-        "candidate_ops": list(model.candidate_ops),
-        "temperature": temperature_at(epoch, cfg),
-        "thetas": model.thetas_matrix().tolist(),
-        "probabilities": probs.tolist(),
-        "expected_layers_cost": float((probs * latency).sum()),
-        "uniform_layers_cost": float(latency.mean(dim=1).sum()),
-        "argmax_ops": argmax_ops,
-        "argmax_cost": predicted_cost(lut, argmax_ops),
-        "lut_path": lut_source,
-        "lut_device": lut.meta.get("device_name") or lut.meta.get("device"),
-        "lut_unit": lut.meta.get("unit", "ms"),
-    }
-
-
 # ---------------------------------------------------------------------------------- run
 def run(cfg: SupernetConfig) -> dict[str, Any]:
     """Search: train weights and thetas as in the module docstring; returns the final summary.
 
     Under ``torchrun`` every process calls this; they search together with DDP (one per GPU).
     """
-    _check_config(cfg)
+    check_config(cfg)
     set_threads(cfg.threads)
     return run_in_context(_run, cfg, cfg.device)
 
@@ -438,7 +383,13 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
 
     model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
         StochasticSuperNet(
-            space, lut, data.num_classes, input_size, mixing=cfg.mixing, per_sample=cfg.per_sample
+            space,
+            lut,
+            data.num_classes,
+            input_size,
+            mixing=cfg.mixing,
+            per_sample=cfg.per_sample,
+            bn_init=cfg.bn_init,
         ),
         device,
         channels_last=cfg.channels_last != "off",
@@ -470,13 +421,15 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         w_optimizer, T_max=cfg.epochs, eta_min=cfg.w_lr_min
     )
-    start_epoch, best_top1 = 0, -math.inf
+    start_epoch, best_top1, wall_before, warmup_top1 = 0, -math.inf, 0.0, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         w_optimizer.load_state_dict(ckpt["optimizers"]["w"])
         thetas_optimizer.load_state_dict(ckpt["optimizers"]["thetas"])
         w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
         start_epoch, best_top1 = ckpt["epoch"] + 1, ckpt["best_top1"]
+        wall_before = ckpt.get("wall_s", 0.0)  # the search's wall time before this process
+        warmup_top1 = ckpt.get("warmup_train_top1")
         set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
         log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
     # DDP for the weights; the thetas stay out of it (see the module docstring)
@@ -502,6 +455,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
     ops = list(model.candidate_ops)
     summary: dict[str, Any] = {}
+    start = time.perf_counter()
     for epoch in range(start_epoch, last):
         temperature = temperature_at(epoch, cfg)
         w_lr = w_optimizer.param_groups[0]["lr"]
@@ -536,7 +490,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
                 model, held_loader, criterion, temperature, cfg.steps_per_epoch, cfg.progress
             )
             values.update({f"held_out/{k}": v for k, v in held.items()})
-        state = _thetas_state(model, epoch, cfg, lut, lut_source, run_dir)
+        state = thetas_state(model, epoch, temperature, lut, lut_source, run_dir)
         values.update(
             {
                 f"search/expected_{cost_tag}": state["expected_layers_cost"],
@@ -545,10 +499,13 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
                 "sched/temperature": temperature,
                 "sched/w_lr": w_lr,
                 "sched/thetas_lr": thetas_optimizer.param_groups[0]["lr"],
+                "time/wall_s": wall_before + time.perf_counter() - start,
             }
         )
+        if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
+            values["warmup/train_top1"] = warmup_top1 = w_stats["top1"]
         writer.scalars(epoch, values)
-        _log_thetas(writer, model, epoch, ops)
+        log_thetas(writer, model, epoch, ops)
         if ctx.is_main:
             atomic_write_json(run_dir / THETAS_FILE, state)
         log.info(
@@ -569,6 +526,14 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
             unit,
             " ".join(state["argmax_ops"]),
         )
+        if epoch == cfg.warmup_epochs - 1:
+            log.info(
+                "warm-up done: train top1 %.2f%% (mean over the last warm-up epoch), %d epochs, "
+                "wall time %.1f min",
+                w_stats["top1"],
+                cfg.warmup_epochs,
+                values["time/wall_s"] / 60,
+            )
         improved = held is not None and held["top1"] > best_top1
         if improved:
             best_top1 = held["top1"]
@@ -586,8 +551,10 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
                 "lut_meta": lut.meta,
                 "lut_source": lut_source,
                 "best_top1": best_top1,
+                "wall_s": values["time/wall_s"],
+                "warmup_train_top1": warmup_top1,
                 "rng": get_rng_state(),
-                "git_sha": _git_sha(),
+                "git_sha": git_sha(),
             }
             save_checkpoint(run_dir / "last.pth", ckpt_state)
             if improved:
@@ -596,8 +563,8 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
     writer.close()
     wrote = ctx.is_main and (run_dir / THETAS_FILE).is_file()
     if wrote:
-        _write_arch(run_dir)
-    latency = broadcast_object(_latency_summary(run_dir, lut) if wrote else None)  # to every rank
+        write_arch(run_dir)
+    latency = broadcast_object(latency_summary(run_dir, lut) if wrote else None)  # to every rank
     if latency:
         summary.update(latency)
         log.info(
@@ -608,74 +575,15 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
             summary["expected_cost"],
             summary["uniform_cost"],
         )
-    log.info("done: %s", run_dir)
+    summary["final_thetas"] = thetas_summary(model.thetas_matrix())
+    for line in describe_thetas(summary["final_thetas"]):
+        log.info(line)
+    summary["warmup_train_top1"] = warmup_top1
+    summary["wall_s"] = round(wall_before + time.perf_counter() - start, 1)
+    if ctx.is_main:  # the final JSON: every figure above, for scripts and the docs
+        atomic_write_json(run_dir / "summary.json", summary)
+    log.info("done: %s (wall time %.1f min)", run_dir, summary["wall_s"] / 60)
     return {"run_dir": str(run_dir), **summary}
-
-
-def _latency_summary(run_dir: Path, lut) -> dict[str, float]:
-    """Whole-network predictions of the last thetas: argmax, expected, and uniform-thetas expected."""
-    import json
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
-    return {
-        "argmax_cost": state["argmax_cost"]["predicted_cost"],
-        "expected_cost": state["expected_layers_cost"] + lut.fixed_cost,
-        "uniform_cost": state["uniform_layers_cost"] + lut.fixed_cost,
-    }
-
-
-def _log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
-    if writer.tb is None:
-        return
-    probs = model.probabilities()
-    for i, row in enumerate(probs):
-        writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
-    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch + 1}")
-    writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
-    writer.tb.flush()
-
-
-def _write_arch(run_dir: Path) -> None:
-    """``arch.json``: the argmax architecture of the last thetas, as an architecture file."""
-    import json
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
-    space = get_search_space(state["search_space"])
-    spec = {
-        "name": f"{run_dir.name}_argmax",
-        "ops": state["argmax_ops"],
-        "search_space": state["search_space"],
-        "head_channels": None,
-        "width_mult": 1.0,
-        "input_size": None if state["input_size"] == space.input_size else state["input_size"],
-        "source": {
-            "run": str(run_dir),
-            "epoch": state["epoch"],
-            "sampling": "argmax",
-            "lut_path": state["lut_path"],
-            "lut_device": state["lut_device"],
-            **state["argmax_cost"],
-        },
-    }
-    atomic_write_json(run_dir / "arch.json", spec)
-
-
-def _check_config(cfg: SupernetConfig) -> None:
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
-    if not 0 < cfg.w_share < 1:
-        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
-    if not 0 <= cfg.val_fraction < 1:
-        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
-    if cfg.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
-    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
-        problems.append("--init_temperature and --temperature_decay must be positive")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _check_resume(cfg: SupernetConfig, saved: dict[str, Any], path: str) -> None:

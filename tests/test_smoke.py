@@ -3,9 +3,11 @@
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from general_functions.config_utils import config_from_dict
@@ -53,8 +55,9 @@ def _tb_tags(run_dir: Path) -> dict[str, str]:
 
 
 def _rows(run_dir: Path) -> list[dict]:
+    """metrics.csv without the wall-time column (the only one two identical runs differ in)."""
     with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k != "time/wall_s"} for r in csv.DictReader(f)]
 
 
 def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
@@ -78,6 +81,22 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     lut = LatencyLookupTable.load(full_dir / "lut.json")
     assert full["argmax_cost"] == pytest.approx(lut.predict(arch["ops"]))
     assert arch["source"]["predicted_latency_ms"] == pytest.approx(full["argmax_cost"])
+    # the weights' accuracy before the first theta step, the wall time and the final thetas
+    log = (full_dir / "log.txt").read_text()
+    assert f"warm-up done: train top1 {float(rows[0]['train_w/top1']):.2f}%" in log
+    assert float(rows[0]["warmup/train_top1"]) == pytest.approx(float(rows[0]["train_w/top1"]))
+    summary = json.loads((full_dir / "summary.json").read_text())
+    assert summary["warmup_train_top1"] == pytest.approx(float(rows[0]["train_w/top1"]))
+    assert summary["wall_s"] > 0 and "done:" in log and "wall time" in log
+    probs = torch.softmax(
+        torch.tensor(json.loads((full_dir / "thetas.json").read_text())["thetas"]), 1
+    )
+    final = summary["final_thetas"]
+    assert final["largest_probability"] == pytest.approx(probs.max(1).values.tolist(), abs=1e-4)
+    entropy = [-sum(p * math.log(p) for p in row) for row in probs.tolist()]
+    assert final["entropy"] == pytest.approx(entropy, abs=1e-4)
+    assert final["entropy_uniform"] == pytest.approx(math.log(len(OPS)), abs=1e-4)
+    assert "final thetas: largest probability per layer" in log
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
     part = run(_cfg(tmp_path, lut_path, run_name="part", val_fraction=0.2, stop_epoch=2))
