@@ -93,7 +93,7 @@ def window_draws(
         keep_p = np.exp(np.minimum(lam * (total - edge), 0.0))
         accept = (total >= low) & (total <= high) & (rng.random(n) < keep_p)
         for row in np.flatnonzero(accept):
-            yield index[row], float(total[row]), drawn + row + 1
+            yield index[row], float(total[row]), int(drawn + row + 1)
         drawn += n
 
 

@@ -103,7 +103,7 @@ def test_latency_target_is_a_hinge_continuous_at_the_target():
             assert latency.grad.item() == 0.0
         elif layers_ms > 4.0:  # above: the paper's gradient, d/dLAT of CE * a * log(1000 LAT)^b
             log_lat = math.log(whole_ms * 1000.0)
-            want = _hand_ce() * 0.2 * 0.6 * log_lat ** -0.4 / whole_ms
+            want = _hand_ce() * 0.2 * 0.6 * log_lat**-0.4 / whole_ms
             assert latency.grad.item() == pytest.approx(want, rel=1e-5)
     paper, _, _ = SupernetLoss(0.2, 0.6, fixed_cost=1.0)(LOGITS, TARGETS, torch.tensor(9.0))
     hinged, _, _ = criterion(LOGITS, TARGETS, torch.tensor(9.0))

@@ -39,7 +39,8 @@ def test_drawn_architectures_are_distinct_inside_the_window_and_seeded():
     excluded = inside[0]  # the searched architecture is never drawn again
     found, used = sample_within_latency(lut, OPS, center, 0.1, count=6, seed=1, exclude=[excluded])
     assert len(found) == 6 and used >= 6
-    assert len({tuple(ops) for ops, _ in found}) == 6 and excluded not in {tuple(o) for o, _ in found}
+    drawn = {tuple(ops) for ops, _ in found}
+    assert len(drawn) == 6 and excluded not in drawn
     for ops, cost in found:
         assert cost == pytest.approx(lut.predict(ops))
         assert tuple(ops) in inside
@@ -48,7 +49,8 @@ def test_drawn_architectures_are_distinct_inside_the_window_and_seeded():
 
 
 def test_accepted_architectures_are_uniform_over_the_window_enumerated_another_way():
-    lut, low, high = _lut(), 8.0, 10.0  # far below the uniform mean (13.4 ms): the proposal is tilted
+    # a window far below the uniform mean (13.4 ms): the proposal is tilted
+    lut, low, high = _lut(), 8.0, 10.0
     costs = cost_matrix(lut, OPS)
     inside = {ops for ops, c in _all_archs().items() if low <= c <= high}
     assert 6 <= len(inside) <= 30

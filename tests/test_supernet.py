@@ -236,7 +236,8 @@ def test_sampled_architectures_are_saved_never_overwritten_and_load_by_name(tmp_
 
 def test_six_samples_are_the_argmax_and_five_distinct_draws(tmp_path):
     lut = _lut("tiny")
-    run = _fake_run(tmp_path, lut)  # every layer: skip at p = e / (e + 8) = 0.25, the rest 0.09 each
+    # every layer: skip at p = e / (e + 8) = 0.25, the rest 0.09 each
+    run = _fake_run(tmp_path, lut)
     reg = tmp_path / "archs"
     records = sample_and_save(run, "six", "argmax", num_samples=6, seed=3, arch_dir=reg)
     assert [r["name"] for r in records] == ["six_argmax"] + [f"six_{i}" for i in range(1, 6)]
