@@ -203,3 +203,14 @@ def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_pa
         values.update(progress=False, save_checkpoints=False, target_latency_ms=target)
         argmax_ms[target] = run(config_from_dict(SupernetConfig, values))["argmax_cost"]
     assert argmax_ms[6.0] < argmax_ms[dearest] - 5.0  # 2.7 vs 12.8 ms when written
+
+
+def test_the_cpu_cifar10_preset_uses_a_committed_32x32_table_and_spans_the_temperatures():
+    from supernet_functions import lookup_table_builder as ltb
+    from supernet_functions.training_functions_supernet import temperature_at
+
+    cfg = config_from_dict(SupernetConfig, PRESETS["cpu_cifar10"])
+    assert Path(ltb.default_lut_path(cfg.search_space, 32)).is_file()
+    assert cfg.mixing == "gumbel" and cfg.bn_init == "uniform" and cfg.dataset == "cifar10"
+    temps = [temperature_at(e, cfg) for e in range(cfg.warmup_epochs, cfg.epochs)]
+    assert temps[0] == 5.0 and temps[-1] == pytest.approx(0.0916, abs=1e-3)  # the paper's range
