@@ -146,16 +146,28 @@ class ArchTrainConfig:
         "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
         "instead of each process's share (docs/multi_gpu.md)",
     )
+    dist_timeout_min: float = opt(
+        10.0,
+        "under torchrun: minutes a process waits for the others in a collective before the job "
+        "fails (raise it when rank 0 downloads the data alone for longer)",
+    )
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
     deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
     # run
-    run_dir: str = opt("runs/architectures_training", "root folder of run folders")
+    log_dir: str = opt("runs/architectures_training", "folder of run folders")
     run_name: str = opt("", "run folder name (empty = time-stamped)")
-    resume: str = opt("", "checkpoint (last.pth) to continue exactly where its run stopped")
+    resume: str = opt(
+        "",
+        "checkpoint (last.pth) to continue exactly where its run stopped, with the recipe it saved "
+        "(--epochs may be raised; flags that contradict it are refused)",
+    )
+    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
     checkpoint: str = opt("", "checkpoint to evaluate with --eval_only")
     eval_only: bool = opt(False, "only evaluate the --checkpoint (or --resume) weights")
     progress: bool = opt(True, "tqdm progress bars")
 
+    # old flag names, kept for one release (one warning line each; old checkpoints read silently)
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {"run_dir": "log_dir"}
     # checked by config_utils
     BOUNDS: ClassVar[dict[str, str]] = {
         "dropout": "[0, 1)",
@@ -177,6 +189,7 @@ class ArchTrainConfig:
         "max_steps_per_epoch": "[0, inf)",
         "stop_after_epoch": "[0, inf)",
         "threads": "[0, inf)",
+        "dist_timeout_min": "(0, inf)",
     }
 
 

@@ -12,13 +12,14 @@ the epoch; loaders draw their shuffling and augmentation from ``seed`` and the e
 
 Under ``torchrun`` (:mod:`general_functions.distributed`) each process trains a DDP-wrapped copy on its
 share of every global batch (:func:`build_loaders`), metrics are averaged over the processes, and only
-rank 0 writes the run folder (:func:`create_loggers`) and prints the summary.
+rank 0 writes the run folder and prints the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fbnet_building_blocks.arch_specs import ArchSpec, load_arch
+from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
@@ -47,27 +48,43 @@ from general_functions.dataloaders import (
 )
 from general_functions.distributed import (
     DistContext,
-    broadcast_object,
     gather_rng_states,
     local_main_first,
     reduce_meters,
     restore_rng_states,
     run_in_context,
+    run_on_main,
     sync_buffers,
     unwrap,
     wrap_model,
 )
 from general_functions.io_utils import atomic_write_json
-from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
+from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.run_folder import (
+    extend_cosine,
+    new_run_dir,
+    resume_config,
+    resume_run,
+    tidy_resumed_run,
+)
 from general_functions.utils import (
     AverageMeter,
     accuracy,
-    get_rng_state,
     set_seed,
     set_threads,
 )
 
 from .config_for_arch import ArchTrainConfig
+from .run_state import (
+    PER_RUN,
+    RESET,
+    STAGE,
+    Progress,
+    arch_from,
+    check_arch_matches,
+    checkpoint_state,
+    summarize,
+)
 from .trim_kernels import trim_depthwise_convs
 
 __all__ = [
@@ -76,16 +93,22 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_arch_matches",
-    "create_loggers",
     "run",
     "train_one_epoch",
     "validate",
 ]
 
 logger = logging.getLogger(__name__)
-STAGE = "architecture"
 # Errors caused by what the user asked for; the entry script prints their message without a traceback.
-USER_ERRORS = (DataError, CheckpointError, ConfigError, KeyError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    DataError,
+    CheckpointError,
+    ConfigError,
+    KeyError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 # ----------------------------------------------------------------------------------- one epoch
@@ -271,81 +294,6 @@ def build_scheduler(
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def create_loggers(
-    run_dir: Path | None, resume_epoch: int | None = None, main_process: bool = True
-) -> tuple[logging.Logger, MetricWriter | None]:
-    """The text logger and the metric writer; only the main process (rank 0) writes files."""
-    log = get_logger(run_dir if main_process else None, name=__name__)
-    if not main_process:
-        log.setLevel(logging.WARNING)
-    writer = None
-    if run_dir is not None:
-        writer = MetricWriter(run_dir, resume_step=resume_epoch, enabled=main_process)
-    return log, writer
-
-
-# ----------------------------------------------------------------------------------- checkpoints
-def _spec_identity(spec: dict[str, Any], search_space: str) -> dict[str, Any]:
-    """What must agree between a checkpoint and the model it is loaded into."""
-    return {
-        "ops": list(spec["ops"]),
-        "search_space": search_space or spec.get("search_space"),
-        "head_channels": spec.get("head_channels"),
-        "width_mult": spec.get("width_mult", 1.0),
-    }
-
-
-def check_arch_matches(state: dict[str, Any], spec: ArchSpec, cfg: ArchTrainConfig, path) -> None:
-    """Refuse a checkpoint of another architecture (or the same ops in another search space)."""
-    saved_spec = state.get("arch_spec")
-    if not isinstance(saved_spec, dict) or "ops" not in saved_spec:
-        raise CheckpointError(f"checkpoint {path} records no architecture; cannot check it")
-    saved_cfg = state.get("config") or {}
-    saved = _spec_identity(saved_spec, saved_cfg.get("search_space", ""))
-    wanted = _spec_identity(spec.to_dict(), cfg.search_space)
-    if saved != wanted:
-        diff = [k for k in wanted if saved[k] != wanted[k]]
-        raise CheckpointError(
-            f"checkpoint {path} holds architecture {saved_spec.get('name')!r} "
-            f"(search space {saved['search_space']!r}), but this run builds {spec.name!r} "
-            f"(search space {wanted['search_space']!r}); they differ in {', '.join(diff)}. "
-            f"Pass --architecture_name {saved_spec.get('name')} (and the same --search_space) "
-            "or another checkpoint"
-        )
-
-
-def _checkpoint_state(
-    cfg,
-    spec,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    epoch,
-    best_top1,
-    best_epoch,
-    wall_s,
-    last,
-    rng_ranks=None,
-) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "epoch": epoch,
-        "model": unwrap(model).state_dict(),  # no DDP "module." prefix
-        "optimizers": {"w": optimizer.state_dict()},
-        "schedulers": {"w": scheduler.state_dict()},
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "config": config_to_dict(cfg),
-        "arch_spec": spec.to_dict(),
-        "best_top1": best_top1,
-        "best_epoch": best_epoch,
-        "last_metrics": last,
-        "wall_s": wall_s,
-        "rng": get_rng_state(),
-        "rng_ranks": rng_ranks,  # every process's RNG state under DDP (None alone)
-    }
-
-
 # ----------------------------------------------------------------------------------- run
 def _load_data(cfg: ArchTrainConfig) -> ImageSet:
     return load_dataset(
@@ -370,35 +318,33 @@ def _evaluate_all(model, loaders, criterion, device, cfg) -> dict[str, float]:
     return out
 
 
-def _summary(metrics: dict[str, float], best_top1, best_epoch, epoch, wall_s, run_dir, spec):
-    out = {
-        "architecture": spec.name,
-        "best_top1": round(best_top1, 3),
-        "best_epoch": best_epoch,
-        "best_chosen_on": "test set",
-        "final_top1": round(metrics["test/top1"], 3),
-        "final_top3": round(metrics["test/top3"], 3),
-        "epochs": epoch,
-        "wall_s": round(wall_s, 1),
-        "run_dir": str(run_dir) if run_dir else None,
-    }
-    if "test_exact1000/top1" in metrics:
-        out["final_exact1000_top1"] = round(metrics["test_exact1000/top1"], 3)
-        out["final_exact1000_top3"] = round(metrics["test_exact1000/top3"], 3)
-    return out
+def _recipe(cfg: ArchTrainConfig) -> tuple[ArchTrainConfig, dict[str, Any] | None]:
+    """The configuration to run, and the checkpoint it continues or evaluates (else None).
+
+    A resumed run takes its recipe from the checkpoint (``run_folder.resume_config``); an evaluation
+    takes every setting not given from it.
+    """
+    if cfg.eval_only:
+        path = cfg.checkpoint or cfg.resume
+        if not path:
+            raise ValueError(
+                "--eval_only needs a checkpoint: pass --checkpoint PATH (or --resume PATH)"
+            )
+        state = load_checkpoint(path, stage=STAGE)
+        every_field = [f.name for f in dataclasses.fields(ArchTrainConfig)]
+        return resume_config(cfg, state["config"], path, every_field, {}, same_folder=False), state
+    if cfg.resume:
+        return resume_run(cfg, STAGE, PER_RUN, RESET)
+    return cfg, None
 
 
-def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> dict[str, Any]:
+def _eval_only(cfg: ArchTrainConfig, state: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+    """Evaluate the checkpoint ``state`` (loaded from ``--checkpoint``)."""
     path = cfg.checkpoint or cfg.resume
-    if not path:
-        raise ValueError(
-            "--eval_only needs a checkpoint: pass --checkpoint PATH (or --resume PATH)"
-        )
     start = time.perf_counter()
     device = ctx.device
-    log, _ = create_loggers(None, main_process=ctx.is_main)
-    state = load_checkpoint(path, stage=STAGE)
-    check_arch_matches(state, spec, cfg, path)
+    log = _logger(None, ctx)
+    spec = arch_from(cfg, state, path)
     with local_main_first(ctx):
         data = _load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, device)
@@ -406,7 +352,7 @@ def _eval_only(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> dict[s
     loaders = build_loaders(cfg, data, device, ctx.rank, ctx.world_size)
     metrics = _evaluate_all(model, loaders, nn.CrossEntropyLoss(), device, cfg)
     log.info("evaluated %s (epoch %s): %s", path, state.get("epoch"), _fmt(metrics))
-    summary = _summary(
+    summary = summarize(
         metrics,
         state.get("best_top1", metrics["test/top1"]),
         state.get("best_epoch"),
@@ -428,163 +374,210 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
 
     Under ``torchrun`` every process calls this; they train together with DDP (one per GPU).
     """
+    cfg, state = _recipe(cfg)  # threads, device and timeout too come from a resumed run's recipe
     set_threads(cfg.threads)
-    return run_in_context(_run, cfg, cfg.device)
+    run_fn = functools.partial(_run, state=state)
+    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
 
 
-def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
-    device = ctx.device
-    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
-        cfg = dataclasses.replace(cfg, progress=False)
-    spec = load_arch(cfg.architecture_name)
-    if cfg.amp and device.type != "cuda":
-        logger.warning("--amp is for CUDA; training in float32 on %s", device)
-    if device.type == "cuda" and not cfg.deterministic:
-        torch.backends.cudnn.benchmark = True
+def _run(cfg: ArchTrainConfig, ctx: DistContext, state: dict | None) -> dict[str, Any]:
+    """The steps of a run: open it, build, resume, the epoch loop, the summary."""
     if cfg.eval_only:
-        summary = _eval_only(cfg, spec, ctx)
+        summary = _eval_only(cfg, state, ctx)
         if ctx.is_main:
             print(json.dumps(summary), flush=True)
         return summary
+    spec, run_dir = _open_run(cfg, state, ctx)
+    if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
+        cfg = dataclasses.replace(cfg, progress=False)
+    log = _logger(run_dir, ctx)
+    progress = Progress()
+    if state is not None:
+        run_on_main(ctx, lambda: tidy_resumed_run(run_dir, state, log))
+        progress = Progress.of(state)
+        if progress.epoch >= _end_epoch(cfg):  # finished (or stopped where asked): its summary
+            log.info("%s is at epoch %d: nothing to train", cfg.resume, progress.epoch)
+            return _finish(cfg, spec, run_dir, log, ctx, progress)
+    parts = _build(cfg, spec, ctx)
+    if state is not None:
+        _restore(parts, state, cfg, ctx)
+        log.info("resumed %s at the end of epoch %d", cfg.resume, progress.epoch)
+    parts.model = wrap_model(parts.model, ctx, sync_bn=cfg.sync_bn)  # DDP under torchrun
+    _log_setup(parts, cfg, spec, ctx, run_dir, log)
+    _epoch_loop(parts, progress, cfg, spec, ctx, run_dir, log, resumed=state is not None)
+    return _finish(cfg, spec, run_dir, log, ctx, progress)
 
-    state = None
-    if cfg.resume:
-        state = load_checkpoint(cfg.resume, stage=STAGE)
-        check_arch_matches(state, spec, cfg, cfg.resume)
-        run_dir = Path(cfg.resume).resolve().parent
-    else:  # rank 0 names (and makes) the folder; the others learn its name
-        made = (
-            setup_run_dir(cfg.run_dir, cfg.run_name or None, prefix=spec.name)
-            if ctx.is_main
-            else None
-        )
-        run_dir = Path(broadcast_object(str(made) if made else None))
-    start_epoch = state["epoch"] if state else 0
-    log, writer = create_loggers(
-        run_dir, resume_epoch=start_epoch if state else None, main_process=ctx.is_main
-    )
+
+def _end_epoch(cfg: ArchTrainConfig) -> int:
+    """The epoch this invocation stops after."""
+    return min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
+
+
+def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed: bool) -> None:
+    """Train the epochs after ``progress.epoch``; config, metrics and checkpoints go to ``run_dir``."""
     if ctx.is_main:
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
         atomic_write_json(run_dir / "arch.json", spec.to_dict())
+    resume_step = progress.epoch if resumed else None
+    writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
+    start, wall_before = time.perf_counter(), progress.wall_s
+    for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
+        is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
+        progress.wall_s = wall_before + time.perf_counter() - start
+        _save(parts, progress, is_best, cfg, spec, ctx, run_dir)
+    writer.close()
 
+
+@dataclass
+class _Parts:
+    """What a run trains and with what (:func:`_build`)."""
+
+    model: nn.Module
+    loaders: Loaders
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+
+
+def _logger(run_dir: Path | None, ctx: DistContext) -> logging.Logger:
+    """Log lines on stderr and (rank 0) in ``run_dir/log.txt``; the other ranks only warn."""
+    log = get_logger(run_dir if ctx.is_main else None, name=__name__)
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)
+    return log
+
+
+def _open_run(cfg: ArchTrainConfig, state: dict | None, ctx: DistContext):
+    """The architecture, and the run folder: the resumed run's, or a new one."""
+    spec = arch_from(cfg, state, cfg.resume)
+    if state is not None:  # the run continues in its folder
+        return spec, Path(cfg.resume).resolve().parent
+    return spec, new_run_dir(cfg, ctx, prefix=spec.name)
+
+
+def _build(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> _Parts:
+    """Data, model, loss, optimizer, schedule and (CUDA amp) GradScaler of a run."""
+    if cfg.amp and ctx.device.type != "cuda":
+        logger.warning("--amp is for CUDA; training in float32 on %s", ctx.device)
+    if ctx.device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True
     # each process its own stream (dropout); DDP gives every process rank 0's initial weights
     set_seed(cfg.seed + ctx.rank, cfg.deterministic)
     with local_main_first(ctx):  # one download per machine
         data = _load_data(cfg)
-    model = build_model(cfg, spec, data.num_classes, data.input_size, device)
-    loaders = build_loaders(cfg, data, device, ctx.rank, ctx.world_size)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    model = build_model(cfg, spec, data.num_classes, data.input_size, ctx.device)
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    best_top1, best_epoch, wall_before, last = -1.0, 0, 0.0, None
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizers"]["w"])
-        scheduler.load_state_dict(state["schedulers"]["w"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng_states(ctx, state["rng"], state.get("rng_ranks"))
-        best_top1, best_epoch = state["best_top1"], state["best_epoch"]
-        wall_before, last = state.get("wall_s", 0.0), state.get("last_metrics")
-        log.info("resumed %s at the end of epoch %d", cfg.resume, start_epoch)
-    model = wrap_model(model, ctx, sync_bn=cfg.sync_bn)  # DDP under torchrun, else the model
+    amp = cfg.amp and ctx.device.type == "cuda"
+    return _Parts(
+        model=model,
+        loaders=build_loaders(cfg, data, ctx.device, ctx.rank, ctx.world_size),
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        optimizer=optimizer,
+        scheduler=build_scheduler(cfg, optimizer),
+        scaler=torch.amp.GradScaler("cuda") if amp else None,
+    )
+
+
+def _restore(parts: _Parts, state: dict[str, Any], cfg: ArchTrainConfig, ctx: DistContext) -> None:
+    """Load a checkpoint into the (not yet DDP-wrapped) parts, and every process's RNG state."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizers"]["w"])
+    parts.scheduler.load_state_dict(state["schedulers"]["w"])
+    extend_cosine(parts.scheduler, cfg.epochs)
+    if parts.scaler is not None and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    restore_rng_states(ctx, state["rng"], state.get("rng_ranks"))
+
+
+def _log_setup(parts: _Parts, cfg, spec, ctx: DistContext, run_dir: Path, log) -> None:
     if ctx.enabled:
         log.info(ctx.describe(cfg.batch_size))
-    n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "architecture %s (search space %s), %.2fM parameters | %d training batches of %d, "
         "%d test batches | device %s, loader %s, channels_last %s | run folder %s",
         spec.name,
         cfg.search_space or spec.search_space,
-        n_params / 1e6,
-        len(loaders.train),
+        sum(p.numel() for p in parts.model.parameters()) / 1e6,
+        len(parts.loaders.train),
         cfg.batch_size,
-        len(loaders.test),
-        device,
+        len(parts.loaders.test),
+        ctx.device,
         cfg.loader,
         use_channels_last(cfg),
         run_dir,
     )
 
-    start = time.perf_counter()
-    end_epoch = min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
-    if start_epoch >= end_epoch:
-        raise ValueError(
-            f"nothing to do: the checkpoint is at epoch {start_epoch} and the run ends at epoch "
-            f"{end_epoch}; raise --epochs to train longer"
-        )
-    for epoch in range(start_epoch + 1, end_epoch + 1):
-        epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        loaders.train.set_epoch(epoch)
-        train = train_one_epoch(
-            model,
-            loaders.train,
-            criterion,
-            optimizer,
-            device,
-            epoch,
-            scaler=scaler,
-            amp=cfg.amp,
-            max_steps=cfg.max_steps_per_epoch,
-            progress=cfg.progress,
-        )
-        scheduler.step()
-        sync_buffers(model)  # every process evaluates (and rank 0 saves) rank 0's BN statistics
-        metrics = _evaluate_all(unwrap(model), loaders, criterion, device, cfg)
-        epoch_s = time.perf_counter() - epoch_start
-        is_best = metrics["test/top1"] > best_top1
-        if is_best:
-            best_top1, best_epoch = metrics["test/top1"], epoch
-        last = {"train/loss": train["loss"], "train/top1": train["top1"], **metrics}
-        writer.scalars(epoch, {"lr": lr, **last, "time/epoch_s": epoch_s})
-        log.info(
-            "epoch %d/%d lr %.4g | train loss %.4f top1 %.2f | test loss %.4f top1 %.2f top3 %.2f%s"
-            " | best top1 %.2f (epoch %d, chosen on the test set) | %.0f s",
-            epoch,
-            cfg.epochs,
-            lr,
-            train["loss"],
-            train["top1"],
-            metrics["test/loss"],
-            metrics["test/top1"],
-            metrics["test/top3"],
-            (
-                f" | exact-1000 top1 {metrics['test_exact1000/top1']:.2f} "
-                f"top3 {metrics['test_exact1000/top3']:.2f}"
-                if "test_exact1000/top1" in metrics
-                else ""
-            ),
-            best_top1,
-            best_epoch,
-            epoch_s,
-        )
-        wall = wall_before + time.perf_counter() - start
-        rng_ranks = gather_rng_states() if ctx.enabled else None
-        if ctx.is_main:
-            ckpt = _checkpoint_state(
-                cfg,
-                spec,
-                model,
-                optimizer,
-                scheduler,
-                scaler,
-                epoch,
-                best_top1,
-                best_epoch,
-                wall,
-                last,
-                rng_ranks,
-            )
-            save_checkpoint(run_dir / "last.pth", ckpt)
-            if is_best:
-                save_checkpoint(run_dir / "best.pth", ckpt)
-    writer.close()
 
-    done = end_epoch
-    wall = wall_before + time.perf_counter() - start
-    summary = _summary(last, best_top1, best_epoch, done, wall, run_dir, spec)
+def _train_epoch(epoch: int, parts: _Parts, progress: Progress, cfg, device, writer, log) -> bool:
+    """Train and evaluate one epoch, record it in ``progress`` and the logs; True on a new best."""
+    epoch_start = time.perf_counter()
+    lr = parts.optimizer.param_groups[0]["lr"]
+    parts.loaders.train.set_epoch(epoch)
+    train = train_one_epoch(
+        parts.model,
+        parts.loaders.train,
+        parts.criterion,
+        parts.optimizer,
+        device,
+        epoch,
+        scaler=parts.scaler,
+        amp=cfg.amp,
+        max_steps=cfg.max_steps_per_epoch,
+        progress=cfg.progress,
+    )
+    parts.scheduler.step()
+    sync_buffers(parts.model)  # every process evaluates (and rank 0 saves) rank 0's BN statistics
+    metrics = _evaluate_all(unwrap(parts.model), parts.loaders, parts.criterion, device, cfg)
+    is_best = metrics["test/top1"] > progress.best_top1
+    if is_best:
+        progress.best_top1, progress.best_epoch = metrics["test/top1"], epoch
+    progress.epoch = epoch
+    progress.last = {"train/loss": train["loss"], "train/top1": train["top1"], **metrics}
+    epoch_s = time.perf_counter() - epoch_start
+    writer.scalars(epoch, {"lr": lr, **progress.last, "time/epoch_s": epoch_s})
+    exact = (
+        f" | exact-1000 top1 {metrics['test_exact1000/top1']:.2f} "
+        f"top3 {metrics['test_exact1000/top3']:.2f}"
+        if "test_exact1000/top1" in metrics
+        else ""
+    )
+    log.info(
+        "epoch %d/%d lr %.4g | train loss %.4f top1 %.2f | test loss %.4f top1 %.2f top3 %.2f%s"
+        " | best top1 %.2f (epoch %d, chosen on the test set) | %.0f s",
+        epoch,
+        cfg.epochs,
+        lr,
+        train["loss"],
+        train["top1"],
+        metrics["test/loss"],
+        metrics["test/top1"],
+        metrics["test/top3"],
+        exact,
+        progress.best_top1,
+        progress.best_epoch,
+        epoch_s,
+    )
+    return is_best
+
+
+def _save(parts: _Parts, progress: Progress, is_best: bool, cfg, spec, ctx, run_dir) -> None:
+    """Rank 0 writes last.pth, then best.pth on a new best (every rank joins the RNG gather)."""
+    rng_ranks = gather_rng_states() if ctx.enabled else None
+    if not ctx.is_main:
+        return
+    state = checkpoint_state(cfg, spec, parts, progress, rng_ranks)
+    save_checkpoint(run_dir / "last.pth", state)
+    if is_best:
+        save_checkpoint(run_dir / "best.pth", state)
+
+
+def _finish(cfg, spec, run_dir, log, ctx, progress: Progress) -> dict[str, Any]:
+    """Log, print (rank 0) and return the summary of a run at the end of ``progress.epoch``."""
+    done = progress.epoch
+    summary = summarize(
+        progress.last, progress.best_top1, progress.best_epoch, done, progress.wall_s, run_dir, spec
+    )
     if done < cfg.epochs:
         summary["stopped_early"] = True
         log.info(
@@ -600,8 +593,8 @@ def _run(cfg: ArchTrainConfig, ctx: DistContext) -> dict[str, Any]:
         summary["final_top1"],
         summary["final_top3"],
         summary["best_top1"],
-        best_epoch,
-        wall,
+        progress.best_epoch,
+        progress.wall_s,
     )
     if ctx.is_main:
         print(json.dumps(summary), flush=True)

@@ -180,11 +180,12 @@ def bench_independent(args: argparse.Namespace) -> dict:
         )
         if done.returncode != 0:
             raise SystemExit(f"error: timing process {k + 1} failed:\n{done.stderr[-2000:]}")
-        ms = np.array(json.loads(done.stdout.strip().splitlines()[-1])["ms"])
+        # rounded first, so that the figures can be recomputed from the timings this file stores
+        ms = np.round(json.loads(done.stdout.strip().splitlines()[-1])["ms"], 4)
         measured.append(ms)
         figures = {key: round(v, 4) for key, v in compare(predicted, ms).items()}
         print(f"repeat {k + 1}/{args.repeats}: {json.dumps(figures)}", file=sys.stderr, flush=True)
-        repeats.append({**figures, "measured_ms": np.round(ms, 4).tolist()})
+        repeats.append({**figures, "measured_ms": ms.tolist()})
     keys = ("kendall_tau", "pearson_r", "mape_percent", "mean_signed_error_percent")
     median_ms = np.median(measured, axis=0)
     return {

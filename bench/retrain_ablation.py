@@ -125,7 +125,7 @@ def run_variant(args: argparse.Namespace, name: str) -> None:
     else:
         cmd += [
             "--architecture_name", args.arch, "--dataset", "cifar10", "--data_dir", args.data_dir,
-            "--epochs", str(args.epochs), "--seed", str(args.seed), "--run_dir", str(args.out),
+            "--epochs", str(args.epochs), "--seed", str(args.seed), "--log_dir", str(args.out),
             "--run_name", name, "--progress", "False", *AUTHORS, *VARIANTS[name][0],
         ]  # fmt: skip
     print(f"{name}: {' '.join(cmd)}", flush=True)

@@ -54,7 +54,7 @@ def run_one(args: argparse.Namespace, arch: str, seed: int) -> None:
     if (run / "last.pth").is_file():
         cmd += ["--resume", str(run / "last.pth")]
     else:
-        cmd += ["--run_dir", str(args.out), "--run_name", run.name]
+        cmd += ["--log_dir", str(args.out), "--run_name", run.name]
     cmd += ["--stop_after_epoch", str(args.epochs), "--progress", "False"]
     print(f"{run.name}: {' '.join(cmd)}", flush=True)
     if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:

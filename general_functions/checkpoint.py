@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from .io_utils import atomic_write
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "git_sha", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -52,18 +51,3 @@ def load_checkpoint(path: str | os.PathLike, stage: str | None = None) -> dict[s
             f"checkpoint {path} is a {state.get('stage')!r} checkpoint, not a {stage!r} one"
         )
     return state
-
-
-def git_sha() -> str:
-    """The commit this code runs from (empty outside a git checkout), recorded in checkpoints."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""

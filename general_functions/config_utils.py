@@ -3,6 +3,9 @@
 Precedence: dataclass defaults < ``--preset NAME`` < ``--config file.json`` < explicit flags.
 Every field becomes ``--<field>``; a field's help names its source (paper or original reproduction).
 Values read from a JSON file are type-checked against the field, and unknown keys are refused.
+:func:`given_fields` tells which fields the user set (a resumed run takes the others from its checkpoint).
+A class may rename fields: ``DEPRECATED_NAMES = {"old": "new"}`` keeps ``--old`` (and ``old`` in JSON)
+working, with one warning line, and reads old checkpoints' configurations silently.
 A class may bound its numbers with a ``BOUNDS`` class variable of intervals (``"[1, inf)"``,
 ``"(0, 1)"``); a value outside is a :class:`ConfigError` that names the flag, whatever set it.
 
@@ -22,6 +25,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -35,6 +39,7 @@ __all__ = [
     "check_bounds",
     "config_to_dict",
     "config_from_dict",
+    "given_fields",
     "str2bool",
 ]
 
@@ -111,9 +116,30 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return fields
 
 
+def _renamed(cls: type, values: dict[str, Any], warn_about: str | None = None) -> dict[str, Any]:
+    """``values`` with the deprecated keys of ``cls`` renamed; ``warn_about`` names their source."""
+    renames = getattr(cls, "DEPRECATED_NAMES", {})
+    out = {}
+    for key, value in values.items():
+        if key in renames:
+            if warn_about:
+                _deprecation(f"{warn_about}: key {key!r}", repr(renames[key]))
+            key = renames[key]
+        out[key] = value
+    return out
+
+
+def _deprecation(old: str, new: str) -> None:
+    print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+
+
 def config_from_dict(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
-    """Build ``cls`` from ``base`` (or the defaults) updated with ``values``; type-checked."""
+    """Build ``cls`` from ``base`` (or the defaults) updated with ``values``; type-checked.
+
+    Deprecated names (``cls.DEPRECATED_NAMES``) are read as their new ones, without a warning.
+    """
     fields = _fields(cls)
+    values = _renamed(cls, values)
     unknown = set(values) - set(fields)
     if unknown:
         raise ConfigError(f"unknown configuration keys {sorted(unknown)} for {cls.__name__}")
@@ -162,6 +188,28 @@ def check_bounds(cfg: Any) -> None:
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def given_fields(cfg: Any) -> set[str]:
+    """The fields the user set: flags, ``--config`` keys and ``--preset`` values (:func:`parse_config`).
+
+    For a configuration built in code, the fields whose value differs from the default.
+    """
+    given = getattr(cfg, "_given", None)
+    if given is not None:
+        return set(given)
+    default = type(cfg)()
+    return {
+        f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)
+    }
+
+
+class _DeprecatedFlag(argparse.Action):
+    """``--old VALUE``: one warning line, then the value goes to the new field."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _deprecation(str(option_string), f"--{self.dest}")
+        setattr(namespace, self.dest, values)
 
 
 def _default_text(value: Any) -> str:
@@ -228,7 +276,13 @@ def build_parser(
         else:
             group = parser.add_argument_group(title)
         for name in names:
-            group.add_argument(f"--{name}", **_flag_kwargs(name, fields[name], name in hidden))
+            kwargs = _flag_kwargs(name, fields[name], name in hidden)
+            group.add_argument(f"--{name}", **kwargs)
+            for old in (
+                o for o, new in getattr(cls, "DEPRECATED_NAMES", {}).items() if new == name
+            ):
+                kwargs.update(help=argparse.SUPPRESS, dest=name, action=_DeprecatedFlag)
+                group.add_argument(f"--{old}", **kwargs)
     return parser
 
 
@@ -259,15 +313,18 @@ def parse_config(
     parser = build_parser(cls, description, presets, groups, hidden)
     args = parser.parse_args(argv)
     cfg = cls()
+    given: set[str] = set()
     try:
-        if presets and args.preset:
-            cfg = config_from_dict(cls, presets[args.preset], cfg)
+        layers = [presets[args.preset]] if presets and args.preset else []
         if args.config:
-            cfg = config_from_dict(cls, load_json_config(args.config), cfg)
-        flags = {k: v for k, v in vars(args).items() if k in _fields(cls) and v is not None}
-        cfg = config_from_dict(cls, flags, cfg)
+            layers.append(_renamed(cls, load_json_config(args.config), warn_about=args.config))
+        layers.append({k: v for k, v in vars(args).items() if k in _fields(cls) and v is not None})
+        for values in layers:
+            cfg = config_from_dict(cls, values, cfg)
+            given |= set(values)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
+    cfg._given = frozenset(given)  # not a field: see given_fields
     return cfg
 
 

@@ -90,13 +90,44 @@ class ImageSet:
 
 
 # ----------------------------------------------------------------------------------- loading
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch: dicts, lists, strings, numbers and numpy arrays, nothing else.
+
+    A pickle names every class or function it needs (``find_class``); here only what numpy needs to
+    rebuild an array is allowed, so a file that names anything else (``os.system`` in a
+    ``__reduce__``) is refused before any of it runs.
+    """
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # written by numpy 1.x (the official files)
+        ("numpy._core.multiarray", "_reconstruct"),  # written by numpy 2.x
+        ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which a data file has no use for; "
+                "refusing to load it (nothing in it was run)"
+            )
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = module.replace("numpy.core.", "numpy._core.")  # numpy 2: the old name warns
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+        if not isinstance(batch, dict):
+            raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as err:
         raise DataError(f"CIFAR-10 file {path} is unreadable or malformed: {err}") from None
     if len(data) != len(labels):
         raise DataError(f"CIFAR-10 file {path}: {len(data)} images but {len(labels)} labels")

@@ -25,10 +25,15 @@ same images as step i of a one-process run, and DDP's averaged gradient is the o
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +53,7 @@ __all__ = [
     "broadcast_tensors",
     "cleanup_distributed",
     "env_rank",
+    "exit_with_parent",
     "gather_rng_states",
     "get_context",
     "init_distributed",
@@ -56,6 +62,7 @@ __all__ = [
     "max_divergence",
     "reduce_meters",
     "restore_rng_states",
+    "run_on_main",
     "sync_buffers",
     "sync_rng_state",
     "unwrap",
@@ -65,6 +72,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+DEFAULT_TIMEOUT_MIN = 10.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -117,14 +126,45 @@ def _env_int(name: str) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistContext:
+def exit_with_parent() -> str:
+    """Make this process end when its parent (torchrun's agent) dies; returns how.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's process group does not
+    reach the workers, and a worker blocked in a collective would wait for its timeout. On Linux the
+    kernel sends this process SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``), which also
+    ends a stopped process; elsewhere a daemon thread checks the parent's id every second.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before the call took effect
+                    os._exit(1)
+                return "prctl"
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    return "thread"
+
+
+def init_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistContext:
     """Join the process group when launched by torchrun; otherwise a one-process context.
 
     ``device`` is the ``--device`` flag (``auto|cpu|cuda``). On CUDA each process takes GPU
     ``LOCAL_RANK`` and the backend is NCCL; on the CPU it is gloo. ``timeout_min`` bounds how long a
-    collective waits (rank 0 may spend a while alone, e.g. measuring a latency table).
+    collective waits for the other processes (a hung or stopped process fails the job after it).
     If a process group already exists (a caller set one up), it is used and left open.
+    A worker started by torchrun ends when torchrun dies (:func:`exit_with_parent`).
     """
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun's agent for its workers only
+        exit_with_parent()
     base = resolve_device(device)
     if not launched_by_torchrun() or _env_int("WORLD_SIZE") <= 1:
         if base.type == "cuda" and base.index is None and launched_by_torchrun():
@@ -163,13 +203,15 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistCon
     return ctx
 
 
-def run_in_context(run_fn, cfg, device: str = "auto"):
+def run_in_context(run_fn, cfg, device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN):
     """``run_fn(cfg, ctx)`` inside this process's distributed context, then a barrier and clean-up.
 
     Without torchrun the context is a one-process no-op. The barrier makes sure rank 0 has written its
     files before any process returns.
     """
-    ctx = init_distributed(device)
+    if not timeout_min > 0:
+        raise ValueError(f"--dist_timeout_min must be positive (got {timeout_min})")
+    ctx = init_distributed(device, timeout_min)
     try:
         result = run_fn(cfg, ctx)
         barrier()
@@ -347,6 +389,24 @@ def reduce_meters(meters: Mapping[str, AverageMeter]) -> dict[str, float]:
     stats = torch.tensor([[meters[k].sum, meters[k].count] for k in keys], dtype=torch.float64)
     stats = all_reduce_sum(stats)
     return {k: float(s / max(c, 1.0)) for k, (s, c) in zip(keys, stats.tolist())}
+
+
+def run_on_main(ctx: DistContext, fn: Callable[[], object]):
+    """``fn()`` on rank 0, its result on every rank; an exception it raises is raised on every rank.
+
+    For work only rank 0 does (making the run folder) whose failure the other ranks must hear of, rather
+    than wait for it in the next collective.
+    """
+    result = error = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, on every rank
+            error = err
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def broadcast_object(obj, src: int = 0):

@@ -15,7 +15,7 @@ from general_functions.config_utils import opt
 
 from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
 
-__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "check_config", "help_layout"]
+__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout"]
 
 # the latency-table modes, which supernet_functions.lut_cli runs with its own flags
 LUT_MODES = ("build_lut", "validate_lut")
@@ -47,7 +47,7 @@ class SupernetConfig:
     )
     fake_train_size: int = opt(512, "training images of the fake data set")
     batch_size: int = opt(1000, "batch size of both splits", _ORIG)
-    steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
+    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
     loader: str = opt(
         "tensor", "tensor (batched on the device) | torchvision", None, ("tensor", "torchvision")
     )
@@ -155,10 +155,22 @@ class SupernetConfig:
         False,
         "deterministic algorithms: on CUDA slower, but a resumed run repeats the uninterrupted one",
     )
+    dist_timeout_min: float = opt(
+        10.0,
+        "under torchrun: minutes a process waits for the others in a collective before the job "
+        "fails (raise it when rank 0 measures a table or downloads the data alone for longer)",
+    )
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
-    resume: str = opt("", "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth)")
-    stop_epoch: int = opt(0, "stop after this many epochs, resumable (0: run all)")
+    resume: str = opt(
+        "",
+        "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth), with the recipe it saved "
+        "(--epochs may be raised; flags that contradict it are refused)",
+    )
+    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
+    stop_after_epoch: int = opt(
+        0, "stop after this many epochs, resumable with --resume (0: run all)"
+    )
     save_checkpoints: bool = opt(
         True, "write last.pth every epoch (and best.pth with --val_fraction)"
     )
@@ -179,6 +191,12 @@ class SupernetConfig:
         "",
         "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
     )
+
+    # old flag names, kept for one release (one warning line each; old checkpoints read silently)
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {
+        "stop_epoch": "stop_after_epoch",
+        "steps_per_epoch": "max_steps_per_epoch",
+    }
 
     # ---------------------------------------------------------------- checked by config_utils
     BOUNDS: ClassVar[dict[str, str]] = {
@@ -208,6 +226,9 @@ class SupernetConfig:
         "temperature_decay": "(0, inf)",
         "threads": "[0, inf)",
         "num_samples": "[1, inf)",
+        "stop_after_epoch": "[0, inf)",
+        "max_steps_per_epoch": "[0, inf)",
+        "dist_timeout_min": "(0, inf)",
     }
 
 
@@ -248,25 +269,6 @@ PRESETS = {
         "log_dir": "runs/supernet_cpu_cifar10",
     },
 }
-
-
-def check_config(cfg: SupernetConfig) -> None:
-    """Settings that no single bound catches: one ValueError naming every problem."""
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
-    if not 0 < cfg.w_share < 1:
-        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
-    if not 0 <= cfg.val_fraction < 1:
-        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
-    if cfg.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
-    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
-        problems.append("--init_temperature and --temperature_decay must be positive")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 # ``--help`` by mode: sampling reads a search run, so it needs only these fields (and its own).

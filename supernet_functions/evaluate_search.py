@@ -126,8 +126,10 @@ def _train(net, seed: int, recipe: dict[str, Any], out: Path, args, log) -> dict
         "architecture_name": arch,
         "search_space": args.search_space,
         "seed": seed,
-        "run_dir": str(out / "runs"),
+        "log_dir": str(out / "runs"),
         "run_name": run_dir.name,
+        # a folder without last.pth was killed in its first epoch: nothing to keep, start again
+        "overwrite": not last.is_file(),
         "data_dir": args.data_dir,
         "device": args.device,
         "progress": args.progress,

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,44 +39,42 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fbnet_building_blocks.search_space import SearchSpace, get_search_space
-from general_functions.checkpoint import (
-    CheckpointError,
-    git_sha,
-    load_checkpoint,
-    save_checkpoint,
-)
+from general_functions.checkpoint import CheckpointError, save_checkpoint
 from general_functions.config_utils import config_to_dict
-from general_functions.dataloaders import DataError, load_dataset, make_loader, split_train
+from general_functions.dataloaders import DataError
 from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
     broadcast_object,
-    local_main_first,
     reduce_meters,
     run_in_context,
+    run_on_main,
     sync_buffers,
     sync_rng_state,
     unwrap,
     wrap_model,
 )
 from general_functions.io_utils import atomic_write_json
-from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
-from general_functions.utils import (
-    AverageMeter,
-    accuracy,
-    get_rng_state,
-    set_rng_state,
-    set_seed,
-    set_threads,
-)
+from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.run_folder import new_run_dir, resume_run, tidy_resumed_run
+from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
 
-from .config_for_supernet import SupernetConfig, check_config
-from .loss import SupernetLoss, check_cost_table, loss_target
+from .config_for_supernet import SupernetConfig
+from .loss import SupernetLoss
 from .model_supernet import StochasticSuperNet
-from .run_outputs import latency_summary, log_thetas, thetas_state, write_arch
 from .sampling import LUT_FILE, THETAS_FILE, describe_thetas, load_table, thetas_summary
-from .speed import prepare_supernet
+from .search_outputs import latency_summary, log_thetas, thetas_state, write_arch
+from .search_setup import (
+    STAGE,
+    Progress,
+    Search,
+    SearchLoaders,
+    build_search,
+    build_search_loaders,
+    checkpoint_state,
+    resolve_lut,
+    restore_search,
+)
 
 __all__ = [
     "USER_ERRORS",
@@ -89,21 +88,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STAGE = "supernet"
 # Errors that come from what the user passed (files, names, settings): reported without a traceback.
 USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError)
-# Settings that must match for --resume to continue a run (the rest may change, e.g. --epochs).
-_RESUME_KEYS = (
-    "search_space",
-    "input_size",
-    "dataset",
-    "train_limit",
-    "w_share",
-    "val_fraction",
-    "batch_size",
-    "mixing",
-    "per_sample",
-    "seed",
+# Fields a resumed search may set anew besides run_folder.HOW_TO_RUN (and the sampling fields,
+# which a search does not read).
+_PER_RUN = (
+    "cudnn_benchmark",
+    "save_checkpoints",
+    "train_or_sample",
+    "architecture_name",
+    "hardsampling_bool_value",
+    "num_samples",
+    "arch_dir",
 )
 
 
@@ -242,325 +238,193 @@ def validate(
     return reduce_meters(meters)
 
 
-# ---------------------------------------------------------------------------------- lookup table
-def resolve_lut(
-    cfg: SupernetConfig, space: SearchSpace, input_size: int, device, run_dir: Path, log=logger
-):
-    """The cost table of the search: ``--lut_path``, else the committed one, else measure one."""
-    from . import lookup_table_builder as ltb
-
-    ops = list(space.candidate_ops)
-    if cfg.lut_path:
-        lut = load_table(cfg.lut_path)
-        source = cfg.lut_path
-    else:
-        default = _committed_table(ltb, space.name, input_size)
-        if default is not None:
-            lut, source = load_table(default), str(default)
-        else:
-            log.info(
-                "no --lut_path and no committed table for %s at %dx%d: measuring one on %s",
-                space.name,
-                input_size,
-                input_size,
-                device,
-            )
-            lut = ltb.build_lut(
-                space.name,
-                input_size=input_size,
-                batch_size=cfg.lut_batch_size,
-                device=device,
-                threads=cfg.threads or torch.get_num_threads(),
-                time_budget_s=cfg.lut_time_budget_s,
-                rounds=cfg.lut_rounds,
-                progress=cfg.progress,
-            )
-            source = str(run_dir / LUT_FILE)
-    lut.check_compatible(space.name, input_size, ops)
-    return lut, source
-
-
-def _committed_table(ltb, space_name: str, input_size: int) -> Path | None:
-    path = ltb.default_lut_path(space_name, input_size)
-    return Path(path) if path and Path(path).is_file() else None
-
-
 # ---------------------------------------------------------------------------------- run
 def run(cfg: SupernetConfig) -> dict[str, Any]:
     """Search: train weights and thetas as in the module docstring; returns the final summary.
 
     Under ``torchrun`` every process calls this; they search together with DDP (one per GPU).
     """
-    check_config(cfg)
+    ckpt = None
+    if cfg.resume:  # the recipe (threads and device too) comes from the checkpoint
+        cfg, ckpt = resume_run(cfg, STAGE, _PER_RUN)
+    _check_config(cfg)
     set_threads(cfg.threads)
-    return run_in_context(_run, cfg, cfg.device)
+    run_fn = functools.partial(_run, ckpt=ckpt)
+    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
 
 
-def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
-    device = ctx.device
+def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, Any]:
+    """The steps of a search: open the run, build, resume, the epoch loop, the summary."""
+    run_dir = _open_run(cfg, ckpt, ctx)
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
-    ckpt = load_checkpoint(cfg.resume, stage=STAGE) if cfg.resume else None
-    if ckpt is not None:
-        _check_resume(cfg, ckpt["config"], cfg.resume)
-    run_name = cfg.run_name or (Path(cfg.resume).parent.name if cfg.resume else "")
-    log_dir = Path(cfg.resume).parent.parent if cfg.resume and not cfg.run_name else cfg.log_dir
-    made = setup_run_dir(log_dir, run_name, prefix="supernet") if ctx.is_main else None
-    run_dir = Path(broadcast_object(str(made) if made else None))  # rank 0 names the folder
     log = get_logger(run_dir if ctx.is_main else None, "fbnet.supernet")
     if not ctx.is_main:
         log.setLevel(logging.WARNING)
-    log.info("run folder %s, device %s", run_dir, device)
+    log.info("run folder %s, device %s", run_dir, ctx.device)
+    if ckpt is not None:
+        run_on_main(ctx, lambda: tidy_resumed_run(run_dir, ckpt, log))
+        if ckpt["epoch"] + 1 >= _end_epoch(cfg):  # finished (or stopped where asked)
+            return _finished(cfg, ckpt, run_dir, log, ctx)
     # the same seed on every rank: the shared Gumbel sample comes from this stream
     set_seed(cfg.seed, cfg.deterministic)
+    loaders = build_search_loaders(cfg, ctx, log)
+    search = build_search(cfg, ctx, loaders, run_dir, ckpt, log)
+    progress = restore_search(search, ckpt, cfg, log) if ckpt is not None else Progress()
+    _wrap_for_ddp(search, cfg, ctx, log)
+    _epoch_loop(search, loaders, progress, cfg, ctx, run_dir, log, resumed=ckpt is not None)
+    done = {"epoch": progress.epoch - 1, **progress.last}
+    done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
+    return _finish(run_dir, search.lut, done, log, ctx)
 
-    # ---- data: held-out (optional) | weights | thetas, all from the training set
-    with local_main_first(ctx):  # one download per machine
-        data = load_dataset(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.download,
-            fake_sizes=(cfg.fake_train_size, 64),
-            seed=cfg.seed,
-        )
-    train, held_out = data.train, None
-    if cfg.val_fraction > 0:
-        train, held_out = split_train(train, 1.0 - cfg.val_fraction, cfg.seed, cfg.train_limit)
-        w_data, thetas_data = split_train(train, cfg.w_share, cfg.seed + 1)
-    else:
-        w_data, thetas_data = split_train(train, cfg.w_share, cfg.seed, cfg.train_limit)
-    if len(w_data) == 0 or len(thetas_data) == 0:
-        raise ValueError(
-            f"the split gives {len(w_data)} weight and {len(thetas_data)} theta images; "
-            "use more images or another --w_share"
-        )
 
-    def loader(part, train_mode, seed):
-        return make_loader(
-            part,
-            cfg.batch_size,
-            train_mode,
-            device,
-            cfg.loader,
-            data.mean,
-            data.std,
-            seed=seed,
-            workers=cfg.workers,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
+def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
+    """The run folder: the resumed run's, or a new one."""
+    if ckpt is not None:  # the run continues in its folder
+        return Path(cfg.resume).resolve().parent
+    return new_run_dir(cfg, ctx, prefix="supernet")
 
-    w_loader = loader(w_data, True, cfg.seed)
-    thetas_loader = loader(thetas_data, True, cfg.seed + 1)
-    held_loader = loader(held_out, False, cfg.seed + 2) if held_out is not None else None
-    log.info(
-        "images: %d weights, %d thetas, %d held-out (%s)",
-        len(w_data),
-        len(thetas_data),
-        len(held_out) if held_out is not None else 0,
-        cfg.dataset,
-    )
 
-    # ---- table, model, loss, optimizers
-    space = get_search_space(cfg.search_space)
-    input_size = cfg.input_size or data.input_size
-    lut = lut_source = None
-    if ctx.is_main:  # rank 0 reads (or measures) the table and gives it to the others
-        if ckpt is not None:  # the run's own table, so a resumed search optimises the same loss
-            lut, lut_source = load_table(Path(cfg.resume).parent / LUT_FILE), ckpt["lut_source"]
-        else:
-            lut, lut_source = resolve_lut(cfg, space, input_size, device, run_dir, log)
-    lut, lut_source = broadcast_object((lut, lut_source))
-    cheapest = check_cost_table(lut, cfg.cost_scale, space.candidate_ops, cfg.loss_include_fixed)
+def _end_epoch(cfg: SupernetConfig) -> int:
+    """How many epochs this invocation runs to."""
+    return min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
+
+
+def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, resumed: bool) -> None:
+    """Search the epochs from ``progress.epoch`` on; config, metrics and checkpoints to ``run_dir``."""
     if ctx.is_main:
-        lut.save(run_dir / LUT_FILE)
-    unit = lut.meta.get("unit", "ms")
-    # metric names: latency_ms for a latency table in ms, else the table's cost (flops, params)
-    cost_tag = f"latency_{unit}" if lut.cost == "latency" else lut.cost
-    log.info(
-        "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
-    )
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+    resume_step = progress.epoch - 1 if resumed else None
+    writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
+    wall_before, start = progress.wall_s, time.perf_counter()
+    for epoch in range(progress.epoch, _end_epoch(cfg)):
+        progress.wall_s = wall_before + time.perf_counter() - start  # updated before the metrics
+        values, held = _search_epoch(
+            epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
+        )
+        _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
+    writer.close()
 
-    model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
-        StochasticSuperNet(
-            space,
-            lut,
-            data.num_classes,
-            input_size,
-            mixing=cfg.mixing,
-            per_sample=cfg.per_sample,
-            bn_init=cfg.bn_init,
-        ),
-        device,
-        channels_last=cfg.channels_last != "off",
-        trim_kernels=cfg.trim_kernels,
-        cudnn_benchmark=cfg.cudnn_benchmark and not cfg.deterministic,
-        amp=cfg.amp,
-    )
-    criterion = SupernetLoss(
-        cfg.alpha,
-        cfg.beta,
-        cfg.loss_variant,
-        cfg.cost_scale,
-        fixed_cost=lut.fixed_cost if cfg.loss_include_fixed else 0.0,
-        target=loss_target(
-            cfg.target_latency_ms, lut, cfg.loss_include_fixed, space.candidate_ops, log
-        ),
-    )
-    if cfg.target_latency_ms:
-        log.info("latency target %.4g ms (whole network): the loss's hinge", cfg.target_latency_ms)
-    w_optimizer = torch.optim.SGD(
-        model.weight_parameters(),
-        lr=cfg.w_lr,
-        momentum=cfg.w_momentum,
-        weight_decay=cfg.w_weight_decay,
-    )
-    thetas_optimizer = torch.optim.Adam(
-        model.arch_parameters(), lr=cfg.thetas_lr, weight_decay=cfg.thetas_weight_decay
-    )
-    w_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_optimizer, T_max=cfg.epochs, eta_min=cfg.w_lr_min
-    )
-    start_epoch, best_top1, wall_before, warmup_top1 = 0, -math.inf, 0.0, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        w_optimizer.load_state_dict(ckpt["optimizers"]["w"])
-        thetas_optimizer.load_state_dict(ckpt["optimizers"]["thetas"])
-        w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
-        start_epoch, best_top1 = ckpt["epoch"] + 1, ckpt["best_top1"]
-        wall_before = ckpt.get("wall_s", 0.0)  # the search's wall time before this process
-        warmup_top1 = ckpt.get("warmup_train_top1")
-        set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
-        log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
-    # DDP for the weights; the thetas stay out of it (see the module docstring)
-    # hard Gumbel runs only the sampled op, so the other ops' weights get no gradient in a step
-    ddp_model = wrap_model(
-        model,
+
+def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) -> None:
+    """DDP for the weights; the thetas stay out of it (see the module docstring).
+
+    Hard Gumbel runs only the sampled op, so the other ops' weights get no gradient in a step.
+    """
+    search.ddp_model = wrap_model(
+        search.model,
         ctx,
-        ignore=list(model.arch_parameters()),
+        ignore=list(search.model.arch_parameters()),
         sync_bn=cfg.sync_bn,
         find_unused_parameters=cfg.mixing == "hard_gumbel",
     )
     if ctx.enabled:
         log.info(ctx.describe(cfg.batch_size))
-    if ctx.is_main:
-        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-    writer = MetricWriter(
-        run_dir,
-        resume_step=start_epoch - 1 if ckpt is not None else None,
-        enabled=ctx.is_main,
-    )
 
-    # ---- the loop
-    last = cfg.epochs if not cfg.stop_epoch else min(cfg.epochs, cfg.stop_epoch)
-    ops = list(model.candidate_ops)
-    summary: dict[str, Any] = {}
-    start = time.perf_counter()
-    for epoch in range(start_epoch, last):
-        temperature = temperature_at(epoch, cfg)
-        w_lr = w_optimizer.param_groups[0]["lr"]
-        w_loader.set_epoch(epoch)
-        w_stats = train_weights_epoch(
-            ddp_model,
-            w_loader,
-            criterion,
-            w_optimizer,
-            temperature,
-            cfg.steps_per_epoch,
-            cfg.progress,
+
+def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]:
+    """The summary of a run that has nothing left to train, from its checkpoint."""
+    done = ckpt["epoch"] + 1
+    log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, done, cfg.epochs)
+    lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
+    done = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
+    done.update(warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=ckpt.get("wall_s", 0.0))
+    return _finish(run_dir, lut, done, log, ctx)
+
+
+def _search_epoch(
+    epoch, search: Search, loaders: SearchLoaders, cfg, run_dir, writer, log, ctx, progress
+):
+    """One epoch (weights, then thetas after the warm-up, then the held-out part); logs and writes
+    thetas.json. Returns the epoch's metrics and the held-out ones (None without a held-out part).
+    ``progress.wall_s`` (the wall time at the epoch's start) is brought to its end here."""
+    epoch_start = time.perf_counter()
+    model, steps = search.model, cfg.max_steps_per_epoch
+    temperature = temperature_at(epoch, cfg)
+    w_lr = search.w_optimizer.param_groups[0]["lr"]
+
+    def phase(train, loader, optimizer):
+        loader.set_epoch(epoch)
+        return train(
+            search.ddp_model, loader, search.criterion, optimizer, temperature, steps, cfg.progress
         )
-        w_scheduler.step()
-        values = {f"train_w/{k}": v for k, v in w_stats.items()}
-        if epoch >= cfg.warmup_epochs:
-            thetas_loader.set_epoch(epoch)
-            t_stats = train_thetas_epoch(
-                ddp_model,
-                thetas_loader,
-                criterion,
-                thetas_optimizer,
-                temperature,
-                cfg.steps_per_epoch,
-                cfg.progress,
-            )
-            values.update({f"train_thetas/{k}": v for k, v in t_stats.items()})
-        sync_buffers(model)  # rank 0's batch-norm statistics everywhere (evaluated and saved)
-        held = None
-        if held_loader is not None:
-            held = validate(
-                model, held_loader, criterion, temperature, cfg.steps_per_epoch, cfg.progress
-            )
-            values.update({f"held_out/{k}": v for k, v in held.items()})
-        state = thetas_state(model, epoch, temperature, lut, lut_source, run_dir)
-        values.update(
-            {
-                f"search/expected_{cost_tag}": state["expected_layers_cost"],
-                f"search/argmax_{cost_tag}": state["argmax_cost"]["predicted_layers_cost"],
-                f"search/uniform_{cost_tag}": state["uniform_layers_cost"],
-                "sched/temperature": temperature,
-                "sched/w_lr": w_lr,
-                "sched/thetas_lr": thetas_optimizer.param_groups[0]["lr"],
-                "time/wall_s": wall_before + time.perf_counter() - start,
-            }
-        )
-        if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
-            values["warmup/train_top1"] = warmup_top1 = w_stats["top1"]
-        writer.scalars(epoch, values)
-        log_thetas(writer, model, epoch, ops)
-        if ctx.is_main:
-            atomic_write_json(run_dir / THETAS_FILE, state)
+
+    w_stats = phase(train_weights_epoch, loaders.weights, search.w_optimizer)
+    search.w_scheduler.step()
+    values = {f"train_w/{k}": v for k, v in w_stats.items()}
+    if epoch >= cfg.warmup_epochs:
+        t_stats = phase(train_thetas_epoch, loaders.thetas, search.thetas_optimizer)
+        values.update({f"train_thetas/{k}": v for k, v in t_stats.items()})
+    sync_buffers(model)  # rank 0's batch-norm statistics everywhere (evaluated and saved)
+    held = None
+    if loaders.held_out is not None:
+        held = validate(model, loaders.held_out, search.criterion, temperature, steps, cfg.progress)
+        values.update({f"held_out/{k}": v for k, v in held.items()})
+    state = thetas_state(model, epoch, temperature, search.lut, search.lut_source, run_dir)
+    tag = search.cost_tag
+    values.update(
+        {
+            f"search/expected_{tag}": state["expected_layers_cost"],
+            f"search/argmax_{tag}": state["argmax_cost"]["predicted_layers_cost"],
+            f"search/uniform_{tag}": state["uniform_layers_cost"],
+            "sched/temperature": temperature,
+            "sched/w_lr": w_lr,
+            "sched/thetas_lr": search.thetas_optimizer.param_groups[0]["lr"],
+        }
+    )
+    progress.wall_s += time.perf_counter() - epoch_start
+    values["time/wall_s"] = progress.wall_s
+    if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
+        values["warmup/train_top1"] = progress.warmup_top1 = w_stats["top1"]
+    writer.scalars(epoch, values)
+    log_thetas(writer, model, epoch, list(model.candidate_ops))
+    if ctx.is_main:
+        atomic_write_json(run_dir / THETAS_FILE, state)
+    log.info(
+        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s  E[LAT] %.4g %s  argmax %s",
+        epoch + 1,
+        cfg.epochs,
+        temperature,
+        w_stats["loss"],
+        w_stats["ce"],
+        w_stats["top1"],
+        (
+            f"  thetas: loss {values['train_thetas/loss']:.4f} top1 {values['train_thetas/top1']:.2f}"
+            if epoch >= cfg.warmup_epochs
+            else "  (warm-up)"
+        ),
+        f"  held-out top1 {held['top1']:.2f}" if held else "",
+        state["expected_layers_cost"],
+        search.unit,
+        " ".join(state["argmax_ops"]),
+    )
+    if epoch == cfg.warmup_epochs - 1:
         log.info(
-            "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s  E[LAT] %.4g %s  argmax %s",
-            epoch + 1,
-            cfg.epochs,
-            temperature,
-            w_stats["loss"],
-            w_stats["ce"],
+            "warm-up done: train top1 %.2f%% (mean over the last warm-up epoch), %d epochs, "
+            "wall time %.1f min",
             w_stats["top1"],
-            (
-                f"  thetas: loss {values['train_thetas/loss']:.4f} top1 {values['train_thetas/top1']:.2f}"
-                if epoch >= cfg.warmup_epochs
-                else "  (warm-up)"
-            ),
-            f"  held-out top1 {held['top1']:.2f}" if held else "",
-            state["expected_layers_cost"],
-            unit,
-            " ".join(state["argmax_ops"]),
+            cfg.warmup_epochs,
+            progress.wall_s / 60,
         )
-        if epoch == cfg.warmup_epochs - 1:
-            log.info(
-                "warm-up done: train top1 %.2f%% (mean over the last warm-up epoch), %d epochs, "
-                "wall time %.1f min",
-                w_stats["top1"],
-                cfg.warmup_epochs,
-                values["time/wall_s"] / 60,
-            )
-        improved = held is not None and held["top1"] > best_top1
-        if improved:
-            best_top1 = held["top1"]
-        if cfg.save_checkpoints and ctx.is_main:
-            ckpt_state = {
-                "stage": STAGE,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizers": {
-                    "w": w_optimizer.state_dict(),
-                    "thetas": thetas_optimizer.state_dict(),
-                },
-                "schedulers": {"w": w_scheduler.state_dict()},
-                "config": config_to_dict(cfg),
-                "lut_meta": lut.meta,
-                "lut_source": lut_source,
-                "best_top1": best_top1,
-                "wall_s": values["time/wall_s"],
-                "warmup_train_top1": warmup_top1,
-                "rng": get_rng_state(),
-                "git_sha": git_sha(),
-            }
-            save_checkpoint(run_dir / "last.pth", ckpt_state)
-            if improved:
-                save_checkpoint(run_dir / "best.pth", ckpt_state)
-        summary = {"epoch": epoch, **values}
-    writer.close()
+    return values, held
+
+
+def _end_of_epoch(epoch, values, held, search: Search, progress: Progress, cfg, run_dir, ctx):
+    """Record the epoch in ``progress``; rank 0 writes last.pth, then best.pth on a new best."""
+    improved = held is not None and held["top1"] > progress.best_top1
+    if improved:
+        progress.best_top1, progress.best_epoch = held["top1"], epoch
+    progress.epoch, progress.last = epoch + 1, values
+    if not (cfg.save_checkpoints and ctx.is_main):
+        return
+    state = checkpoint_state(search, progress, epoch, cfg)
+    save_checkpoint(run_dir / "last.pth", state)
+    if improved:
+        save_checkpoint(run_dir / "best.pth", state)
+
+
+def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) -> dict[str, Any]:
+    """Write arch.json, add the latency predictions; log, print (rank 0) and return the summary."""
     wrote = ctx.is_main and (run_dir / THETAS_FILE).is_file()
     if wrote:
         write_arch(run_dir)
@@ -570,27 +434,37 @@ def _run(cfg: SupernetConfig, ctx: DistContext) -> dict[str, Any]:
         log.info(
             "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
             "softmax(thetas) %.5g; expected under uniform thetas %.5g",
-            unit,
+            lut.meta.get("unit", "ms"),
             summary["argmax_cost"],
             summary["expected_cost"],
             summary["uniform_cost"],
         )
-    summary["final_thetas"] = thetas_summary(model.thetas_matrix())
-    for line in describe_thetas(summary["final_thetas"]):
-        log.info(line)
-    summary["warmup_train_top1"] = warmup_top1
-    summary["wall_s"] = round(wall_before + time.perf_counter() - start, 1)
-    if ctx.is_main:  # the final JSON: every figure above, for scripts and the docs
+    if wrote:  # how far the final thetas are from uniform
+        thetas = json.loads((run_dir / THETAS_FILE).read_text())["thetas"]
+        summary["final_thetas"] = thetas_summary(torch.tensor(thetas))
+        for line in describe_thetas(summary["final_thetas"]):
+            log.info(line)
+    log.info("done: %s (wall time %.1f min)", run_dir, summary.get("wall_s", 0.0) / 60)
+    summary = {"run_dir": str(run_dir), **summary}
+    if ctx.is_main:  # the final JSON: on stdout and in the run folder
         atomic_write_json(run_dir / "summary.json", summary)
-    log.info("done: %s (wall time %.1f min)", run_dir, summary["wall_s"] / 60)
-    return {"run_dir": str(run_dir), **summary}
+        print(json.dumps(summary), flush=True)
+    return summary
 
 
-def _check_resume(cfg: SupernetConfig, saved: dict[str, Any], path: str) -> None:
-    now = config_to_dict(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
-    if diff:
-        raise CheckpointError(
-            f"{path} was made with other settings: "
-            + ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items())
-        )
+def _check_config(cfg: SupernetConfig) -> None:
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
+    if not 0 < cfg.w_share < 1:
+        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
+    if cfg.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
+    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
+        problems.append("--init_temperature and --temperature_decay must be positive")
+    if problems:
+        raise ValueError("; ".join(problems))

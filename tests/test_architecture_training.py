@@ -24,7 +24,7 @@ from architecture_functions.training_functions import run, train_one_epoch
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint
-from general_functions.config_utils import config_from_dict
+from general_functions.config_utils import ConfigError, config_from_dict
 from general_functions.dataloaders import DataError, make_fake_data, make_loader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def _cfg(tmp_path: Path, **kw) -> ArchTrainConfig:
         "epochs": 2,
         "threads": 1,
         "progress": False,
-        "run_dir": str(tmp_path / "runs"),
+        "log_dir": str(tmp_path / "runs"),
         "run_name": "r",
     }
     values.update(kw)
@@ -125,8 +125,10 @@ def test_stop_and_resume_matches_uninterrupted_run(tmp_path):
     run(_cfg(tmp_path, run_name="part", stop_after_epoch=1))
     part_dir = tmp_path / "runs" / "part"
     assert load_checkpoint(part_dir / "last.pth")["epoch"] == 1
-    resumed = run(_cfg(tmp_path, run_name="ignored", resume=str(part_dir / "last.pth")))
-    assert not (tmp_path / "runs" / "ignored").exists()  # a resumed run continues in its folder
+    with pytest.raises(ConfigError, match="--run_name other names another folder than part"):
+        run(_cfg(tmp_path, run_name="other", resume=str(part_dir / "last.pth")))
+    resumed = run(_cfg(tmp_path, run_name="part", resume=str(part_dir / "last.pth")))
+    assert not (tmp_path / "runs" / "other").exists()  # a resumed run continues in its folder
     assert _rows(part_dir) == _rows(tmp_path / "runs" / "full")
     for key in ("best_top1", "final_top1", "final_top3", "epochs"):
         assert resumed[key] == full[key]
@@ -193,7 +195,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
         run(cfg)
     proc = subprocess.run(
         [sys.executable, "architecture_main_file.py", "--dataset", "cifar10", "--data_dir",
-         str(tmp_path / "nowhere"), "--download", "False", "--run_dir", str(tmp_path / "runs")],
+         str(tmp_path / "nowhere"), "--download", "False", "--log_dir", str(tmp_path / "runs")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0

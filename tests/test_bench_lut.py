@@ -53,17 +53,18 @@ def _check_independent(out, lut, repeats):
     assert out["lut_allocator"] == "default"  # the table's own setting, recorded beside
     specs = sample_archs(lut, 4, 0)  # and no FBNet-A/B/C: the tiny space has 4 layers
     assert [a["name"] for a in out["archs"]] == [s.name for s in specs]
-    predicted = [a["predicted_ms"] for a in out["archs"]]
-    assert predicted == pytest.approx([lut.predict(s.ops) for s in specs], rel=1e-3)
+    predicted = [lut.predict(s.ops) for s in specs]  # unrounded: the figures were scored on these
+    stored = [a["predicted_ms"] for a in out["archs"]]  # rounded to 3 decimals
+    assert stored == pytest.approx(predicted, abs=6e-4)
     for repeat in out["repeats"]:  # each repeat's figures are those of its own process's timings
         assert min(repeat["measured_ms"]) > 0
         figures = compare(predicted, repeat["measured_ms"])
         assert repeat["kendall_tau"] == pytest.approx(figures["kendall_tau"], abs=1e-3)
-        assert repeat["mape_percent"] == pytest.approx(figures["mape_percent"], rel=1e-3)
+        assert repeat["mape_percent"] == pytest.approx(figures["mape_percent"], abs=1e-3)
     taus = [r["kendall_tau"] for r in out["repeats"]]
     assert out["median_kendall_tau"] == pytest.approx(np.median(taus), abs=1e-4)
     per_network = np.median([r["measured_ms"] for r in out["repeats"]], axis=0)
-    assert [a["measured_ms"] for a in out["archs"]] == pytest.approx(per_network, rel=1e-3)
+    assert [a["measured_ms"] for a in out["archs"]] == pytest.approx(per_network, abs=6e-4)
 
 
 def test_independent_scores_each_timing_process_and_their_median(

@@ -122,7 +122,9 @@ def test_search_runs_on_cuda_and_resumes(tmp_path, amp, keep_determinism):
     values.update(lut_path=str(lut_path), log_dir=str(tmp_path), device="cuda", amp=amp)
     values.update(deterministic=True, progress=False)
     full = search(config_from_dict(SupernetConfig, {**values, "run_name": "full"}))
-    part = search(config_from_dict(SupernetConfig, {**values, "run_name": "part", "stop_epoch": 2}))
+    part = search(
+        config_from_dict(SupernetConfig, {**values, "run_name": "part", "stop_after_epoch": 2})
+    )
     resumed = search(
         config_from_dict(SupernetConfig, {**values, "resume": f"{part['run_dir']}/last.pth"})
     )
@@ -158,7 +160,7 @@ def test_architecture_run_on_cuda_writes_a_checkpoint_that_loads_on_the_cpu(tmp_
     arch.write_text(json.dumps({"name": "a", "ops": OPS[:4], "search_space": "tiny"}))
     values = {"architecture_name": str(arch), "dataset": "fake", "fake_train_size": 128}
     values.update(fake_test_size=64, batch_size=64, epochs=1, device="cuda", amp=True)
-    values.update(progress=False, run_dir=str(tmp_path), run_name="r")
+    values.update(progress=False, log_dir=str(tmp_path), run_name="r")
     summary = train_arch(config_from_dict(ArchTrainConfig, values))
     state = load_checkpoint(tmp_path / "r" / "best.pth", stage="architecture")
     assert all(t.device.type == "cpu" for t in state["model"].values())

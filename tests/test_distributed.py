@@ -230,9 +230,10 @@ def arch_config(folder: Path, **kw):
         "max_steps_per_epoch": 2,
         "threads": 1,
         "progress": False,
-        "run_dir": str(folder / "runs"),
+        "log_dir": str(folder / "runs"),
         "run_name": "",
         "channels_last": "off",
+        "dropout": 0.0,  # each rank draws its own masks: no match with one process's draw
     }
     values.update(kw)
     return config_from_dict(ArchTrainConfig, values)
@@ -325,7 +326,7 @@ def supernet_config(folder: Path, **kw):
         "batch_size": 16,
         "epochs": 2,
         "warmup_epochs": 1,
-        "steps_per_epoch": 2,
+        "max_steps_per_epoch": 2,
         "val_fraction": 0.25,
         "lut_path": str(lut),
         "threads": 1,
@@ -343,7 +344,7 @@ def scenario_supernet_run(ctx: DistContext, folder: Path) -> dict:
     folder = folder / "supernet_ddp"
     folder.mkdir(exist_ok=True)
     with frozen_bn_everywhere():
-        first = run(supernet_config(folder, stop_epoch=1))
+        first = run(supernet_config(folder, stop_after_epoch=1))
         last = Path(first["run_dir"]) / "last.pth"
         second = run(supernet_config(folder, resume=str(last)))
     return {"first": first, "second": second}
@@ -520,8 +521,11 @@ def test_architecture_run_resumed_under_ddp_matches_one_process(ranks, tmp_path)
     a = load_checkpoint(Path(one["run_dir"]) / "last.pth")
     b = load_checkpoint(Path(two["run_dir"]) / "last.pth")
     assert a["epoch"] == b["epoch"] == 2 and len(b["rng_ranks"]) == WORLD
+    # four SGD steps through the trainer's default network (bias head, bare depthwise convs) carry the
+    # float32 rounding of the split gradient sums further than the steps above; a wrong average or a
+    # lost step differs by 1e-2 and more
     for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(b["model"][k], v, atol=1e-4, rtol=1e-3)
     for key in ("final_top1", "final_top3", "best_top1"):
         assert two[key] == pytest.approx(one[key], abs=1e-2)
 

@@ -199,3 +199,37 @@ def test_split_is_disjoint_80_20():
     assert len(w) == 80 and len(t) == 20
     w2, _ = split_train(data.train, 0.8, seed=0, limit=50)
     assert len(w2) == 40
+
+
+def test_old_flag_names_still_work_with_one_warning(tmp_path, capsys):
+    from architecture_functions.config_for_arch import ArchTrainConfig
+    from general_functions.config_utils import given_fields
+    from supernet_functions.config_for_supernet import SupernetConfig
+
+    cfg = parse_config(ArchTrainConfig, ["--run_dir", "somewhere", "--epochs", "3"])
+    assert cfg.log_dir == "somewhere" and given_fields(cfg) == {"log_dir", "epochs"}
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "warning: --run_dir is deprecated and will be removed; use --log_dir"
+    cfg = parse_config(SupernetConfig, ["--stop_epoch", "2", "--steps_per_epoch", "5"])
+    assert (cfg.stop_after_epoch, cfg.max_steps_per_epoch) == (2, 5)
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    file = tmp_path / "old.json"
+    file.write_text(json.dumps({"stop_epoch": 4, "log_dir": "x"}))
+    cfg = parse_config(SupernetConfig, ["--config", str(file)])
+    assert cfg.stop_after_epoch == 4 and cfg.log_dir == "x"
+    assert "key 'stop_epoch' is deprecated" in capsys.readouterr().err
+    assert parse_config(SupernetConfig, ["--stop_after_epoch", "1"]).stop_after_epoch == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_given_fields_are_what_the_user_set(tmp_path):
+    from general_functions.config_utils import config_from_dict, given_fields
+
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"lr": 0.1}))  # the default value, but given
+    presets = {"smoke": {"epochs": 1}}
+    cfg = parse_config(_Cfg, ["--preset", "smoke", "--config", str(file), "--amp"], presets=presets)
+    assert given_fields(cfg) == {"epochs", "lr", "amp"}
+    assert given_fields(parse_config(_Cfg, [])) == set()
+    # built in code: the fields that differ from the defaults
+    assert given_fields(config_from_dict(_Cfg, {"lr": 0.1, "epochs": 2})) == {"epochs"}

@@ -99,7 +99,7 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     assert "final thetas: largest probability per layer" in log
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
-    part = run(_cfg(tmp_path, lut_path, run_name="part", val_fraction=0.2, stop_epoch=2))
+    part = run(_cfg(tmp_path, lut_path, run_name="part", val_fraction=0.2, stop_after_epoch=2))
     part_dir = Path(part["run_dir"])
     assert _rows(part_dir) == rows[:2]
     run(_cfg(tmp_path, lut_path, val_fraction=0.2, resume=str(part_dir / "last.pth")))
@@ -110,10 +110,10 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
 
 
 def test_resume_refuses_other_settings(tmp_path, lut_path):
-    from general_functions.checkpoint import CheckpointError
+    from general_functions.config_utils import ConfigError
 
-    first = run(_cfg(tmp_path, lut_path, run_name="a", epochs=2, stop_epoch=1))
-    with pytest.raises(CheckpointError, match="batch_size"):
+    first = run(_cfg(tmp_path, lut_path, run_name="a", epochs=2, stop_after_epoch=1))
+    with pytest.raises(ConfigError, match="--batch_size 8 contradicts the checkpoint's 10"):
         run(_cfg(tmp_path, lut_path, batch_size=8, resume=str(Path(first["run_dir"]) / "last.pth")))
 
 
@@ -132,7 +132,7 @@ def test_a_flops_table_drives_the_search_the_same_way(tmp_path):
     lut = LatencyLookupTable.from_latencies("tiny", rows, cost="flops", unit="M multiply-adds")
     path = tmp_path / "flops.json"
     lut.save(path)
-    out = run(_cfg(tmp_path, path, run_name="flops", epochs=2, stop_epoch=2))
+    out = run(_cfg(tmp_path, path, run_name="flops", epochs=2, stop_after_epoch=2))
     run_dir = Path(out["run_dir"])
     assert "search/expected_flops" in _rows(run_dir)[0]
     (record,) = sample_and_save(run_dir, "by_flops", arch_dir=tmp_path / "archs")
@@ -172,7 +172,7 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     import architecture_main_file
 
     summary = architecture_main_file.main(
-        ["--architecture_name", "smoke_net", "--preset", "smoke", "--run_dir", logs]
+        ["--architecture_name", "smoke_net", "--preset", "smoke", "--log_dir", logs]
         + ["--train_limit", "64", "--test_limit", "32", "--batch_size", "32", "--progress", "False"]
     )
     assert summary["architecture"] == "smoke_net" and summary["epochs"] == 1
