@@ -439,10 +439,17 @@ def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) 
             summary["expected_cost"],
             summary["uniform_cost"],
         )
-    if wrote:  # how far the final thetas are from uniform
-        thetas = json.loads((run_dir / THETAS_FILE).read_text())["thetas"]
-        summary["final_thetas"] = thetas_summary(torch.tensor(thetas))
-        for line in describe_thetas(summary["final_thetas"]):
+    final = (
+        None  # how far the final thetas are from uniform (rank 0 reads them, every rank gets it)
+    )
+    if wrote:
+        final = thetas_summary(
+            torch.tensor(json.loads((run_dir / THETAS_FILE).read_text())["thetas"])
+        )
+    final = broadcast_object(final)
+    if final:
+        summary["final_thetas"] = final
+        for line in describe_thetas(final):
             log.info(line)
     log.info("done: %s (wall time %.1f min)", run_dir, summary.get("wall_s", 0.0) / 60)
     summary = {"run_dir": str(run_dir), **summary}
