@@ -109,22 +109,23 @@ class SupernetLoss(nn.Module):
         return (ce_each * term).mean(), ce_each.mean(), term.mean()
 
 
-def min_architecture_cost(lut, candidate_ops=None, include_fixed: bool = False) -> float:
-    """The cost of the cheapest architecture in the table: the sum of every layer's cheapest op."""
+def _extreme_cost(lut, candidate_ops, include_fixed: bool, pick) -> float:
+    """Sum over layers of ``pick`` (min or max) of the layer's op costs, plus the fixed parts."""
     total = 0.0
     for i in range(lut.num_layers):
         ops = candidate_ops or list(lut.layers[i])
-        total += min(lut.query(i, op) for op in ops)
+        total += pick(lut.query(i, op) for op in ops)
     return total + (lut.fixed_cost if include_fixed else 0.0)
+
+
+def min_architecture_cost(lut, candidate_ops=None, include_fixed: bool = False) -> float:
+    """The cost of the cheapest architecture in the table: the sum of every layer's cheapest op."""
+    return _extreme_cost(lut, candidate_ops, include_fixed, min)
 
 
 def max_architecture_cost(lut, candidate_ops=None, include_fixed: bool = False) -> float:
     """The cost of the most expensive architecture in the table: every layer's dearest op."""
-    total = 0.0
-    for i in range(lut.num_layers):
-        ops = candidate_ops or list(lut.layers[i])
-        total += max(lut.query(i, op) for op in ops)
-    return total + (lut.fixed_cost if include_fixed else 0.0)
+    return _extreme_cost(lut, candidate_ops, include_fixed, max)
 
 
 def loss_target(

@@ -328,7 +328,9 @@ def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]
     log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, done, cfg.epochs)
     lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
     done = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
-    done.update(warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=ckpt.get("wall_s", 0.0))
+    done.update(
+        warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
+    )
     return _finish(run_dir, lut, done, log, ctx)
 
 
@@ -373,10 +375,10 @@ def _search_epoch(
         }
     )
     progress.wall_s += time.perf_counter() - epoch_start
-    values["time/wall_s"] = progress.wall_s
     if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
         values["warmup/train_top1"] = progress.warmup_top1 = w_stats["top1"]
-    writer.scalars(epoch, values)
+    # the wall time goes to the metrics only: the returned values are the run's, equal on a resume
+    writer.scalars(epoch, {**values, "time/wall_s": progress.wall_s})
     log_thetas(writer, model, epoch, list(model.candidate_ops))
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
