@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 # files the trainers write into a run folder; any of the first group means the folder holds a run
 RUN_MARKERS = ("last.pth", "best.pth", "config.json", "metrics.csv", "thetas.json", "arch.json")
-RUN_FILES = (*RUN_MARKERS, "lut.json", "log.txt")
+RUN_FILES = (*RUN_MARKERS, "lut.json", "log.txt", "summary.json")
 # atomic_write's temporary files: ".<name>.<random>.tmp" beside <name>
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 

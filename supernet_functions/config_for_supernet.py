@@ -70,6 +70,14 @@ class SupernetConfig:
     per_sample: bool = opt(
         False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
     )
+    bn_init: str = opt(
+        "ones",
+        "BN scale initialisation of the supernet: ones (PyTorch since 1.2) or uniform (U(0, 1), the "
+        "default of the PyTorch <= 1.1 the original ran on; divides the head's curvature by about 3, "
+        "TRAINING_DETAILS.md 'Retraining on CIFAR-10')",
+        "PyTorch default; the original ran with uniform",
+        ("ones", "uniform"),
+    )
     # ---------------------------------------------------------------- speed (docs/performance.md)
     channels_last: str = opt(
         "auto",
@@ -111,6 +119,13 @@ class SupernetConfig:
     )
     loss_include_fixed: bool = opt(
         False, "add the table's fixed parts (stem, head) to LAT", "paper Eq. 4 sums the layers only"
+    )
+    target_latency_ms: float = opt(
+        0.0,
+        "latency budget of the whole network in ms (0: off): the latency term is the paper's above "
+        "it and constant below it, CE*alpha*log(max(LAT, T - fixed parts))^beta (supernet_functions/"
+        "loss.py); needs a latency table in ms",
+        "MnasNet's hard constraint on the paper's Eq. 2",
     )
     # ---------------------------------------------------------------- schedule
     epochs: int = opt(180, "epochs in all, warm-up included", _ORIG)
@@ -165,7 +180,13 @@ class SupernetConfig:
     hardsampling_bool_value: bool = opt(
         True, "True: argmax of every layer's thetas; False: draw from softmax(thetas)", _ORIG
     )
-    num_samples: int = opt(1, "architectures to draw (NAME_1..NAME_N when more than one)")
+    num_samples: int = opt(
+        1,
+        "architectures to save. With argmax (--hardsampling_bool_value True) and N > 1: NAME_argmax "
+        "plus N-1 distinct draws from softmax(thetas), NAME_1..; the paper samples 6. With draws "
+        "(False): N distinct draws, NAME_1..NAME_N. Duplicates are skipped",
+        "the paper samples 6; the original saves 1",
+    )
     arch_dir: str = opt(
         "",
         "registry folder for sampled architectures (default: $FBNET_ARCH_DIR or sampled_architectures/)",
@@ -192,6 +213,7 @@ class SupernetConfig:
         "alpha": "(0, inf)",
         "beta": "[0, inf)",
         "cost_scale": "(0, inf)",
+        "target_latency_ms": "[0, inf)",
         "epochs": "[1, inf)",
         "warmup_epochs": "[0, inf)",
         "w_lr": "[0, inf)",
@@ -224,6 +246,27 @@ PRESETS = {
         "lut_time_budget_s": 5.0,
         "lut_rounds": 2,
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
+    },
+    # A search on real CIFAR-10 that fits a 2-core CPU: about 55 minutes by the measured step speeds,
+    # at most 75 with this machine's drift. Soft Gumbel (the paper's), the `fbnet` space with its
+    # committed 32x32 table. Each value and its reason: TRAINING_DETAILS.md ("A search on a 2-core
+    # CPU"). Pass --data_dir.
+    "cpu_cifar10": {
+        "dataset": "cifar10",
+        "search_space": "fbnet",  # the only space with a committed 32x32 table (luts/README.md)
+        "mixing": "gumbel",
+        "train_limit": 12000,  # 6,000 weight + 6,000 theta images
+        "w_share": 0.5,  # DARTS's half/half split: as many theta images as weight images
+        "batch_size": 128,
+        "epochs": 13,
+        "warmup_epochs": 8,  # 48,000 weight images before the first theta step
+        "bn_init": "uniform",  # BN scales U(0, 1), as the original ran: a flatter head
+        "w_lr": 0.04,  # the 5k search's stable 0.01 at batch 32, scaled linearly to batch 128
+        "thetas_lr": 0.07,  # 5 x 47 = 235 theta steps x 0.07 ~ the original's 1,700 x 0.01
+        "temperature_decay": math.exp(-1.0),  # 5.0, 1.84, 0.68, 0.25, 0.09 over the 5 search epochs
+        "loader": "tensor",
+        "threads": 2,
+        "log_dir": "runs/supernet_cpu_cifar10",
     },
 }
 

@@ -158,6 +158,8 @@ class StochasticSuperNet(nn.Module):
         input_size: the side of the input images (sets the layers' input maps; default: the space's).
         candidate_ops: the ops searched at every layer (default: the search space's).
         mixing, per_sample: see :class:`MixedOperation`.
+        bn_init: BN scales ``ones`` or ``uniform`` (U(0, 1), as the original ran on PyTorch <= 1.1);
+            :func:`~fbnet_building_blocks.fbnet_builder.init_weights`.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class StochasticSuperNet(nn.Module):
         candidate_ops: Sequence[str] | None = None,
         mixing: str = "gumbel",
         per_sample: bool = False,
+        bn_init: str = "ones",
     ) -> None:
         super().__init__()
         space = get_search_space(search_space)
@@ -198,7 +201,7 @@ class StochasticSuperNet(nn.Module):
         self.head = ConvBNReLU(shapes[-1].out_channels, head, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, cnt_classes)
-        init_weights(self)
+        init_weights(self, bn_init=bn_init)
 
     def forward(
         self, x: torch.Tensor, temperature: float | torch.Tensor

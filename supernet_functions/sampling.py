@@ -1,5 +1,7 @@
 """From learned thetas to architectures: argmax, or draws from every layer's softmax(thetas).
 
+The paper samples six architectures from the learned distribution; ``sample`` with
+``--num_samples 6`` saves the argmax and five distinct draws in one call (duplicates skipped).
 A search run writes ``thetas.json`` into its folder after every epoch (thetas, the search space, the
 candidate ops, the table it used), so sampling needs no checkpoint and works on a run copied into
 ``SAVED_LOGS``. Every sampled architecture is saved with
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,17 @@ from fbnet_building_blocks.search_space import get_search_space
 
 __all__ = [
     "SAMPLING_MODES",
+    "describe_thetas",
+    "distinct_draws",
     "find_latest_run",
+    "log_probability",
     "predicted_cost",
     "read_thetas",
     "sample_architecture",
     "sample_ops",
     "sample_and_save",
     "run_sampling",
+    "thetas_summary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,79 @@ def sample_ops(
     else:
         index = torch.multinomial(torch.softmax(thetas, dim=1), 1, generator=generator).squeeze(1)
     return [candidate_ops[i] for i in index.tolist()]
+
+
+def log_probability(
+    thetas: torch.Tensor, candidate_ops: Sequence[str], ops: Sequence[str]
+) -> float:
+    """``log P(ops)`` under every layer's softmax(thetas): the sum over layers of the op's log-prob."""
+    log_p = torch.log_softmax(torch.as_tensor(thetas, dtype=torch.float64), dim=1)
+    index = [list(candidate_ops).index(op) for op in ops]
+    return float(log_p[torch.arange(len(index)), torch.tensor(index)].sum())
+
+
+def distinct_draws(
+    thetas: torch.Tensor,
+    candidate_ops: Sequence[str],
+    count: int,
+    generator: torch.Generator,
+    exclude: Sequence[Sequence[str]] = (),
+    max_draws: int | None = None,
+) -> list[list[str]]:
+    """Up to ``count`` distinct draws from softmax(thetas), none equal to one in ``exclude``.
+
+    Duplicates are skipped and drawing goes on, at most ``max_draws`` times (default ``1000 * count``),
+    so a peaked distribution that holds fewer distinct architectures returns fewer (in draw order).
+    """
+    seen = {tuple(ops) for ops in exclude}
+    found: list[list[str]] = []
+    for _ in range(max_draws if max_draws is not None else 1000 * count):
+        if len(found) == count:
+            break
+        ops = sample_ops(thetas, candidate_ops, "sample", generator)
+        if tuple(ops) not in seen:
+            seen.add(tuple(ops))
+            found.append(ops)
+    return found
+
+
+def thetas_summary(thetas: torch.Tensor) -> dict[str, Any]:
+    """How far the learned distribution is from uniform: per-layer largest probability and entropy.
+
+    Entropy in nats; a uniform layer over K ops has ``ln K`` (2.197 for the 9 FBNet ops), a one-hot
+    layer 0. ``normalised_entropy`` is the mean entropy over ``ln K`` (1: uniform).
+    """
+    probs = torch.softmax(torch.as_tensor(thetas, dtype=torch.float64), dim=1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum(dim=1)
+    largest = probs.max(dim=1).values
+    uniform = math.log(probs.shape[1])
+    return {
+        "largest_probability": [round(float(v), 4) for v in largest],
+        "entropy": [round(float(v), 4) for v in entropy],
+        "largest_probability_min": round(float(largest.min()), 4),
+        "largest_probability_median": round(float(largest.median()), 4),
+        "largest_probability_max": round(float(largest.max()), 4),
+        "entropy_mean": round(float(entropy.mean()), 4),
+        "entropy_uniform": round(uniform, 4),
+        "normalised_entropy": round(float(entropy.mean()) / uniform, 4) if uniform else 0.0,
+    }
+
+
+def describe_thetas(stats: dict[str, Any]) -> list[str]:
+    """Log lines for a :func:`thetas_summary`: the overview, then the per-layer values."""
+    return [
+        "final thetas: largest probability per layer min {:.3f} median {:.3f} max {:.3f}; entropy "
+        "mean {:.3f} nats (uniform {:.3f}, normalised {:.3f})".format(
+            stats["largest_probability_min"],
+            stats["largest_probability_median"],
+            stats["largest_probability_max"],
+            stats["entropy_mean"],
+            stats["entropy_uniform"],
+            stats["normalised_entropy"],
+        ),
+        "  largest probability per layer: " + " ".join(map(str, stats["largest_probability"])),
+        "  entropy per layer (nats): " + " ".join(map(str, stats["entropy"])),
+    ]
 
 
 def sample_architecture(
@@ -137,35 +217,58 @@ def sample_and_save(
     seed: int = 0,
     arch_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample ``num_samples`` architectures from a run and save them; returns one record per sample.
+    """Sample architectures from a run and save them; returns one record per saved architecture.
 
-    Names are ``name`` for one sample and ``name_1 .. name_N`` for several; an existing name is an
-    error (nothing is overwritten), checked for all names before anything is written.
+    - ``argmax``, one sample: the argmax, saved as ``name`` (the original's behaviour);
+    - ``argmax``, ``num_samples`` N > 1: the argmax as ``name_argmax`` and N - 1 distinct draws from
+      softmax(thetas) as ``name_1 ..`` (the paper's six: ``num_samples=6``);
+    - ``sample``: N distinct draws, ``name`` for one and ``name_1 .. name_N`` for several.
+
+    Draws equal to the argmax or to an earlier draw are skipped (:func:`distinct_draws`, seeded by
+    ``seed``); when the distribution holds fewer distinct architectures, fewer are saved, with a warning.
+    Every name is checked before anything is written, and an existing name is an error (nothing is
+    overwritten). Each JSON's ``source`` records the run, the epoch, how it was drawn, its probability
+    under the thetas and the table's predicted latency.
     """
     if not name:
         raise ValueError("--architecture_name is required: the name to save the architecture under")
     if num_samples < 1:
         raise ValueError(f"--num_samples must be at least 1, got {num_samples}")
-    if mode == "argmax" and num_samples > 1:
-        raise ValueError(
-            "argmax sampling (--hardsampling_bool_value True) gives one architecture; use "
-            "--hardsampling_bool_value False to draw several"
-        )
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; use one of {SAMPLING_MODES}")
     run_dir = Path(run_dir)
     state = read_thetas(run_dir)
     lut = _read_run_lut(run_dir)
     thetas = torch.tensor(state["thetas"], dtype=torch.float64)
+    ops_all = state["candidate_ops"]
     gen = torch.Generator().manual_seed(seed)
-    names = [name] if num_samples == 1 else [f"{name}_{i}" for i in range(1, num_samples + 1)]
+    picks: list[tuple[str, str, list[str]]] = []  # (name, how, ops)
+    if mode == "argmax":
+        argmax = sample_ops(thetas, ops_all, "argmax")
+        picks.append((name if num_samples == 1 else f"{name}_argmax", "argmax", argmax))
+        draws = distinct_draws(thetas, ops_all, num_samples - 1, gen, exclude=[argmax])
+    else:
+        draws = distinct_draws(thetas, ops_all, num_samples, gen)
+    single = mode == "sample" and num_samples == 1
+    picks += [(name if single else f"{name}_{i}", "sample", ops) for i, ops in enumerate(draws, 1)]
+    if len(picks) < num_samples:
+        logger.warning(
+            "softmax(thetas) gave fewer distinct architectures than asked (duplicates skipped): "
+            "saving %d of %d",
+            len(picks),
+            num_samples,
+        )
     specs = []
-    for arch_name in names:
-        ops = sample_ops(thetas, state["candidate_ops"], mode, gen)
+    for arch_name, how, ops in picks:
         cost = predicted_cost(lut, ops) if lut is not None else {"predicted_latency_ms": None}
+        log_p = log_probability(thetas, ops_all, ops)
         source = {
             "run": str(run_dir),
             "epoch": state["epoch"],
-            "sampling": mode,
+            "sampling": how,
             "seed": seed,
+            "log_probability": round(log_p, 6),
+            "probability": math.exp(log_p),
             "lut_path": state.get("lut_path"),
             "lut_device": state.get("lut_device"),
             **cost,
@@ -188,8 +291,10 @@ def sample_and_save(
         records.append(
             {
                 "name": spec.name,
+                "sampling": spec.source["sampling"],
                 "ops": list(spec.ops),
                 "search_space": spec.search_space,
+                "probability": spec.source["probability"],
                 "predicted_latency_ms": spec.source.get("predicted_latency_ms"),
                 "path": str(path),
             }

@@ -21,7 +21,7 @@ from general_functions.run_folder import extend_cosine
 from general_functions.utils import get_rng_state, set_rng_state
 
 from .config_for_supernet import SupernetConfig
-from .loss import SupernetLoss, check_cost_table
+from .loss import SupernetLoss, check_cost_table, loss_target
 from .model_supernet import StochasticSuperNet
 from .sampling import LUT_FILE, load_table
 from .search_outputs import git_sha
@@ -85,6 +85,8 @@ class Progress:
     best_top1: float = -math.inf
     best_epoch: int | None = None
     last: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0  # the search's wall time over all its processes so far
+    warmup_top1: float | None = None  # the weights' train top-1 in the last warm-up epoch
 
 
 def build_search_loaders(cfg: SupernetConfig, ctx: DistContext, log) -> SearchLoaders:
@@ -160,7 +162,13 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         "cost table %s (unit %s); cheapest architecture %.4g %s", lut_source, unit, cheapest, unit
     )
     supernet = StochasticSuperNet(
-        space, lut, loaders.num_classes, input_size, mixing=cfg.mixing, per_sample=cfg.per_sample
+        space,
+        lut,
+        loaders.num_classes,
+        input_size,
+        mixing=cfg.mixing,
+        per_sample=cfg.per_sample,
+        bn_init=cfg.bn_init,
     )
     model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
         supernet,
@@ -171,6 +179,11 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         amp=cfg.amp,
     )
     fixed_cost = lut.fixed_cost if cfg.loss_include_fixed else 0.0
+    target = loss_target(
+        cfg.target_latency_ms, lut, cfg.loss_include_fixed, space.candidate_ops, log
+    )
+    if target:
+        log.info("latency target %.4g ms (whole network): the loss's hinge", cfg.target_latency_ms)
     w_optimizer = torch.optim.SGD(
         model.weight_parameters(),
         lr=cfg.w_lr,
@@ -181,7 +194,9 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         lut=lut,
         lut_source=lut_source,
         model=model,
-        criterion=SupernetLoss(cfg.alpha, cfg.beta, cfg.loss_variant, cfg.cost_scale, fixed_cost),
+        criterion=SupernetLoss(
+            cfg.alpha, cfg.beta, cfg.loss_variant, cfg.cost_scale, fixed_cost, target
+        ),
         w_optimizer=w_optimizer,
         thetas_optimizer=torch.optim.Adam(
             model.arch_parameters(), lr=cfg.thetas_lr, weight_decay=cfg.thetas_weight_decay
@@ -243,7 +258,12 @@ def restore_search(search: Search, ckpt: dict[str, Any], cfg: SupernetConfig, lo
     extend_cosine(search.w_scheduler, cfg.epochs)
     set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
     progress = Progress(
-        ckpt["epoch"] + 1, ckpt["best_top1"], ckpt.get("best_epoch"), ckpt.get("last_metrics", {})
+        ckpt["epoch"] + 1,
+        ckpt["best_top1"],
+        ckpt.get("best_epoch"),
+        ckpt.get("last_metrics", {}),
+        ckpt.get("wall_s", 0.0),
+        ckpt.get("warmup_train_top1"),
     )
     log.info("resumed from %s at epoch %d", cfg.resume, progress.epoch)
     return progress
@@ -266,6 +286,8 @@ def checkpoint_state(search: Search, progress: Progress, epoch: int, cfg) -> dic
         "best_top1": progress.best_top1,
         "best_epoch": progress.best_epoch,  # last.pth first: see general_functions.run_folder
         "last_metrics": progress.last,
+        "wall_s": progress.wall_s,
+        "warmup_train_top1": progress.warmup_top1,
         "rng": get_rng_state(),
         "git_sha": git_sha(),
     }

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from general_functions.utils import AverageMeter, accuracy, set_seed, set_thread
 from .config_for_supernet import SupernetConfig
 from .loss import SupernetLoss
 from .model_supernet import StochasticSuperNet
-from .sampling import LUT_FILE, THETAS_FILE, load_table
+from .sampling import LUT_FILE, THETAS_FILE, describe_thetas, load_table, thetas_summary
 from .search_outputs import latency_summary, log_thetas, thetas_state, write_arch
 from .search_setup import (
     STAGE,
@@ -272,7 +273,9 @@ def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, 
     progress = restore_search(search, ckpt, cfg, log) if ckpt is not None else Progress()
     _wrap_for_ddp(search, cfg, ctx, log)
     _epoch_loop(search, loaders, progress, cfg, ctx, run_dir, log, resumed=ckpt is not None)
-    return _finish(run_dir, search.lut, {"epoch": progress.epoch - 1, **progress.last}, log, ctx)
+    done = {"epoch": progress.epoch - 1, **progress.last}
+    done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
+    return _finish(run_dir, search.lut, done, log, ctx)
 
 
 def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
@@ -293,8 +296,12 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
     resume_step = progress.epoch - 1 if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
+    wall_before, start = progress.wall_s, time.perf_counter()
     for epoch in range(progress.epoch, _end_epoch(cfg)):
-        values, held = _search_epoch(epoch, search, loaders, cfg, run_dir, writer, log, ctx)
+        progress.wall_s = wall_before + time.perf_counter() - start  # updated before the metrics
+        values, held = _search_epoch(
+            epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
+        )
         _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
     writer.close()
 
@@ -320,12 +327,20 @@ def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]
     done = ckpt["epoch"] + 1
     log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, done, cfg.epochs)
     lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
-    return _finish(run_dir, lut, {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}, log, ctx)
+    done = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
+    done.update(
+        warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
+    )
+    return _finish(run_dir, lut, done, log, ctx)
 
 
-def _search_epoch(epoch, search: Search, loaders: SearchLoaders, cfg, run_dir, writer, log, ctx):
+def _search_epoch(
+    epoch, search: Search, loaders: SearchLoaders, cfg, run_dir, writer, log, ctx, progress
+):
     """One epoch (weights, then thetas after the warm-up, then the held-out part); logs and writes
-    thetas.json. Returns the epoch's metrics and the held-out ones (None without a held-out part)."""
+    thetas.json. Returns the epoch's metrics and the held-out ones (None without a held-out part).
+    ``progress.wall_s`` (the wall time at the epoch's start) is brought to its end here."""
+    epoch_start = time.perf_counter()
     model, steps = search.model, cfg.max_steps_per_epoch
     temperature = temperature_at(epoch, cfg)
     w_lr = search.w_optimizer.param_groups[0]["lr"]
@@ -359,7 +374,11 @@ def _search_epoch(epoch, search: Search, loaders: SearchLoaders, cfg, run_dir, w
             "sched/thetas_lr": search.thetas_optimizer.param_groups[0]["lr"],
         }
     )
-    writer.scalars(epoch, values)
+    progress.wall_s += time.perf_counter() - epoch_start
+    if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
+        values["warmup/train_top1"] = progress.warmup_top1 = w_stats["top1"]
+    # the wall time goes to the metrics only: the returned values are the run's, equal on a resume
+    writer.scalars(epoch, {**values, "time/wall_s": progress.wall_s})
     log_thetas(writer, model, epoch, list(model.candidate_ops))
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
@@ -381,6 +400,14 @@ def _search_epoch(epoch, search: Search, loaders: SearchLoaders, cfg, run_dir, w
         search.unit,
         " ".join(state["argmax_ops"]),
     )
+    if epoch == cfg.warmup_epochs - 1:
+        log.info(
+            "warm-up done: train top1 %.2f%% (mean over the last warm-up epoch), %d epochs, "
+            "wall time %.1f min",
+            w_stats["top1"],
+            cfg.warmup_epochs,
+            progress.wall_s / 60,
+        )
     return values, held
 
 
@@ -414,9 +441,22 @@ def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) 
             summary["expected_cost"],
             summary["uniform_cost"],
         )
-    log.info("done: %s", run_dir)
+    final = (
+        None  # how far the final thetas are from uniform (rank 0 reads them, every rank gets it)
+    )
+    if wrote:
+        final = thetas_summary(
+            torch.tensor(json.loads((run_dir / THETAS_FILE).read_text())["thetas"])
+        )
+    final = broadcast_object(final)
+    if final:
+        summary["final_thetas"] = final
+        for line in describe_thetas(final):
+            log.info(line)
+    log.info("done: %s (wall time %.1f min)", run_dir, summary.get("wall_s", 0.0) / 60)
     summary = {"run_dir": str(run_dir), **summary}
-    if ctx.is_main:
+    if ctx.is_main:  # the final JSON: on stdout and in the run folder
+        atomic_write_json(run_dir / "summary.json", summary)
         print(json.dumps(summary), flush=True)
     return summary
 

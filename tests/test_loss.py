@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from supernet_functions.lookup_table_builder import LatencyLookupTable
-from supernet_functions.loss import SupernetLoss, check_cost_table, min_architecture_cost
+from supernet_functions.loss import (
+    SupernetLoss,
+    check_cost_table,
+    loss_target,
+    min_architecture_cost,
+)
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 TARGETS = torch.tensor([0, 2])
@@ -85,3 +90,37 @@ def test_table_check_refuses_a_non_positive_log():
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="variant"):
         SupernetLoss(variant="other")
+
+
+def test_latency_target_is_a_hinge_continuous_at_the_target():
+    criterion = SupernetLoss(0.2, 0.6, fixed_cost=1.0, target=5.0)  # LAT + 1 ms vs 5 ms
+    for layers_ms, whole_ms in ((2.0, 5.0), (3.0, 5.0), (4.0, 5.0), (9.0, 10.0)):
+        latency = torch.tensor(layers_ms, requires_grad=True)
+        loss, _, term = criterion(LOGITS, TARGETS, latency)
+        assert term.item() == pytest.approx(0.2 * math.log(whole_ms * 1000.0) ** 0.6, rel=1e-6)
+        loss.backward()
+        if layers_ms + 1.0 < 5.0:  # below the target: no push to a faster network
+            assert latency.grad.item() == 0.0
+        elif layers_ms > 4.0:  # above: the paper's gradient, d/dLAT of CE * a * log(1000 LAT)^b
+            log_lat = math.log(whole_ms * 1000.0)
+            want = _hand_ce() * 0.2 * 0.6 * log_lat**-0.4 / whole_ms
+            assert latency.grad.item() == pytest.approx(want, rel=1e-5)
+    paper, _, _ = SupernetLoss(0.2, 0.6, fixed_cost=1.0)(LOGITS, TARGETS, torch.tensor(9.0))
+    hinged, _, _ = criterion(LOGITS, TARGETS, torch.tensor(9.0))
+    assert hinged.item() == pytest.approx(paper.item(), rel=1e-7)
+
+
+def test_loss_target_turns_a_whole_network_budget_into_the_layers_share():
+    lut = LatencyLookupTable.from_latencies(
+        "tiny", [{"ir_k3_e1": 1.0, "skip": 3.0}] * 4, fixed_ms={"stem": 0.5, "head": 1.5}
+    )  # networks 4 + 2 .. 12 + 2 ms
+    assert loss_target(0.0, lut) == 0.0
+    assert loss_target(10.0, lut) == pytest.approx(8.0)  # LAT sums the layers: T - fixed
+    assert loss_target(10.0, lut, include_fixed=True) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="fixed parts"):
+        loss_target(2.0, lut)
+    with pytest.raises(ValueError, match="0 .off. or positive"):
+        loss_target(-1.0, lut)
+    flops = LatencyLookupTable.from_latencies("tiny", [{"skip": 3.0}] * 4, cost="flops")
+    with pytest.raises(ValueError, match="latency table in ms"):
+        loss_target(10.0, flops)

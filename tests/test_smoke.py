@@ -3,9 +3,11 @@
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from general_functions.config_utils import config_from_dict
@@ -53,8 +55,9 @@ def _tb_tags(run_dir: Path) -> dict[str, str]:
 
 
 def _rows(run_dir: Path) -> list[dict]:
+    """metrics.csv without the wall-time column (the only one two identical runs differ in)."""
     with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k != "time/wall_s"} for r in csv.DictReader(f)]
 
 
 def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
@@ -78,6 +81,22 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     lut = LatencyLookupTable.load(full_dir / "lut.json")
     assert full["argmax_cost"] == pytest.approx(lut.predict(arch["ops"]))
     assert arch["source"]["predicted_latency_ms"] == pytest.approx(full["argmax_cost"])
+    # the weights' accuracy before the first theta step, the wall time and the final thetas
+    log = (full_dir / "log.txt").read_text()
+    assert f"warm-up done: train top1 {float(rows[0]['train_w/top1']):.2f}%" in log
+    assert float(rows[0]["warmup/train_top1"]) == pytest.approx(float(rows[0]["train_w/top1"]))
+    summary = json.loads((full_dir / "summary.json").read_text())
+    assert summary["warmup_train_top1"] == pytest.approx(float(rows[0]["train_w/top1"]))
+    assert summary["wall_s"] > 0 and "done:" in log and "wall time" in log
+    probs = torch.softmax(
+        torch.tensor(json.loads((full_dir / "thetas.json").read_text())["thetas"]), 1
+    )
+    final = summary["final_thetas"]
+    assert final["largest_probability"] == pytest.approx(probs.max(1).values.tolist(), abs=1e-4)
+    entropy = [-sum(p * math.log(p) for p in row) for row in probs.tolist()]
+    assert final["entropy"] == pytest.approx(entropy, abs=1e-4)
+    assert final["entropy_uniform"] == pytest.approx(math.log(len(OPS)), abs=1e-4)
+    assert "final thetas: largest probability per layer" in log
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
     part = run(_cfg(tmp_path, lut_path, run_name="part", val_fraction=0.2, stop_after_epoch=2))
@@ -169,3 +188,29 @@ def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
     argv = ["--train_or_sample", mode, "--lut_path", "luts/x.json", "--input_size", "32"]
     supernet_main_file.main(argv)
     assert seen == [argv]
+
+
+def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_path):
+    """The smoke preset with a table where skip is cheapest: seeded, so only the target differs."""
+    rows = [{op: 0.3 if op == "skip" else 1.0 + 0.5 * j for j, op in enumerate(OPS)}] * 4
+    lut = LatencyLookupTable.from_latencies("tiny", rows, fixed_ms={"stem": 0.1, "head": 0.2})
+    path = tmp_path / "lut.json"
+    path.write_text(json.dumps(lut.to_dict()))
+    dearest = lut.predict([max(r, key=r.get) for r in rows])  # 18.3 ms: no latency pressure at all
+    argmax_ms = {}
+    for target in (6.0, dearest):  # 6 ms: below what uniform thetas cost (10.3 ms), so it binds
+        values = {**PRESETS["smoke"], "lut_path": str(path), "log_dir": str(tmp_path / "runs")}
+        values.update(progress=False, save_checkpoints=False, target_latency_ms=target)
+        argmax_ms[target] = run(config_from_dict(SupernetConfig, values))["argmax_cost"]
+    assert argmax_ms[6.0] < argmax_ms[dearest] - 5.0  # 2.7 vs 12.8 ms when written
+
+
+def test_the_cpu_cifar10_preset_uses_a_committed_32x32_table_and_spans_the_temperatures():
+    from supernet_functions import lookup_table_builder as ltb
+    from supernet_functions.training_functions_supernet import temperature_at
+
+    cfg = config_from_dict(SupernetConfig, PRESETS["cpu_cifar10"])
+    assert Path(ltb.default_lut_path(cfg.search_space, 32)).is_file()
+    assert cfg.mixing == "gumbel" and cfg.bn_init == "uniform" and cfg.dataset == "cifar10"
+    temps = [temperature_at(e, cfg) for e in range(cfg.warmup_epochs, cfg.epochs)]
+    assert temps[0] == 5.0 and temps[-1] == pytest.approx(0.0916, abs=1e-3)  # the paper's range

@@ -229,8 +229,43 @@ def test_sampled_architectures_are_saved_never_overwritten_and_load_by_name(tmp_
         sample_and_save(run, "picked", "argmax", arch_dir=reg)
     with pytest.raises(ValueError, match="invalid architecture name"):
         sample_and_save(run, "../evil", "argmax", arch_dir=reg)
-    with pytest.raises(ValueError, match="one architecture"):
-        sample_and_save(run, "many", "argmax", num_samples=3, arch_dir=reg)
     records = sample_and_save(run, "draw", "sample", num_samples=3, seed=1, arch_dir=reg)
     assert [r["name"] for r in records] == ["draw_1", "draw_2", "draw_3"]
     assert all((reg / f"{r['name']}.json").is_file() for r in records)
+
+
+def test_six_samples_are_the_argmax_and_five_distinct_draws(tmp_path):
+    lut = _lut("tiny")
+    # every layer: skip at p = e / (e + 8) = 0.25, the rest 0.09 each
+    run = _fake_run(tmp_path, lut)
+    reg = tmp_path / "archs"
+    records = sample_and_save(run, "six", "argmax", num_samples=6, seed=3, arch_dir=reg)
+    assert [r["name"] for r in records] == ["six_argmax"] + [f"six_{i}" for i in range(1, 6)]
+    assert [r["sampling"] for r in records] == ["argmax"] + ["sample"] * 5
+    assert records[0]["ops"] == ["skip"] * 4
+    assert len({tuple(r["ops"]) for r in records}) == 6  # the draws skip the argmax and each other
+    for r in records:
+        assert load_arch(r["name"], arch_dir=reg).ops == tuple(r["ops"])
+        p = torch.softmax(torch.tensor([1.0] + [0.0] * 8), 0)  # skip's thetas first
+        want = math.prod(p[0] if op == "skip" else p[1] for op in r["ops"])
+        assert r["probability"] == pytest.approx(float(want), rel=1e-6)
+    again = sample_and_save(run, "six_again", "argmax", num_samples=6, seed=3, arch_dir=reg)
+    assert [r["ops"] for r in again] == [r["ops"] for r in records]  # seeded
+
+
+def test_a_peaked_distribution_saves_fewer_distinct_architectures_with_a_warning(tmp_path, caplog):
+    import json
+
+    lut = _lut("tiny")
+    run = _fake_run(tmp_path, lut)
+    state = json.loads((run / "thetas.json").read_text())
+    thetas = torch.full((4, len(OPS)), -50.0)
+    thetas[:, OPS.index("skip")] = 50.0
+    thetas[0, 0] = 50.0  # layer 0: two ops at 1/2; every other layer: skip almost surely
+    state["thetas"] = thetas.tolist()
+    (run / "thetas.json").write_text(json.dumps(state))
+    with caplog.at_level("WARNING"):
+        records = sample_and_save(run, "few", "argmax", num_samples=6, arch_dir=tmp_path / "a")
+    assert len(records) == 2 and records[0]["sampling"] == "argmax"
+    assert {r["ops"][0] for r in records} == {OPS[0], "skip"}
+    assert "saving 2 of 6" in caplog.text
