@@ -419,10 +419,11 @@ def test_measured_latency_is_the_median_of_the_scaled_rounds():
     raw = np.array(info["raw_ms"])
     assert raw.shape == (5, 2) and (raw > 0).all() and (iqr >= 0).all()
     scaled = raw / round_speed(raw)[:, None]  # computed here from the rounds, as the docs say
-    np.testing.assert_allclose(med, np.median(scaled, axis=0), rtol=1e-3)
+    # raw_ms is stored to 4 decimals: 0.05 us on entries of ~0.04 ms
+    np.testing.assert_allclose(med, np.median(scaled, axis=0), rtol=1e-3, atol=1e-4)
     assert med[1] > med[0]  # 16x the output channels
     plain, _, info = measure_latencies(models, x, 3, 1, normalize_rounds=False, progress=False)
-    np.testing.assert_allclose(plain, np.median(info["raw_ms"], axis=0), rtol=1e-3)
+    np.testing.assert_allclose(plain, np.median(info["raw_ms"], axis=0), rtol=1e-3, atol=1e-4)
 
 
 def test_validation_report_holds_every_round_and_its_medians(tiny_lut):
