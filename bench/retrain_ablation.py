@@ -16,13 +16,13 @@ top-1 after each epoch, read from every run's ``metrics.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _retrain import metrics_rows, train  # noqa: E402
 
 # The baseline every variant starts from: the authors' structure (paper Fig. 3 and Table 1) initialised
 # as PyTorch does today. The trainer's own defaults are the original reproduction as it ran.
@@ -87,21 +87,15 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
 }  # fmt: skip
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def table(out: Path, names: list[str]) -> str:
     lines = [
         "| variant | change | epoch-1 train loss | test top-1 after epochs 1 / 2 / 3 (%) |",
         "|---|---|---|---|",
     ]
     for name in names:
-        metrics = out / name / "metrics.csv"
-        if not metrics.is_file():
+        rows = metrics_rows(out / name)
+        if not rows:
             continue
-        rows = _rows(metrics)
         top1 = " / ".join(f"{float(r['test/top1']):.1f}" for r in rows)
         loss = float(rows[0]["train/loss"])
         lines.append(f"| `{name}` | {VARIANTS[name][1]} | {loss:.2f} | {top1} |")
@@ -113,20 +107,11 @@ def run_variant(args: argparse.Namespace, name: str) -> None:
     if (run / "summary.json").is_file():
         print(f"{name}: done", flush=True)
         return
-    cmd = [sys.executable, str(ROOT / "architecture_main_file.py")]
-    if (run / "last.pth").is_file():
-        cmd += ["--resume", str(run / "last.pth")]
-    else:
-        cmd += [
-            "--architecture_name", args.arch, "--dataset", "cifar10", "--data_dir", args.data_dir,
-            "--epochs", str(args.epochs), "--seed", str(args.seed), "--log_dir", str(args.out),
-            "--run_name", name, "--progress", "False", *AUTHORS, *VARIANTS[name][0],
-        ]  # fmt: skip
-    print(f"{name}: {' '.join(cmd)}", flush=True)
-    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: the run failed with exit code {done.returncode}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    new = [
+        "--architecture_name", args.arch, "--dataset", "cifar10", "--data_dir", args.data_dir,
+        "--epochs", str(args.epochs), "--seed", str(args.seed), *AUTHORS, *VARIANTS[name][0],
+    ]  # fmt: skip
+    summary = train(run, new)
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -17,13 +17,13 @@ beside the original reproduction's own log (:data:`ORIGINAL`), and the largest e
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _retrain import metrics_rows, train  # noqa: E402
 
 # Test top-1 (%) after epochs 1, 2, 3 in the original reproduction's own logs (batch 1000, SGD lr 0.1).
 ORIGINAL = {
@@ -33,32 +33,14 @@ ORIGINAL = {
 }
 
 
-def _rows(run: Path) -> list[dict[str, str]]:
-    path = run / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def run_one(args: argparse.Namespace, arch: str, seed: int) -> None:
     run = args.out / f"{arch}_seed{seed}"
-    done = len(_rows(run))
+    done = len(metrics_rows(run))
     if done >= args.epochs:
         print(f"{run.name}: {done} epochs, done", flush=True)
         return
-    cmd = [
-        sys.executable, str(ROOT / "architecture_main_file.py"), "--architecture_name", arch,
-        "--dataset", "cifar10", "--data_dir", args.data_dir, "--seed", str(seed),
-    ]  # fmt: skip
-    if (run / "last.pth").is_file():
-        cmd += ["--resume", str(run / "last.pth")]
-    else:
-        cmd += ["--log_dir", str(args.out), "--run_name", run.name]
-    cmd += ["--stop_after_epoch", str(args.epochs), "--progress", "False"]
-    print(f"{run.name}: {' '.join(cmd)}", flush=True)
-    if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:
-        raise SystemExit(f"{run.name}: the run failed")
+    new = ["--architecture_name", arch, "--dataset", "cifar10", "--data_dir", args.data_dir]
+    train(run, [*new, "--seed", str(seed)], ["--stop_after_epoch", str(args.epochs)])
 
 
 def table(args: argparse.Namespace) -> str:
@@ -67,7 +49,7 @@ def table(args: argparse.Namespace) -> str:
         "|---|---|---|---|",
     ]
     for arch in args.archs:
-        runs = [_rows(args.out / f"{arch}_seed{s}") for s in args.seeds]
+        runs = [metrics_rows(args.out / f"{arch}_seed{s}") for s in args.seeds]
         runs = [r for r in runs if r]
         if not runs:
             continue
