@@ -26,10 +26,10 @@ from .arch_specs import ArchSpec, load_arch
 from .blocks import ConvBNReLU
 from .registry import build_block
 from .search_space import SearchSpace, get_search_space
+from .structure import HEADS
 
-__all__ = ["FBNet", "get_model", "init_weights", "HEADS", "INITS", "BN_INITS"]
+__all__ = ["FBNet", "get_model", "init_weights", "make_head", "HEADS", "INITS", "BN_INITS"]
 
-HEADS = ("conv_bn_relu", "conv_bn", "conv_bias")
 INITS = ("fan_out", "original")
 BN_INITS = ("ones", "uniform")
 
@@ -67,11 +67,7 @@ class FBNet(nn.Module):
             )
         )
         width = space.head_out(head_channels, width_mult)
-        self.head = (
-            nn.Conv2d(shapes[-1].out_channels, width, 1, bias=True)
-            if head == "conv_bias"
-            else ConvBNReLU(shapes[-1].out_channels, width, 1, relu=head == "conv_bn_relu")
-        )
+        self.head = make_head(shapes[-1].out_channels, width, head)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(width, cnt_classes)
@@ -83,6 +79,15 @@ class FBNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.forward_features(x)).flatten(1)
         return self.classifier(self.dropout(x))
+
+
+def make_head(in_channels: int, out_channels: int, head: str) -> nn.Module:
+    """The 1x1 head conv after the last block: ``conv_bias``, ``conv_bn`` or ``conv_bn_relu``."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    if head == "conv_bias":
+        return nn.Conv2d(in_channels, out_channels, 1, bias=True)
+    return ConvBNReLU(in_channels, out_channels, 1, relu=head == "conv_bn_relu")
 
 
 def init_weights(model: nn.Module, scheme: str = "fan_out", bn_init: str = "ones") -> None:

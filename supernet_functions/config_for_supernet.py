@@ -70,6 +70,21 @@ class SupernetConfig:
     per_sample: bool = opt(
         False, "one Gumbel draw per example instead of per batch", _ORIG + " shares one"
     )
+    dw_bn_relu: bool = opt(
+        False,
+        "BN + ReLU after each depthwise conv of the candidate ops (paper Fig. 3); False: bare, as the "
+        "networks the trainer builds by default. The latency table must have priced the same "
+        "(fbnet_building_blocks/structure.py)",
+        "the trainer's default (the original's retrained networks; its supernet had BN + ReLU)",
+    )
+    head: str = opt(
+        "conv_bias",
+        "head after the last layer: conv_bias (plain 1x1 conv with bias) | conv_bn_relu (paper "
+        "Table 1) | conv_bn; the latency table must have priced the same",
+        _ORIG,
+        ("conv_bias", "conv_bn_relu", "conv_bn"),
+    )
+    head_channels: int = opt(1504, "width of the 1x1 head conv", _ORIG)
     bn_init: str = opt(
         "ones",
         "BN scale initialisation of the supernet: ones (PyTorch since 1.2) or uniform (U(0, 1), the "
@@ -142,6 +157,27 @@ class SupernetConfig:
     temperature_decay: float = opt(
         math.exp(-0.045), "temperature factor per search epoch (exp(-0.045))", _ORIG
     )
+    min_temperature: float = opt(
+        0.0,
+        "floor of the annealed temperature (0: none). Below about 1 the soft mixture's weights stop "
+        "serving single paths (docs/experiments.md)",
+    )
+    w_mixing: str = opt(
+        "same",
+        "how the weight steps mix the ops: same (as --mixing, the paper) | sampled (each weight step "
+        "trains one path drawn from softmax(thetas): only its ops run, as GDAS; the theta steps keep "
+        "--mixing)",
+        "paper: same",
+        ("same", "sampled"),
+    )
+    probe_images: int = opt(
+        1000,
+        "images the path diagnostic scores each epoch: the held-out part with --val_fraction, else "
+        "the first ones of the theta split (never trained on by the weights); 0: off",
+    )
+    probe_samples: int = opt(
+        5, "paths drawn from softmax(thetas) that the diagnostic scores besides the argmax path"
+    )
     # ---------------------------------------------------------------- run
     device: str = opt("auto", "auto | cpu | cuda")
     threads: int = opt(0, "CPU threads (0: torch's default)")
@@ -207,6 +243,7 @@ class SupernetConfig:
         "batch_size": "[1, inf)",
         "workers": "[0, inf)",
         "input_size": "[0, inf)",
+        "head_channels": "[1, 65536]",
         "lut_batch_size": "[1, inf)",
         "lut_time_budget_s": "(0, inf)",
         "lut_rounds": "[0, inf)",
@@ -224,6 +261,9 @@ class SupernetConfig:
         "thetas_weight_decay": "[0, inf)",
         "init_temperature": "(0, inf)",
         "temperature_decay": "(0, inf)",
+        "min_temperature": "[0, inf)",
+        "probe_images": "[0, inf)",
+        "probe_samples": "[0, 100]",
         "threads": "[0, inf)",
         "num_samples": "[1, inf)",
         "stop_after_epoch": "[0, inf)",

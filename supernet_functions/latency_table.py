@@ -9,7 +9,8 @@ queries and writes it.
 JSON layout (``format_version`` 1)::
 
     {"meta": {"format_version", "cost": "latency"|"flops"|"params", "unit", "statistic": "median",
-              "search_space", "input_size", "batch_size", "cnt_classes", "head_channels", "num_layers",
+              "search_space", "input_size", "batch_size", "cnt_classes", "head_channels",
+              "structure": {"dw_bn_relu", "head", "head_channels"}, "num_layers",
               "candidate_ops", "layer_shapes": [[in_ch, out_ch, stride, input_hw], ...],
               "device", "device_name", "torch_version", "threads", "date", "method", "allocator", ...},
      "fixed": {"stem": {"median": ms, "iqr": ms, "n": k}, "head": {...}, "pool": {...},
@@ -32,6 +33,7 @@ import torch
 
 from fbnet_building_blocks.registry import OPS
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure, structure_of_table
 from general_functions.io_utils import atomic_write_json
 
 __all__ = [
@@ -106,11 +108,19 @@ class LatencyLookupTable:
         fixed_ms: dict[str, float] | None = None,
         **meta: Any,
     ) -> LatencyLookupTable:
-        """A table from plain numbers (tests, hand-made tables): ``latencies[layer][op] = ms``."""
+        """A table from plain numbers (tests, hand-made tables): ``latencies[layer][op] = ms``.
+
+        It prices the default structure unless ``meta`` names one (``structure={...}``)."""
         layers = [{op: {"median": float(v), "iqr": 0.0} for op, v in d.items()} for d in latencies]
         fixed = {k: {"median": float(v), "iqr": 0.0} for k, v in (fixed_ms or {}).items()}
         unit = COSTS.get(meta.get("cost", "latency"), "ms")
-        meta = {"search_space": search_space, "statistic": "median", "unit": unit, **meta}
+        meta = {
+            "search_space": search_space,
+            "statistic": "median",
+            "unit": unit,
+            "structure": DEFAULT_STRUCTURE.to_dict(),
+            **meta,
+        }
         return cls(meta, layers, fixed)
 
     # ------------------------------------------------------------------ queries
@@ -126,6 +136,11 @@ class LatencyLookupTable:
     def allocator(self) -> str:
         """The C allocator setting it was measured with; tables that predate it: ``"default"``."""
         return self.meta.get("allocator", "default")
+
+    @property
+    def structure(self) -> Structure:
+        """The block and head variant the table priced (:mod:`fbnet_building_blocks.structure`)."""
+        return structure_of_table(self.meta)
 
     @property
     def fixed_cost(self) -> float:
@@ -244,6 +259,10 @@ class LatencyLookupTable:
             )
         if not self.layers:
             raise LUTError(f"{where} has no layers")
+        try:
+            structure_of_table(meta)
+        except (ValueError, TypeError) as err:
+            raise LUTError(f"{where}: {err}") from None
         shapes = meta.get("layer_shapes")
         for i, entries in enumerate(self.layers):
             if not isinstance(entries, dict) or not entries:
@@ -286,8 +305,13 @@ class LatencyLookupTable:
         input_size: int | None = None,
         candidate_ops: Sequence[str] | None = None,
         batch_size: int | None = None,
+        structure: Structure | None = None,
     ) -> None:
-        """Raise :class:`LUTError` naming every way this table does not fit the search to be run."""
+        """Raise :class:`LUTError` naming every way this table does not fit the search to be run.
+
+        With ``structure``, a table that priced another block or head variant is refused: its sums
+        would price networks other than the ones the search builds and the trainer trains.
+        """
         where = f"lookup table {self.path}" if self.path else "lookup table"
         space = get_search_space(search_space_name)
         input_size = input_size or space.input_size
@@ -304,6 +328,11 @@ class LatencyLookupTable:
         lut_batch = self.meta.get("batch_size")
         if batch_size is not None and lut_batch is not None and lut_batch != batch_size:
             problems.append(f"it was measured at batch size {lut_batch}, not {batch_size}")
+        if structure is not None and self.structure != structure:
+            problems.append(
+                f"it priced networks with {self.structure.describe()} ({self.structure.flags()}), "
+                f"this search builds {structure.describe()} ({structure.flags()})"
+            )
         if self.num_layers != space.num_layers:
             problems.append(
                 f"it has {self.num_layers} layers, search space {space.name!r} has {space.num_layers}"

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import FBNet
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure
 from general_functions.utils import resolve_device
 
 # LatencyLookupTable, LUTError and default_lut_path are re-exported for the callers that import them
@@ -204,19 +205,29 @@ def time_parts(
 
 
 def _networks_and_meta(
-    search_space, input_size, batch_size, cnt_classes, head_channels, candidate_ops, device, cost
+    search_space, input_size, batch_size, cnt_classes, structure, candidate_ops, device, cost
 ) -> tuple[dict[str, FBNet], dict[str, Any]]:
     """One network per op using that op at every layer (the pool of blocks a build draws from), on
-    ``device``, and the table's header; arguments left as ``None`` take the search space's defaults."""
+    ``device``, and the table's header; arguments left as ``None`` take the search space's defaults.
+    The networks have ``structure``'s blocks and head, and the header records it."""
     space = get_search_space(search_space)
     input_size = input_size or space.input_size
     cnt_classes = cnt_classes or default_cnt_classes(input_size)
-    head_channels = head_channels or space.head_channels
+    structure = structure or DEFAULT_STRUCTURE
+    head_channels = structure.head_channels
     nets = {}
     with device:
         for op in candidate_ops or space.candidate_ops:
             spec = ArchSpec(f"all_{op}", (op,) * space.num_layers, space.name, head_channels)
-            net = FBNet(spec, space, cnt_classes, input_size, head_channels=head_channels)
+            net = FBNet(
+                spec,
+                space,
+                cnt_classes,
+                input_size,
+                head_channels=head_channels,
+                head=structure.head,
+                dw_bn_relu=structure.dw_bn_relu,
+            )
             nets[op] = net.to(device).eval()
     shapes = [
         [s.in_channels, s.out_channels, s.stride, s.input_hw]
@@ -232,11 +243,12 @@ def _networks_and_meta(
         "batch_size": batch_size,
         "cnt_classes": cnt_classes,
         "head_channels": head_channels,
+        "structure": structure.to_dict(),
         "num_layers": space.num_layers,
         "candidate_ops": list(nets),
         "layer_shapes": shapes,
         "layer_keys": [lut_key("*", *shape) for shape in shapes],
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: checkpoints hold this header
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     return nets, meta
@@ -271,7 +283,7 @@ def build_lut(
     warmup: int = 1,
     normalize_rounds: bool = True,
     cnt_classes: int | None = None,
-    head_channels: int | None = None,
+    structure: Structure | None = None,
     candidate_ops: Sequence[str] | None = None,
     seed: int = 0,
     allocator: str = "default",
@@ -290,7 +302,7 @@ def build_lut(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     nets, meta = _networks_and_meta(
-        search_space, input_size, batch_size, cnt_classes, head_channels, candidate_ops, dev,
+        search_space, input_size, batch_size, cnt_classes, structure, candidate_ops, dev,
         "latency",
     )  # fmt: skip
     meta.update(
@@ -417,7 +429,7 @@ def build_cost_table(
     input_size: int | None = None,
     batch_size: int = 1,
     cnt_classes: int | None = None,
-    head_channels: int | None = None,
+    structure: Structure | None = None,
     candidate_ops: Sequence[str] | None = None,
 ) -> LatencyLookupTable:
     """A FLOPs (multiply-adds) or parameter table in the latency table's format; no timing."""
@@ -425,7 +437,7 @@ def build_cost_table(
         raise ValueError(f"build_cost_table makes 'flops' or 'params' tables, not {cost!r}")
     meta_device = torch.device("meta")  # shapes only: counting needs no memory and no compute
     nets, meta = _networks_and_meta(
-        search_space, input_size, batch_size, cnt_classes, head_channels, candidate_ops,
+        search_space, input_size, batch_size, cnt_classes, structure, candidate_ops,
         meta_device, cost,
     )  # fmt: skip
     size, first = meta["input_size"], next(iter(nets.values()))

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fbnet_building_blocks.structure import Structure
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.logging_utils import get_logger
 
@@ -40,6 +41,17 @@ class LUTConfig:
     input_size: int = opt(0, "input side in pixels; 0 = the search space's default")
     batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
     cnt_classes: int = opt(0, "classifier width; 0 = 10 for inputs up to 64 px, else 1000")
+    dw_bn_relu: bool = opt(
+        False,
+        "build: price blocks with BN + ReLU after the depthwise conv (paper); False: bare, as the "
+        "trainer builds by default (fbnet_building_blocks/structure.py)",
+    )
+    head: str = opt(
+        "conv_bias",
+        "build: the head priced: conv_bias (the trainer's default) | conv_bn_relu (paper) | conv_bn",
+        choices=("conv_bias", "conv_bn_relu", "conv_bn"),
+    )
+    head_channels: int = opt(1504, "build: width of the 1x1 head conv priced")
     device: str = opt(
         "",
         "cpu | cuda | auto; empty: build on the CPU, validate on the table's own device",
@@ -102,6 +114,7 @@ def _build(cfg: LUTConfig, argv: list[str]) -> dict:
             input_size=cfg.input_size or None,
             batch_size=cfg.batch_size,
             cnt_classes=cfg.cnt_classes or None,
+            structure=Structure.from_config(cfg),
         )
         if cfg.cost != "latency":
             lut = build_cost_table(cfg.cost, **shape)

@@ -86,16 +86,20 @@ def sample_archs(lut: LatencyLookupTable, num_archs: int, seed: int = 0) -> list
 
 
 def build_network(lut: LatencyLookupTable, spec: ArchSpec, device: torch.device) -> FBNet:
-    """``spec``'s ops in the table's macro: its search space, input size, head and classifier width."""
+    """``spec``'s ops in the table's macro: its search space, input size, structure (block and head)
+    and classifier width."""
     meta = lut.meta
     space = get_search_space(meta["search_space"])
     spec = ArchSpec(spec.name, spec.ops, space.name)  # the table's head, not a named arch's own
+    structure = lut.structure  # the block and head the table priced
     model = FBNet(
         spec,
         space,
         cnt_classes=meta["cnt_classes"],
         input_size=meta["input_size"],
-        head_channels=meta["head_channels"],
+        head_channels=structure.head_channels,
+        head=structure.head,
+        dw_bn_relu=structure.dw_bn_relu,
     )
     return model.to(device).eval()
 

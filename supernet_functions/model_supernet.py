@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fbnet_building_blocks.blocks import ConvBNReLU
-from fbnet_building_blocks.fbnet_builder import init_weights
+from fbnet_building_blocks.fbnet_builder import init_weights, make_head
 from fbnet_building_blocks.registry import build_block
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure
 
 __all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet", "mix_outputs", "run_sampled"]
 
@@ -160,6 +161,9 @@ class StochasticSuperNet(nn.Module):
         mixing, per_sample: see :class:`MixedOperation`.
         bn_init: BN scales ``ones`` or ``uniform`` (U(0, 1), as the original ran on PyTorch <= 1.1);
             :func:`~fbnet_building_blocks.fbnet_builder.init_weights`.
+        structure: the block and head variant (:mod:`fbnet_building_blocks.structure`): the same as
+            the latency table priced and the trainer builds, so a path through the supernet is the
+            network that is priced and trained.
     """
 
     def __init__(
@@ -172,9 +176,11 @@ class StochasticSuperNet(nn.Module):
         mixing: str = "gumbel",
         per_sample: bool = False,
         bn_init: str = "ones",
+        structure: Structure = DEFAULT_STRUCTURE,
     ) -> None:
         super().__init__()
         space = get_search_space(search_space)
+        self.structure = structure
         self.space = space
         self.input_size = input_size or space.input_size
         self.candidate_ops = tuple(candidate_ops or space.candidate_ops)
@@ -188,7 +194,7 @@ class StochasticSuperNet(nn.Module):
         self.stages = nn.ModuleList(
             MixedOperation(
                 [
-                    build_block(op, s.in_channels, s.out_channels, s.stride)
+                    build_block(op, s.in_channels, s.out_channels, s.stride, structure.dw_bn_relu)
                     for op in self.candidate_ops
                 ],
                 latency=None if lut is None else lut.latency_vector(i, self.candidate_ops),
@@ -197,8 +203,8 @@ class StochasticSuperNet(nn.Module):
             )
             for i, s in enumerate(shapes)
         )
-        head = space.head_out()
-        self.head = ConvBNReLU(shapes[-1].out_channels, head, 1)
+        head = space.head_out(structure.head_channels)
+        self.head = make_head(shapes[-1].out_channels, head, structure.head)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, cnt_classes)
         init_weights(self, bn_init=bn_init)
@@ -213,6 +219,15 @@ class StochasticSuperNet(nn.Module):
             latency = latency + layer_latency
         logits = self.classifier(self.pool(self.head(x)).flatten(1))
         return logits, latency
+
+    def forward_path(self, x: torch.Tensor, path: Sequence[int]) -> torch.Tensor:
+        """Logits of one fixed path: op ``path[l]`` alone at every layer ``l`` (no mixing, no thetas)."""
+        if len(path) != len(self.stages):
+            raise ValueError(f"a path names one op per layer: {len(self.stages)}, got {len(path)}")
+        x = self.stem(x)
+        for layer, k in zip(self.stages, path):
+            x = layer.ops[k](x)
+        return self.classifier(self.pool(self.head(x)).flatten(1))
 
     def arch_parameters(self) -> Iterator[nn.Parameter]:
         """The thetas of every searched layer, in layer order."""

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fbnet_building_blocks.blocks import ConvBNReLU
-from fbnet_building_blocks.fbnet_builder import init_weights
+from fbnet_building_blocks.fbnet_builder import init_weights, make_head
 from fbnet_building_blocks.registry import build_block
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure
 
 __all__ = ["ReferenceMixedOperation", "ReferenceSuperNet", "reference_train_step"]
 
@@ -61,6 +62,7 @@ class ReferenceSuperNet(nn.Module):
         cnt_classes: int = 10,
         input_size: int | None = None,
         candidate_ops: Sequence[str] | None = None,
+        structure: Structure = DEFAULT_STRUCTURE,
     ) -> None:
         super().__init__()
         space = get_search_space(search_space)
@@ -70,13 +72,16 @@ class ReferenceSuperNet(nn.Module):
         self.stem = ConvBNReLU(3, space.stem_out(), 3, stride=space.stem_stride)
         self.stages = nn.ModuleList(
             ReferenceMixedOperation(
-                [build_block(op, s.in_channels, s.out_channels, s.stride) for op in ops],
+                [
+                    build_block(op, s.in_channels, s.out_channels, s.stride, structure.dw_bn_relu)
+                    for op in ops
+                ],
                 None if lut is None else lut.latency_vector(i, ops),
             )
             for i, s in enumerate(shapes)
         )
-        head = space.head_out()
-        self.head = ConvBNReLU(shapes[-1].out_channels, head, 1)
+        head = space.head_out(structure.head_channels)
+        self.head = make_head(shapes[-1].out_channels, head, structure.head)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, cnt_classes)
         init_weights(self)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
+from fbnet_building_blocks.structure import Structure
 from general_functions.config_utils import config_to_dict
 from general_functions.dataloaders import EpochLoader, load_dataset, make_loader, split_train
 from general_functions.distributed import DistContext, broadcast_object, local_main_first
@@ -50,6 +51,7 @@ class SearchLoaders:
     weights: EpochLoader
     thetas: EpochLoader
     held_out: EpochLoader | None
+    probe: EpochLoader | None  # the path diagnostic's images (supernet_functions.path_probe)
     num_classes: int
     input_size: int
 
@@ -87,6 +89,7 @@ class Progress:
     last: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0  # the search's wall time over all its processes so far
     warmup_top1: float | None = None  # the weights' train top-1 in the last warm-up epoch
+    paths: list[dict[str, float]] = field(default_factory=list)  # the path diagnostic per epoch
 
 
 def build_search_loaders(cfg: SupernetConfig, ctx: DistContext, log) -> SearchLoaders:
@@ -126,6 +129,10 @@ def build_search_loaders(cfg: SupernetConfig, ctx: DistContext, log) -> SearchLo
             world_size=ctx.world_size,
         )
 
+    probe = None
+    if cfg.probe_images:  # images the weights never train on
+        source = held_out if held_out is not None else thetas_data
+        probe = _first(source, cfg.probe_images)
     log.info(
         "images: %d weights, %d thetas, %d held-out (%s)",
         len(w_data),
@@ -137,9 +144,19 @@ def build_search_loaders(cfg: SupernetConfig, ctx: DistContext, log) -> SearchLo
         weights=loader(w_data, True, cfg.seed),
         thetas=loader(thetas_data, True, cfg.seed + 1),
         held_out=loader(held_out, False, cfg.seed + 2) if held_out is not None else None,
+        probe=loader(probe, False, cfg.seed + 3) if probe is not None else None,
         num_classes=data.num_classes,
         input_size=data.input_size,
     )
+
+
+def _first(data, n: int):
+    """The first ``n`` images of a split (all of them when it has fewer)."""
+    if n >= len(data):
+        return data
+    if hasattr(data, "subset"):
+        return data.subset(torch.arange(n))
+    return torch.utils.data.Subset(data, range(n))
 
 
 def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, ckpt, log) -> Search:
@@ -169,6 +186,7 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         mixing=cfg.mixing,
         per_sample=cfg.per_sample,
         bn_init=cfg.bn_init,
+        structure=lut.structure,  # resolve_lut checked it is the configured one
     )
     model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
         supernet,
@@ -214,6 +232,7 @@ def resolve_lut(
     from . import lookup_table_builder as ltb
 
     ops = list(space.candidate_ops)
+    structure = Structure.from_config(cfg)
     if cfg.lut_path:
         lut = load_table(cfg.lut_path)
         source = cfg.lut_path
@@ -238,9 +257,10 @@ def resolve_lut(
                 time_budget_s=cfg.lut_time_budget_s,
                 rounds=cfg.lut_rounds,
                 progress=cfg.progress,
+                structure=structure,
             )
             source = str(run_dir / LUT_FILE)
-    lut.check_compatible(space.name, input_size, ops)
+    lut.check_compatible(space.name, input_size, ops, structure=structure)
     return lut, source
 
 
@@ -264,6 +284,7 @@ def restore_search(search: Search, ckpt: dict[str, Any], cfg: SupernetConfig, lo
         ckpt.get("last_metrics", {}),
         ckpt.get("wall_s", 0.0),
         ckpt.get("warmup_train_top1"),
+        list(ckpt.get("path_probe", [])),
     )
     log.info("resumed from %s at epoch %d", cfg.resume, progress.epoch)
     return progress
@@ -288,6 +309,7 @@ def checkpoint_state(search: Search, progress: Progress, epoch: int, cfg) -> dic
         "last_metrics": progress.last,
         "wall_s": progress.wall_s,
         "warmup_train_top1": progress.warmup_top1,
+        "path_probe": progress.paths,
         "rng": get_rng_state(),
         "git_sha": git_sha(),
     }

@@ -61,7 +61,8 @@ from general_functions.utils import AverageMeter, accuracy, set_seed, set_thread
 
 from .config_for_supernet import SupernetConfig
 from .loss import SupernetLoss
-from .model_supernet import StochasticSuperNet
+from .model_supernet import MixedOperation, StochasticSuperNet
+from .path_probe import probe_paths
 from .sampling import LUT_FILE, THETAS_FILE, describe_thetas, load_table, thetas_summary
 from .search_outputs import latency_summary, log_thetas, thetas_state, write_arch
 from .search_setup import (
@@ -104,8 +105,26 @@ _PER_RUN = (
 
 
 def temperature_at(epoch: int, cfg: SupernetConfig) -> float:
-    """Gumbel-softmax temperature of ``epoch`` (0-based): annealed once per search epoch."""
-    return cfg.init_temperature * cfg.temperature_decay ** max(0, epoch - cfg.warmup_epochs)
+    """Gumbel-softmax temperature of ``epoch`` (0-based): annealed once per search epoch, never below
+    ``cfg.min_temperature``."""
+    annealed = cfg.init_temperature * cfg.temperature_decay ** max(0, epoch - cfg.warmup_epochs)
+    return max(annealed, cfg.min_temperature)
+
+
+@contextlib.contextmanager
+def _weights_mixing(model, w_mixing: str) -> Iterator:
+    """With ``w_mixing="sampled"``, every layer runs one op drawn from softmax(thetas) (a hard Gumbel
+    sample: its argmax does not depend on the temperature) inside the block; else nothing changes."""
+    layers = [m for m in unwrap(model).modules() if isinstance(m, MixedOperation)]
+    before = [layer.mixing for layer in layers]
+    if w_mixing == "sampled":
+        for layer in layers:
+            layer.mixing = "hard_gumbel"
+    try:
+        yield
+    finally:
+        for layer, mixing in zip(layers, before):
+            layer.mixing = mixing
 
 
 @contextlib.contextmanager
@@ -275,6 +294,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, 
     _epoch_loop(search, loaders, progress, cfg, ctx, run_dir, log, resumed=ckpt is not None)
     done = {"epoch": progress.epoch - 1, **progress.last}
     done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
+    done["path_probe"] = progress.paths
     return _finish(run_dir, search.lut, done, log, ctx)
 
 
@@ -316,7 +336,7 @@ def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) ->
         ctx,
         ignore=list(search.model.arch_parameters()),
         sync_bn=cfg.sync_bn,
-        find_unused_parameters=cfg.mixing == "hard_gumbel",
+        find_unused_parameters=cfg.mixing == "hard_gumbel" or cfg.w_mixing == "sampled",
     )
     if ctx.enabled:
         log.info(ctx.describe(cfg.batch_size))
@@ -331,6 +351,7 @@ def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]
     done.update(
         warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
     )
+    done["path_probe"] = list(ckpt.get("path_probe", []))
     return _finish(run_dir, lut, done, log, ctx)
 
 
@@ -351,7 +372,8 @@ def _search_epoch(
             search.ddp_model, loader, search.criterion, optimizer, temperature, steps, cfg.progress
         )
 
-    w_stats = phase(train_weights_epoch, loaders.weights, search.w_optimizer)
+    with _weights_mixing(model, cfg.w_mixing):
+        w_stats = phase(train_weights_epoch, loaders.weights, search.w_optimizer)
     search.w_scheduler.step()
     values = {f"train_w/{k}": v for k, v in w_stats.items()}
     if epoch >= cfg.warmup_epochs:
@@ -362,6 +384,11 @@ def _search_epoch(
     if loaders.held_out is not None:
         held = validate(model, loaders.held_out, search.criterion, temperature, steps, cfg.progress)
         values.update({f"held_out/{k}": v for k, v in held.items()})
+    paths = None
+    if loaders.probe is not None:  # do the weights still serve single paths?
+        paths = probe_paths(model, loaders.probe, cfg.probe_samples, seed=cfg.seed * 7919 + epoch)
+        values.update({f"paths/{k}": v for k, v in paths.items()})
+        progress.paths.append({"epoch": epoch + 1, **{k: round(v, 3) for k, v in paths.items()}})
     state = thetas_state(model, epoch, temperature, search.lut, search.lut_source, run_dir)
     tag = search.cost_tag
     values.update(
@@ -383,7 +410,7 @@ def _search_epoch(
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
     log.info(
-        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s  E[LAT] %.4g %s  argmax %s",
+        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s%s  E[LAT] %.4g %s  argmax %s",
         epoch + 1,
         cfg.epochs,
         temperature,
@@ -396,6 +423,13 @@ def _search_epoch(
             else "  (warm-up)"
         ),
         f"  held-out top1 {held['top1']:.2f}" if held else "",
+        (
+            f"  paths: argmax top1 {paths['argmax_top1']:.1f}, {cfg.probe_samples} drawn "
+            f"{paths['sampled_top1_mean']:.1f} ({paths['sampled_top1_min']:.1f}-"
+            f"{paths['sampled_top1_max']:.1f})"
+            if paths
+            else ""
+        ),
         state["expected_layers_cost"],
         search.unit,
         " ".join(state["argmax_ops"]),
