@@ -466,6 +466,15 @@ def _prediction(cfg: ExportConfig, job: _Job):
     return lut, lut.predict(job.spec.ops), None
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies inside it (reports name repository
+    paths, not this machine's), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _top1(fn: Callable, batches) -> float:
     correct = total = 0
     with torch.inference_mode():
@@ -621,7 +630,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
             "measured_latency_iqr_ms": timing["iqr_ms"][key],
             "predicted_latency_ms": None if predicted is None else round(predicted, 4),
             "prediction_note": why_not,
-            "lut_path": str(lut.path) if lut else None,
+            "lut_path": _shown(lut.path) if lut else None,
             "size_bytes": published.stat().st_size,
             "report": str(report_path),
             "int8": int8,
