@@ -233,6 +233,11 @@ class ExportConfig:
         "(FBNet-A at batch 1 on this project's CPU: 1.5-2x faster, docs/export.md); ONNX files "
         "hold NCHW weights either way",
     )
+    int8_fp32_last: int = opt(
+        0,
+        "with --quantize int8: keep the last this-many searched blocks, the head and the classifier "
+        "in float32 (0 = all int8; docs/export.md has a network that needs it)",
+    )
     lut_path: str = opt(
         "",
         "latency table whose prediction is printed next to the measured latency (empty = the "
@@ -248,6 +253,7 @@ class ExportConfig:
     BOUNDS: ClassVar[dict[str, str]] = {
         "check_images": "[1, inf)",
         "calibration_images": "[1, inf)",
+        "int8_fp32_last": "[0, inf)",
         "threads": "[0, inf)",
         "rounds": "[1, inf)",
     }

@@ -299,26 +299,34 @@ def _quantized_engine() -> Iterator[str]:
         torch.backends.quantized.engine = previous
 
 
-def quantize_int8(model: nn.Module, batches: Iterable[torch.Tensor], engine: str) -> nn.Module:
-    """Static post-training int8 quantisation of an eval-mode ``model`` (FX graph mode).
+def quantize_int8(
+    model: nn.Module, batches: Iterable[torch.Tensor], engine: str, fp32_last: int = 0
+) -> tuple[nn.Module, list[str]]:
+    """Static post-training int8 quantisation of an eval-mode :class:`FBNet` (FX graph mode).
 
     ``get_default_qconfig_mapping(engine)``: weights int8, symmetric, one scale per output channel;
     activations uint8 with one scale per tensor from histogram observers (7-bit range on x86,
-    ``reduce_range``). The observers see ``batches`` (the calibration pass), then every
-    conv (fused with the ReLU after it), the residual adds and the classifier run as int8 kernels;
-    the input is quantised at the stem and the logits dequantised. ``model`` is left as it was.
+    ``reduce_range``). The observers see ``batches`` (the calibration pass), then every conv (fused
+    with the ReLU after it), the residual adds and the classifier run as int8 kernels; the input is
+    quantised at the stem and the logits dequantised. ``fp32_last`` > 0 keeps the last that many
+    searched blocks, the head and the classifier in float32. Returns the network (``model`` is left
+    as it was) and the names of the parts kept in float32.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    mapping = get_default_qconfig_mapping(engine)
+    n = len(model.blocks)
+    kept = [f"blocks.{i}" for i in range(max(0, n - fp32_last), n)]
+    kept += ["head", "classifier"] if fp32_last else []
+    for name in kept:
+        mapping.set_module_name(name, None)
     batches = list(batches)
     with _quiet(DeprecationWarning, UserWarning), torch.no_grad():
-        prepared = prepare_fx(
-            copy.deepcopy(model), get_default_qconfig_mapping(engine), (batches[0],)
-        )
+        prepared = prepare_fx(copy.deepcopy(model), mapping, (batches[0],))
         for x in batches:
             prepared(x)
-        return convert_fx(prepared)
+        return convert_fx(prepared), kept
 
 
 # ----------------------------------------------------------------------------------- the run
@@ -520,7 +528,7 @@ def _int8(cfg: ExportConfig, job: _Job, temps: _TempFiles, fp32, threads: int, e
     calib = _batches(job.data, job.run_cfg, "train", cfg.calibration_images, 64)
     n_calib = sum(len(y) for _, y in calib)
     log.info("int8: calibrating on %d training images (%s engine)", n_calib, engine)
-    quantized = quantize_int8(job.model, (x for x, _ in calib), engine)
+    quantized, kept = quantize_int8(job.model, (x for x, _ in calib), engine, cfg.int8_fp32_last)
     try:
         path, int8 = temps.export(cfg.format, quantized, job.example, threads, "int8")
     except Exception as err:  # the exporter's own message is the evidence
@@ -538,6 +546,7 @@ def _int8(cfg: ExportConfig, job: _Job, temps: _TempFiles, fp32, threads: int, e
         "engine": engine,
         "scheme": "static post-training (FX graph mode, default qconfig mapping of the engine)",
         "calibration_images": n_calib,
+        "kept_fp32": kept,
         "test_images": sum(len(y) for _, y in test),
         "top1": _top1(int8, test),
         "fp32_top1": _top1(fp32, test),

@@ -265,6 +265,30 @@ def test_int8_reports_the_top1_of_its_own_file(trained, tmp_path, capsys):
     assert int8["fp32_top1"] == pytest.approx(fp32_top1, abs=1e-3)
 
 
+def test_int8_keeps_the_last_blocks_in_float32_when_asked():
+    model = get_model(ArchSpec("t", tuple(OPS), "tiny"), cnt_classes=10, head="conv_bias").eval()
+    fold_batchnorm(model)
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    with export._quantized_engine() as engine:
+        quantized, kept = export.quantize_int8(model, batches, engine, fp32_last=2)
+        out = quantized(batches[0])
+    assert kept == ["blocks.2", "blocks.3", "head", "classifier"]
+    float_convs = {n for n, m in quantized.named_modules() if type(m) is nn.Conv2d}
+    int8 = {n for n, m in quantized.named_modules() if ".quantized." in type(m).__module__}
+    assert float_convs == {
+        "blocks.3.conv_pw.0.0",
+        "blocks.3.conv_dw.0.0",
+        "blocks.3.conv_pwl.0",
+        "head",
+    }  # block 2 is an identity skip
+    assert "stem.0" in int8 and {n.split(".")[1] for n in int8 if n.startswith("blocks.")} == {
+        "0",
+        "1",
+    }
+    assert type(quantized.classifier) is nn.Linear
+    assert not out.is_quantized and out.shape == (8, 10)
+
+
 # ----------------------------------------------------------------------------------- refusals
 def test_refusals_are_one_line(trained, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "net.pt2")
