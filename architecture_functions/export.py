@@ -38,6 +38,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -53,7 +54,7 @@ from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint
 from general_functions.config_utils import config_from_dict
 from general_functions.dataloaders import ImageSet, TensorImages, make_loader
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import atomic_write_json, new_file_mode
 from general_functions.logging_utils import get_logger
 from supernet_functions.latency_table import LatencyLookupTable, LUTError, default_lut_path
 from supernet_functions.lookup_table_builder import (
@@ -517,10 +518,20 @@ class _TempFiles:
         suffix = FORMATS[fmt].suffix
         fd, name = tempfile.mkstemp(prefix=f".export_{tag}_", suffix=suffix, dir=self.folder)
         os.close(fd)
+        os.chmod(name, new_file_mode())  # published as is: the usual mode, not mkstemp's 0600
         path = Path(name)
         self.paths.append(path)
         FORMATS[fmt].save(model, example, path)
         return path, FORMATS[fmt].load(path, threads)
+
+
+def _root_cause(err: BaseException) -> str:
+    """``Type: first line`` of the innermost exception ``err`` was raised from (an exporter wraps
+    the error it met in its own, with coloured, many-line advice)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def _int8(cfg: ExportConfig, job: _Job, temps: _TempFiles, fp32, threads: int, engine: str, log):
@@ -531,11 +542,10 @@ def _int8(cfg: ExportConfig, job: _Job, temps: _TempFiles, fp32, threads: int, e
     quantized, kept = quantize_int8(job.model, (x for x, _ in calib), engine, cfg.int8_fp32_last)
     try:
         path, int8 = temps.export(cfg.format, quantized, job.example, threads, "int8")
-    except Exception as err:  # the exporter's own message is the evidence
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    except Exception as err:  # the exporter's own words are the evidence
         raise ExportError(
             f"the int8 network cannot be saved as {cfg.format} with torch {torch.__version__} "
-            f"({type(err).__name__}: {first})"
+            f"({_root_cause(err)})"
             + ("; --format torchscript can save it" if cfg.format != "torchscript" else "")
         ) from None
     test = _batches(job.data, job.run_cfg, "test", len(job.data.test), 500)

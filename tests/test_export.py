@@ -189,6 +189,7 @@ def test_export_loads_back_equal_to_the_checkpoint(trained, tmp_path, capsys, fm
     assert 0 <= summary["max_abs_diff"] <= 1e-4
     assert summary["measured_latency_ms"] > 0
     assert summary["size_bytes"] == out.stat().st_size
+    assert out.stat().st_mode & 0o777 == (tmp_path / f"{name}.json").stat().st_mode & 0o777
     # no committed table for the tiny space: no prediction, and the report says why
     report = json.loads((tmp_path / f"{name}.json").read_text())
     assert (
@@ -263,6 +264,20 @@ def test_int8_reports_the_top1_of_its_own_file(trained, tmp_path, capsys):
         ).float().mean().item() * 100
     assert int8["top1"] == pytest.approx(top1, abs=1e-3)
     assert int8["fp32_top1"] == pytest.approx(fp32_top1, abs=1e-3)
+
+
+def test_int8_in_exported_program_is_written_or_refused_in_one_line(trained, tmp_path, capsys):
+    """torch 2.14's torch.export cannot trace the int8 engine's packed weights: one line says so."""
+    out = tmp_path / "int8.pt2"
+    argv = ["--export", str(trained), "--out", str(out), "--quantize", "int8", "--rounds", "2"]
+    try:
+        architecture_main_file.main([*argv, "--progress", "False"])
+    except SystemExit as refused:
+        line = str(refused.code)
+        assert "\n" not in line and line.startswith("error: the int8 network cannot be saved")
+        assert "--format torchscript can save it" in line and not out.exists()
+    else:
+        assert out.is_file() and json.loads(capsys.readouterr().out.splitlines()[-1])["quantize"]
 
 
 def test_int8_keeps_the_last_blocks_in_float32_when_asked():
