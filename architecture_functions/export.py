@@ -367,6 +367,7 @@ def _load_run(path: str) -> tuple[dict[str, Any], ArchTrainConfig, ArchSpec]:
 
 
 def _prepare(cfg: ExportConfig) -> _Job:
+    """Load the checkpoint and the run's data; build the inference form and the reference."""
     state, run_cfg, spec = _load_run(cfg.export)
     trained_layout = run_cfg.channels_last
     run_cfg = dataclasses.replace(
