@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from general_functions.config_utils import opt
 
-__all__ = ["ArchTrainConfig", "PRESETS"]
+__all__ = ["EXPORT_FORMATS", "ArchTrainConfig", "ExportConfig", "PRESETS"]
 
 ORIGINAL = "original reproduction"
 
@@ -204,3 +204,56 @@ PRESETS = {
         "workers": 0,
     },
 }
+
+
+EXPORT_FORMATS = ("torchscript", "exported_program", "onnx")
+
+
+@dataclass
+class ExportConfig:
+    """``--export CHECKPOINT``: the trained network as a deployable file (architecture_functions.export)."""
+
+    export: str = opt("", "training checkpoint to export (best.pth or last.pth of a training run)")
+    format: str = opt(
+        "exported_program",
+        "file format: exported_program (torch.export, saved with torch.export.save), torchscript "
+        "(torch.jit.trace; deprecated by torch 2.14) or onnx (needs requirements-export.txt)",
+        choices=EXPORT_FORMATS,
+    )
+    out: str = opt("", "file to write; refused when it exists. Its report goes to OUT.json")
+    quantize: str = opt(
+        "none",
+        "int8: static post-training quantisation (FX graph mode, x86 backend) calibrated on "
+        "--calibration_images training images, with its test top-1 and latency against fp32",
+        choices=("none", "int8"),
+    )
+    channels_last: bool = opt(
+        True,
+        "store the conv weights channels_last: the torch formats then run in that layout "
+        "(FBNet-A at batch 1 on this project's CPU: 1.5-2x faster, docs/export.md); ONNX files "
+        "hold NCHW weights either way",
+    )
+    int8_fp32_last: int = opt(
+        0,
+        "with --quantize int8: keep the last this-many searched blocks, the head and the classifier "
+        "in float32 (0 = all int8; docs/export.md has a network that needs it)",
+    )
+    lut_path: str = opt(
+        "",
+        "latency table whose prediction is printed next to the measured latency (empty = the "
+        "committed table of the checkpoint's search space and input size, when there is one)",
+    )
+    data_dir: str = opt("", "data folder of the check and calibration images (empty = the run's)")
+    check_images: int = opt(64, "test images whose outputs must equal the checkpoint's (1e-4)")
+    calibration_images: int = opt(512, "training images of the int8 calibration pass")
+    threads: int = opt(0, "CPU threads for timing (0 = the latency table's; 1 without a table)")
+    rounds: int = opt(30, "interleaved timing rounds; the latency is the median over rounds")
+    progress: bool = opt(True, "tqdm progress bars")
+
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "check_images": "[1, inf)",
+        "calibration_images": "[1, inf)",
+        "int8_fp32_last": "[0, inf)",
+        "threads": "[0, inf)",
+        "rounds": "[1, inf)",
+    }

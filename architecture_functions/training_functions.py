@@ -93,6 +93,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_arch_matches",
+    "input_normalization",
+    "load_data",
     "run",
     "train_one_epoch",
     "validate",
@@ -216,6 +218,14 @@ def build_model(
     return model
 
 
+def input_normalization(cfg: ArchTrainConfig, data: ImageSet) -> tuple[tuple, tuple]:
+    """The per-channel ``(mean, std)`` the network's inputs are normalised with."""
+    std = data.std
+    if cfg.normalization == "original" and cfg.dataset in ("cifar10", "fake"):
+        std = ORIGINAL_CIFAR10_STD  # CIFAR-10's (the synthetic set uses CIFAR-10's statistics)
+    return data.mean, std
+
+
 def _head(data: TensorImages | torch.utils.data.Dataset, n: int):
     if not n or n >= len(data):
         return data
@@ -241,13 +251,11 @@ def build_loaders(
     train = data.train
     if cfg.train_limit:
         train = split_train(train, fraction=1.0, seed=cfg.seed, limit=cfg.train_limit)[0]
-    std = data.std
-    if cfg.normalization == "original" and cfg.dataset in ("cifar10", "fake"):
-        std = ORIGINAL_CIFAR10_STD  # CIFAR-10's (the synthetic set uses CIFAR-10's statistics)
+    mean, std = input_normalization(cfg, data)
     common = {
         "device": device,
         "loader": cfg.loader,
-        "mean": data.mean,
+        "mean": mean,
         "std": std,
         "seed": cfg.seed,
         "channels_last": use_channels_last(cfg),
@@ -291,7 +299,8 @@ def build_scheduler(
 
 
 # ----------------------------------------------------------------------------------- run
-def _load_data(cfg: ArchTrainConfig) -> ImageSet:
+def load_data(cfg: ArchTrainConfig) -> ImageSet:
+    """The data set of ``cfg`` (its training and test parts, normalisation statistics)."""
     return load_dataset(
         cfg.dataset,
         cfg.data_dir,
@@ -342,7 +351,7 @@ def _eval_only(cfg: ArchTrainConfig, state: dict[str, Any], ctx: DistContext) ->
     log = _logger(None, ctx)
     spec = arch_from(cfg, state, path)
     with local_main_first(ctx):
-        data = _load_data(cfg)
+        data = load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, device)
     model.load_state_dict(state["model"])
     loaders = build_loaders(cfg, data, device, ctx.rank, ctx.world_size)
@@ -461,7 +470,7 @@ def _build(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> _Parts:
     # each process its own stream (dropout); DDP gives every process rank 0's initial weights
     set_seed(cfg.seed + ctx.rank, cfg.deterministic)
     with local_main_first(ctx):  # one download per machine
-        data = _load_data(cfg)
+        data = load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, ctx.device)
     optimizer = build_optimizer(cfg, model)
     amp = cfg.amp and ctx.device.type == "cuda"

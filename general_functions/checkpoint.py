@@ -39,8 +39,10 @@ def load_checkpoint(path: str | os.PathLike, stage: str | None = None) -> dict[s
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint: {err}") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({_short_reason(err)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {state.get('format_version') if isinstance(state, dict) else None!r}; "
@@ -51,3 +53,10 @@ def load_checkpoint(path: str | os.PathLike, stage: str | None = None) -> dict[s
             f"checkpoint {path} is a {state.get('stage')!r} checkpoint, not a {stage!r} one"
         )
     return state
+
+
+def _short_reason(err: BaseException) -> str:
+    """The error's type, with its message when that is one line (torch.load's unpickling errors
+    run over many lines of advice about ``weights_only``)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text and "\n" not in text else type(err).__name__
