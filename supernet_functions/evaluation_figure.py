@@ -104,7 +104,11 @@ def plot_evaluations(summaries: Sequence[dict[str, Any]], path: str | Path) -> P
             point = (net["measured_latency_ms"], net["top1_mean"])
             every.append(point)
             if kind in ("searched", "named"):
-                labelled.append((point, net["name"]))
+                target = summary.get("target_latency_ms")
+                several = len(summaries) > 1 and target  # which target a label belongs to
+                labelled.append(
+                    (point, f"{net['name']}, {target:g} ms" if several else net["name"])
+                )
     front = [every[i] for i in pareto_front(every)]
     if front:
         xs = [p[0] for p in front] + [max(p[0] for p in every)]
