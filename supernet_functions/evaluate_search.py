@@ -1,133 +1,118 @@
-"""Does the search beat chance? The searched network against random ones of the same predicted latency.
+"""Does the search beat chance? Searched networks against random ones and a heuristic of the same latency.
 
-Usage::
+Usage (one evaluation per latency target; the search runs of one target are its search seeds)::
 
-    python -m supernet_functions.evaluate_search --run runs/supernet_cpu_cifar10/<run> \\
-        --data_dir ../shared/data/cifar10
-    python -m supernet_functions.evaluate_search --run RUN --proxy test      # synthetic data, seconds
+    python -m supernet_functions.evaluate_search --runs runs/supernet/t4_s0 runs/supernet/t4_s1 \\
+        --data_dir ../shared/data/cifar10 --out runs/search_vs_random/t4
+    python -m supernet_functions.evaluate_search --runs runs/supernet/t6_s0 runs/supernet/t6_s1 \\
+        --data_dir ../shared/data/cifar10 --out runs/search_vs_random/t6
+    python -m supernet_functions.evaluate_search --figure runs/search_vs_random/t4 \\
+        runs/search_vs_random/t6 --figure_path pictures/search_vs_random.png
+    python -m supernet_functions.evaluate_search --runs RUN --proxy test    # synthetic data, seconds
 
-For the search run ``RUN`` (its ``thetas.json`` and ``lut.json``) this
+The runs must share one table (the same ``lut.json``), search space and ``target_latency_ms``. Then:
 
-1. draws ``--num_random`` architectures of the run's search space uniformly among those whose
-   predicted latency lies within ``--window`` (10%) of the searched argmax's
-   (:mod:`supernet_functions.random_archs`, seeded; never the argmax itself);
-2. trains the searched argmax and each random architecture once per ``--seeds`` seed, and FBNet-A, -B
-   and -C once (the first seed: the named networks are reference points, not the comparison), all with
-   one proxy recipe: the architecture trainer (:mod:`architecture_functions.training_functions`) with
-   its defaults, a cosine schedule over ``--epochs``;
-3. measures every trained network end to end at batch 1 with the table's input size, thread count,
-   allocator and device, in interleaved rounds (:func:`~supernet_functions.lut_validation.
-   measure_latencies`, the table validation's method);
-4. writes ``summary.json`` (one record per network and seed: name, kind, ops, predicted and measured
-   latency, seed, final-epoch test top-1) and ``pictures/search_vs_random.png`` into ``--out``, and
-   prints a table and the verdict.
+1. the networks (:mod:`supernet_functions.evaluation_plan`): every run's argmax ("searched");
+   ``--num_random`` architectures drawn uniformly among those whose predicted latency lies within
+   ``--window`` of the searched argmaxes' mean predicted latency, the centre (seeded; never a searched
+   argmax); the architecture with the most parameters predicted at or below the centre ("heuristic");
+   FBNet-A, -B and -C where they fit the table ("named");
+2. training: every network but the named ones once per ``--seeds`` seed, the named ones with the first
+   seed (reference points, not the comparison), all with one proxy recipe (the architecture trainer,
+   cosine schedule; ``--epochs``, ``--batch_size``, ``--lr``, ``--train_limit``) and with the block and
+   head structure the table priced (``lut.structure``);
+3. every trained network measured end to end at batch 1 with the table's input size, threads, allocator
+   and device, in interleaved rounds (:func:`~supernet_functions.lut_validation.measure_latencies`);
+4. the statistics (:mod:`supernet_functions.evaluation_stats`): per-network means, the table's error on
+   these networks (MAPE, Kendall tau), the F test of whether the proxy can rank the random networks at
+   all, and the verdict rule; ``summary.json``, ``pictures/search_vs_random.png`` and a printed table.
 
 Every training is its own run folder under ``OUT/runs/``: run the same command again after an
-interruption and finished trainings are skipped, unfinished ones resumed from their ``last.pth``.
-The plan (architectures and recipe) is fixed in ``OUT/plan.json`` on the first call; a later call with
-other settings is refused rather than mixing two recipes.
+interruption and finished trainings are skipped, unfinished ones resumed from their ``last.pth``. The plan
+(runs, networks, recipe) is fixed in ``OUT/plan.json`` on the first call; a later call with other settings
+is refused rather than mixing two recipes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as _dt
 import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
+from fbnet_building_blocks.arch_specs import ArchSpec
+from fbnet_building_blocks.structure import Structure
 from general_functions.checkpoint import load_checkpoint
 from general_functions.config_utils import config_from_dict
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import get_logger
 from general_functions.utils import resolve_device
 
+from .evaluation_figure import plot_evaluations
+from .evaluation_plan import SearchRun, cheapest_latency, make_plan, read_runs
+from .evaluation_stats import anova, network_stats, verdict
+from .latency_table import LatencyLookupTable, LUTError
 from .lookup_table_builder import num_threads, use_allocator
-from .lut_validation import measure_latencies
-from .random_archs import sample_within_latency
-from .sampling import LUT_FILE, load_table, read_thetas
+from .lut_validation import compare, measure_latencies
 
-__all__ = ["PROXIES", "NAMED", "make_plan", "verdict", "main"]
+__all__ = ["PROXIES", "draw_figure", "evaluate", "main"]
 
 logger = logging.getLogger(__name__)
 
-NAMED = ("fbnet_a", "fbnet_b", "fbnet_c")
-# The proxy recipes: the trainer's defaults (batch 1000, SGD lr 0.1, the original's network) with a
-# cosine schedule over a few epochs. "cifar10": 3 epochs of all 50,000 images, about 6-9 minutes per
-# network on this project's 2-core CPU (FBNet-A: 2 minutes per epoch). "test": synthetic, seconds.
+# The proxy recipes, as ArchTrainConfig values. "cifar10": the trainer's network and optimiser (batch
+# 1000, SGD lr 0.1), 3 epochs of all 50,000 images with a cosine schedule; --epochs, --batch_size, --lr
+# and --train_limit change it. "test": synthetic data, seconds (the tests).
 PROXIES: dict[str, dict[str, Any]] = {
-    "cifar10": {"dataset": "cifar10", "epochs": 3, "lr_schedule": "cosine"},
+    "cifar10": {
+        "dataset": "cifar10",
+        "epochs": 3,
+        "batch_size": 1000,
+        "lr": 0.1,
+        "train_limit": 0,
+        "test_limit": 0,
+        "lr_schedule": "cosine",
+    },
     "test": {
         "dataset": "fake",
         "epochs": 2,
-        "lr_schedule": "cosine",
         "batch_size": 16,
+        "lr": 0.1,
+        "lr_schedule": "cosine",
         "fake_train_size": 32,
         "fake_test_size": 16,
         "workers": 0,
         "threads": 1,
     },
 }
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "train_limit", "test_limit")
 
 
-def make_plan(run_dir: Path, num_random: int, window: float, seed: int) -> dict[str, Any]:
-    """The networks to train: the run's argmax, random ones in its latency window, FBNet-A/B/C."""
-    state = read_thetas(run_dir)
-    lut = load_table(run_dir / LUT_FILE)
-    ops = list(state["argmax_ops"])
-    center = lut.predict(ops)
-    found, draws = sample_within_latency(
-        lut, state["candidate_ops"], center, window, num_random, seed, exclude=[ops]
-    )
-    nets = [{"name": "searched", "kind": "searched", "ops": ops}]
-    nets += [
-        {"name": f"random_{i}", "kind": "random", "ops": o} for i, (o, _) in enumerate(found, 1)
-    ]
-    known = set.intersection(*(set(layer) for layer in lut.layers))
-    for name in NAMED:  # the named networks where they fit the run's table
-        spec = ARCHS[name]
-        if len(spec.ops) == lut.num_layers and set(spec.ops) <= known:
-            nets.append({"name": name, "kind": "named", "ops": list(spec.ops)})
-    for net in nets:
-        net["predicted_latency_ms"] = round(lut.predict(net["ops"]), 5)
-    return {
-        "run": str(run_dir),
-        "search_space": state["search_space"],
-        "epoch": state["epoch"],
-        "window": window,
-        "random_seed": seed,
-        "random_proposals": draws,
-        "networks": nets,
-    }
+def _eta(seconds: float) -> str:
+    return str(_dt.timedelta(seconds=round(seconds)))
 
 
-def _train(net, seed: int, recipe: dict[str, Any], out: Path, args, log) -> dict[str, Any]:
-    """Train (or resume, or skip) one network with one seed; returns its final checkpoint."""
+def _train(net, seed: int, last: Path, plan, out: Path, args) -> dict[str, Any]:
+    """Train one network with one seed into ``last``'s folder, resuming from ``last`` if it exists;
+    returns the final checkpoint."""
     from architecture_functions.config_for_arch import ArchTrainConfig
     from architecture_functions.training_functions import run
 
-    run_dir = out / "runs" / f"{net['name']}_seed{seed}"
-    last = run_dir / "last.pth"
-    if last.is_file():
-        state = load_checkpoint(last, stage="architecture")
-        if state["epoch"] >= recipe["epochs"]:
-            log.info("%s seed %d: done (%s)", net["name"], seed, run_dir)
-            return state
-    arch = net["name"] if net["kind"] == "named" else str(out / "archs" / f"{net['name']}.json")
     values = {
-        **recipe,
-        "architecture_name": arch,
-        "search_space": args.search_space,
+        **plan["recipe"],
+        **plan["structure"],  # train what the table priced
+        "architecture_name": str(out / "archs" / f"{net['name']}.json"),
+        "search_space": plan["search_space"],
         "seed": seed,
-        "log_dir": str(out / "runs"),
-        "run_name": run_dir.name,
+        "log_dir": str(last.parent.parent),
+        "run_name": last.parent.name,
         # a folder without last.pth was killed in its first epoch: nothing to keep, start again
         "overwrite": not last.is_file(),
         "data_dir": args.data_dir,
@@ -135,199 +120,260 @@ def _train(net, seed: int, recipe: dict[str, Any], out: Path, args, log) -> dict
         "progress": args.progress,
         "resume": str(last) if last.is_file() else "",
     }
-    log.info("%s seed %d: %s", net["name"], seed, "resuming" if last.is_file() else "training")
     run(config_from_dict(ArchTrainConfig, values))
     return load_checkpoint(last, stage="architecture")
 
 
-def _measure(trained: list[tuple[dict, int, dict]], lut, recipe, args, log) -> list[float]:
-    """Every trained network's latency (ms) at batch 1 on the table's device, threads, allocator."""
+def _train_all(plan, seeds: list[int], out: Path, args, log):
+    """Every (network, seed) the plan asks for, each distinct training once: finished ones skipped,
+    unfinished ones resumed. Logs "k of N trainings" and the time the whole job has left."""
+    jobs, unique = [], {}
+    for net in plan["networks"]:
+        for seed in seeds[:1] if net["kind"] == "named" else seeds:
+            key = (tuple(net["ops"]), seed)  # two runs with one argmax: one training
+            unique.setdefault(key, (net, seed, out / "runs" / f"{net['name']}_seed{seed}"))
+            jobs.append((net, seed, key))
+    states, spent, trained = {}, 0.0, 0
+    total = len(unique)
+    for k, (key, (net, seed, folder)) in enumerate(unique.items(), 1):
+        last = folder / "last.pth"
+        state = load_checkpoint(last, stage="architecture") if last.is_file() else None
+        where = f"{k} of {total} trainings: {net['name']} seed {seed}"
+        if state is not None and state["epoch"] >= plan["recipe"]["epochs"]:
+            log.info("%s: done (%s)", where, folder)
+            states[key] = state
+            continue
+        # the mean time of this call's trainings so far, times the trainings left (this one included)
+        eta = f"about {_eta(spent / trained * (total - k + 1))} left" if trained else "ETA later"
+        log.info("%s: %s (%s)", where, "training" if state is None else "resuming", eta)
+        start = time.perf_counter()
+        states[key] = _train(net, seed, last, plan, out, args)
+        spent += time.perf_counter() - start
+        trained += 1
+    return jobs, states
+
+
+def _measure(states: dict, plan, lut: LatencyLookupTable, args, log) -> dict[Any, float]:
+    """Every trained network's latency (ms) at batch 1 on the table's device, threads and allocator,
+    built as the table timed its networks: the table's structure, plain modules (no trimmed kernels),
+    NCHW."""
     from architecture_functions.config_for_arch import ArchTrainConfig
     from architecture_functions.training_functions import build_model
 
     meta = lut.meta
-    if meta.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"the run's table was measured on CUDA ({meta.get('device_name')}): no CUDA"
-        )
     device = resolve_device(meta.get("device", "cpu"))
-    # the trained structure as plain modules (no trimmed kernels, NCHW), as the table timed its nets
-    cfg = config_from_dict(
-        ArchTrainConfig, {**recipe, "trim_kernels": False, "channels_last": "off"}
+    values = {**plan["recipe"], **plan["structure"], "trim_kernels": False, "channels_last": "off"}
+    cfg = dataclasses.replace(
+        config_from_dict(ArchTrainConfig, values), search_space=plan["search_space"]
     )
-    cfg = dataclasses.replace(cfg, search_space=args.search_space)
-    models = []
-    for net, _, state in trained:
-        spec = ArchSpec(net["name"], tuple(net["ops"]), args.search_space)
+    size = meta.get("input_size") or 32
+    keys, models = list(states), []
+    for key in keys:
+        state = states[key]
+        spec = ArchSpec("measured", key[0], plan["search_space"])
         classes = state["model"]["classifier.weight"].shape[0]
-        model = build_model(cfg, spec, classes, meta["input_size"], device)
+        model = build_model(cfg, spec, classes, size, device)
         model.load_state_dict(state["model"])
         models.append(model.eval())
-    size = meta["input_size"]
-    x = torch.randn(meta.get("batch_size", 1), 3, size, size, device=device)
+    x = torch.randn(meta.get("batch_size") or 1, 3, size, size, device=device)
     use_allocator(lut.allocator)
-    log.info("measuring %d networks, %d interleaved rounds", len(models), args.rounds)
+    log.info("measuring %d trained networks, %d interleaved rounds", len(models), args.rounds)
     with num_threads(meta.get("threads") if device.type == "cpu" else None):
         median, _, _ = measure_latencies(models, x, args.rounds, progress=args.progress)
-    return [round(float(v), 4) for v in median]
+    return {key: round(float(v), 4) for key, v in zip(keys, median)}
 
 
-def _std(values: list[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def verdict(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's target, computed from the records.
-
-    Met when the searched network's mean top-1 over its seeds exceeds the random records' mean by
-    more than the larger of the two standard deviations (searched: over seeds; random: over every
-    random network and seed), and no network (top-1 and latency averaged over its seeds) is both
-    faster (measured) and more accurate than the searched one.
-    """
-    searched = [r for r in records if r["kind"] == "searched"]
-    random = [r for r in records if r["kind"] == "random"]
-    s_top1, r_top1 = [r["top1"] for r in searched], [r["top1"] for r in random]
-    out = {
-        "searched_top1_mean": float(np.mean(s_top1)),
-        "searched_top1_std": _std(s_top1),
-        "searched_measured_latency_ms": float(
-            np.mean([r["measured_latency_ms"] for r in searched])
-        ),
-        "random_top1_mean": float(np.mean(r_top1)) if r_top1 else math.nan,
-        "random_top1_std": _std(r_top1),
-    }
-    out["margin"] = max(out["searched_top1_std"], out["random_top1_std"])
-    out["beats_random"] = bool(out["searched_top1_mean"] - out["random_top1_mean"] > out["margin"])
-    dominating = []
-    for name in dict.fromkeys(r["name"] for r in records if r["kind"] != "searched"):
-        mine = [r for r in records if r["name"] == name]
-        top1 = np.mean([r["top1"] for r in mine])
-        ms = np.mean([r["measured_latency_ms"] for r in mine])
-        if ms < out["searched_measured_latency_ms"] and top1 > out["searched_top1_mean"]:
-            dominating.append(name)
-    out["dominated_by"] = dominating
-    out["target_met"] = out["beats_random"] and not dominating
-    return out
-
-
-def _report(records: list[dict[str, Any]], result: dict[str, Any]) -> str:
-    rows = ["network     kind      seeds  predicted ms  measured ms  top-1 % (mean +- std)"]
-    for name in dict.fromkeys(r["name"] for r in records):
-        mine = [r for r in records if r["name"] == name]
-        top1 = [r["top1"] for r in mine]
+def _report(nets: list[dict], summary: dict[str, Any]) -> str:
+    rows = ["network       kind       seeds  predicted ms  measured ms  top-1 % (mean +- std)"]
+    for n in nets:
         rows.append(
-            f"{name:<11} {mine[0]['kind']:<9} {len(mine):>5}  {mine[0]['predicted_latency_ms']:>12.3f}"
-            f"  {np.mean([r['measured_latency_ms'] for r in mine]):>11.3f}"
-            f"  {np.mean(top1):6.2f} +- {_std(top1):.2f}"
+            f"{n['name']:<13} {n['kind']:<9} {n['n']:>6}  {n['predicted_latency_ms']:>12.3f}  "
+            f"{n['measured_latency_ms']:>11.3f}  {n['top1_mean']:6.2f} +- {n['top1_std']:.2f}"
         )
-    gap = result["searched_top1_mean"] - result["random_top1_mean"]
+    f, err, result = summary["anova"], summary["table_error"], summary["verdict"]
     rows.append(
-        f"searched {result['searched_top1_mean']:.2f}% vs random {result['random_top1_mean']:.2f}% "
-        f"(+-{result['random_top1_std']:.2f}): gap {gap:+.2f} points, needed > "
-        f"{result['margin']:.2f}: {'yes' if result['beats_random'] else 'NO'}"
+        f"F test over the random networks: F = {f['f']} with df ({f['df_between']}, "
+        f"{f['df_within']}), F_crit(95%) = {f['f_crit']}: the proxy "
+        + ("can rank them" if f["rankable"] else "cannot rank them")
     )
     rows.append(
-        "faster and more accurate than the searched network: "
-        + (", ".join(result["dominated_by"]) or "none")
+        f"table error on the {err['n']} networks: MAPE {err['mape_percent']:.1f}%, Kendall tau "
+        f"{err['kendall_tau']}"
     )
-    rows.append(f"target {'MET' if result['target_met'] else 'NOT MET'}")
+    rows.append(
+        f"searched {result['searched_top1_mean']:.2f}% (n={result['searched_records']}) vs random "
+        f"{result['random_top1_mean']:.2f}% (n={result['random_networks']} networks), heuristic "
+        f"{result['heuristic_top1_mean']:.2f}%"
+    )
+    for name, c in result["conditions"].items():
+        mark = {True: "pass", False: "FAIL", None: "skipped"}[c["passed"]]
+        rows.append(f"  {name:<20} {mark:<7} value {c['value']} (needed {c['needed']})")
+    rows.append(f"verdict: {result['verdict']}")
     return "\n".join(rows)
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=110)
-    for kind, marker in (("random", "o"), ("named", "s"), ("searched", "*")):
-        mine = [r for r in records if r["kind"] == kind]
-        if mine:
-            ax.scatter(
-                [r["measured_latency_ms"] for r in mine],
-                [r["top1"] for r in mine],
-                marker=marker,
-                s=120 if kind == "searched" else 40,
-                label=kind,
-            )
-    for name in dict.fromkeys(r["name"] for r in records if r["kind"] == "named"):
-        r = next(r for r in records if r["name"] == name)
-        ax.annotate(name, (r["measured_latency_ms"], r["top1"]), fontsize=7)
-    ax.set_xlabel("measured latency, batch 1 (ms)")
-    ax.set_ylabel("test top-1 after the proxy recipe (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def evaluate(args) -> dict[str, Any]:
-    run_dir = Path(args.run)
-    for name in ("thetas.json", LUT_FILE):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a search run folder: it has no {name}")
-    out = Path(args.out or Path("SAVED_LOGS/search_vs_random") / run_dir.name)
-    recipe = {**PROXIES[args.proxy]}
-    for key in ("epochs", "train_limit", "test_limit", "batch_size"):
+def _recipe(args) -> dict[str, Any]:
+    recipe = dict(PROXIES[args.proxy])
+    for key in RECIPE_FLAGS:
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
-    settings = {"num_random": args.num_random, "seeds": args.seeds, "window": args.window}
-    out.mkdir(parents=True, exist_ok=True)
-    log = get_logger(out, name=__name__)
+    return recipe
+
+
+def _fixed_plan(out: Path, runs: list[SearchRun], args) -> dict[str, Any]:
+    """The plan in ``out/plan.json``: made on the first call, the same settings required after."""
+    recipe = _recipe(args)
+    settings = {
+        "proxy": args.proxy,
+        "num_random": args.num_random,
+        "seeds": args.seeds,
+        "window": args.window,
+        "random_seed": args.random_seed,
+    }
     plan_path = out / "plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
-        now = {"recipe": recipe, "settings": settings, "run": str(run_dir)}
-        diff = [k for k, v in now.items() if plan.get(k) != v]
+        given = [Path(p).resolve() for p in plan.get("runs") or []]
+        same_runs = given == [r.path.resolve() for r in runs]
+        now = {"recipe": recipe, "settings": settings}
+        diff = ([] if same_runs else ["runs"]) + [k for k, v in now.items() if plan.get(k) != v]
         if diff:
             raise ValueError(
-                f"{out} holds an evaluation with other {', '.join(diff)} ({plan_path}); "
-                "use another --out or the same settings"
+                f"{out} holds an evaluation with other {', '.join(diff)} ({plan_path}); use "
+                "another --out or the same settings"
             )
-    else:
-        plan = make_plan(run_dir, args.num_random, args.window, args.random_seed)
-        plan.update(recipe=recipe, settings=settings)
-        (out / "archs").mkdir(exist_ok=True)
-        for net in plan["networks"]:
-            spec = ArchSpec(net["name"], tuple(net["ops"]), plan["search_space"])
-            atomic_write_json(out / "archs" / f"{net['name']}.json", spec.to_dict())
-        atomic_write_json(plan_path, plan)
-    args.search_space = plan["search_space"]
-    log.info("evaluating %s: %d networks, recipe %s", run_dir, len(plan["networks"]), recipe)
-    trained = []
+        return plan
+    plan = make_plan(runs, args.num_random, args.window, args.random_seed)
+    plan.update(recipe=recipe, settings=settings)
+    (out / "archs").mkdir(exist_ok=True)
     for net in plan["networks"]:
-        for seed in args.seeds[:1] if net["kind"] == "named" else args.seeds:
-            trained.append((net, seed, _train(net, seed, recipe, out, args, log)))
-    lut = load_table(run_dir / LUT_FILE)
-    measured = _measure(trained, lut, recipe, args, log)
+        spec = ArchSpec(net["name"], tuple(net["ops"]), plan["search_space"])
+        atomic_write_json(out / "archs" / f"{net['name']}.json", spec.to_dict())
+    atomic_write_json(plan_path, plan)
+    return plan
+
+
+def _statistics(records: list[dict], plan: dict[str, Any]):
+    """Per-network means, the table's error on the networks (MAPE, Kendall tau of predicted vs
+    measured latency, per-network means) and the F test over the random networks' seed records."""
+    nets = network_stats(records)
+    for n in nets:  # the plan's extra facts (parameters, the run a searched network came from)
+        extra = next(p for p in plan["networks"] if p["name"] == n["name"])
+        n.update({k: extra[k] for k in ("params_m", "run") if k in extra})
+    error = compare(
+        [n["predicted_latency_ms"] for n in nets], [n["measured_latency_ms"] for n in nets]
+    )
+    tau = error["kendall_tau"]
+    table_error = {
+        "mape_percent": round(error["mape_percent"], 4),
+        "kendall_tau": round(tau, 4) if math.isfinite(tau) else None,  # None: all tied
+        "n": len(nets),
+    }
+    random_top1 = [
+        [r["top1"] for r in records if r["name"] == n["name"]]
+        for n in nets
+        if n["kind"] == "random"
+    ]
+    return nets, table_error, anova(random_top1)
+
+
+def evaluate(args) -> dict[str, Any]:
+    """One evaluation (one target): plan, train, measure, the statistics and the verdict."""
+    runs = read_runs(args.runs)
+    lut = runs[0].lut
+    if lut.meta.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise LUTError(
+            f"the runs' table was measured on CUDA ({lut.meta.get('device_name')}): no CUDA here to "
+            "measure the trained networks on"
+        )
+    out = Path(args.out or Path("runs/search_vs_random") / runs[0].path.name)
+    out.mkdir(parents=True, exist_ok=True)
+    log = get_logger(out, name=__name__)
+    target = runs[0].target_latency_ms
+    cheapest = cheapest_latency(lut, list(runs[0].state["candidate_ops"]))
+    if not target:
+        log.info("the runs had no latency target: the on-target condition is skipped")
+    elif target < cheapest:
+        log.warning(
+            "the target %.4g ms is below the cheapest network of the table (%.4g ms): no network "
+            "can meet it; evaluating anyway",
+            target,
+            cheapest,
+        )
+    plan = _fixed_plan(out, runs, args)
+    log.info(
+        "every network is trained and timed with the table's structure: %s",
+        Structure.from_dict(plan["structure"]).describe(),
+    )
+    log.info(
+        "evaluating %d search run(s), target %s: %d networks around %.4g ms predicted, recipe %s",
+        len(runs),
+        f"{target:g} ms" if target else "none",
+        len(plan["networks"]),
+        plan["centre_ms"],
+        plan["recipe"],
+    )
+    jobs, states = _train_all(plan, args.seeds, out, args, log)
+    measured = _measure(states, plan, lut, args, log)
     records = [
         {
             "name": net["name"],
             "kind": net["kind"],
             "ops": net["ops"],
             "predicted_latency_ms": net["predicted_latency_ms"],
-            "measured_latency_ms": ms,
+            "measured_latency_ms": measured[key],
             "seed": seed,
-            "top1": round(float(state["last_metrics"]["test/top1"]), 4),
+            "top1": round(float(states[key]["last_metrics"]["test/top1"]), 4),
         }
-        for (net, seed, state), ms in zip(trained, measured)
+        for net, seed, key in jobs
     ]
-    result = verdict(records)
+    nets, table_error, ranking = _statistics(records, plan)
+    if not ranking["rankable"]:
+        log.warning(
+            "the proxy cannot rank these networks: F=%s <= F_crit=%.2f; lengthen it",
+            "nan" if ranking["f"] is None else f"{ranking['f']:.2f}",
+            ranking["f_crit"],
+        )
+    result = verdict(records, target, table_error["mape_percent"], ranking, args.proxy == "test")
     summary = {
-        "run": str(run_dir),
-        "recipe": recipe,
-        "settings": settings,
-        "latency": {k: lut.meta.get(k) for k in ("device", "device_name", "threads", "input_size")},
+        "runs": [
+            {"run": n["run"], "name": n["name"], "ops": n["ops"]}
+            for n in plan["networks"]
+            if n["kind"] == "searched"
+        ],
+        "search_space": plan["search_space"],
+        "target_latency_ms": target or None,
+        "structure": plan["structure"],
+        "centre_ms": plan["centre_ms"],
+        "recipe": plan["recipe"],
+        "settings": plan["settings"],
+        "latency": {
+            **{k: lut.meta.get(k) for k in ("device", "device_name", "threads", "input_size")},
+            "allocator": lut.allocator,
+            "rounds": args.rounds,
+        },
         "records": records,
+        "networks": nets,
+        "anova": ranking,
+        "table_error": table_error,
         "verdict": result,
     }
     atomic_write_json(out / "summary.json", summary)
-    _plot(records, out / "pictures" / "search_vs_random.png")
-    log.info("%s", _report(records, result))
-    log.info("wrote %s and %s", out / "summary.json", out / "pictures" / "search_vs_random.png")
+    picture = plot_evaluations([summary], out / "pictures" / "search_vs_random.png")
+    log.info("%s", _report(nets, summary))
+    log.info("wrote %s and %s", out / "summary.json", picture)
     return summary
+
+
+def draw_figure(outs: list[str], path: str) -> Path:
+    """One picture of the evaluations in ``outs`` (each a finished evaluation's folder)."""
+    summaries = []
+    for given in outs:
+        file = Path(given) / "summary.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{given} holds no finished evaluation: it has no summary.json")
+        summaries.append(json.loads(file.read_text()))
+    return plot_evaluations(summaries, path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,33 +382,66 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, help="search run folder (holds thetas.json, lut.json)")
+    p.add_argument("--runs", nargs="+", help="search run folders of one target (thetas.json, ...)")
+    p.add_argument("--run", help="one search run folder (the same as --runs RUN)")
     p.add_argument(
         "--data_dir", default="./cifar10_data", help="folder holding cifar-10-batches-py/"
     )
-    p.add_argument("--out", default="", help="default: SAVED_LOGS/search_vs_random/<run name>/")
-    p.add_argument("--num_random", type=int, default=6, help="random architectures (default 6)")
+    p.add_argument("--out", default="", help="default: runs/search_vs_random/<first run's name>/")
+    p.add_argument("--num_random", type=int, default=8, help="random architectures (8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (0 1)")
-    p.add_argument("--window", type=float, default=0.1, help="latency window, +-share (0.1)")
+    p.add_argument("--window", type=float, default=0.05, help="latency window, +-share (0.05)")
     p.add_argument("--random_seed", type=int, default=0, help="seed of the random draw (0)")
     p.add_argument("--proxy", default="cifar10", choices=sorted(PROXIES), help="proxy recipe")
     p.add_argument("--epochs", type=int, help="proxy epochs (cifar10: 3)")
-    p.add_argument("--train_limit", type=int, help="training images (default: all)")
-    p.add_argument("--test_limit", type=int, help="test images (default: all)")
-    p.add_argument("--batch_size", type=int, help="training batch (default: the trainer's 1000)")
+    p.add_argument("--batch_size", type=int, help="proxy training batch (cifar10: 1000)")
+    p.add_argument("--lr", type=float, help="proxy SGD learning rate (cifar10: 0.1)")
+    p.add_argument("--train_limit", type=int, help="training images (cifar10: 0 = all 50,000)")
+    p.add_argument("--test_limit", type=int, help="test images (cifar10: 0 = all 10,000)")
     p.add_argument("--rounds", type=int, default=30, help="latency measuring rounds (30)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training")
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument(
+        "--figure", nargs="+", metavar="OUT", help="draw these evaluations' networks in one picture"
+    )
+    p.add_argument(
+        "--figure_path", default="pictures/search_vs_random.png", help="where --figure draws"
+    )
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+def _check_args(args) -> str | None:
+    """The first problem with the command line, or None."""
+    if args.figure:
+        return "--figure draws finished evaluations: give it without --runs" if args.runs else None
+    if args.run and args.runs:
+        return "give --runs (or --run for one run), not both"
+    if not (args.run or args.runs):
+        return "give the search runs to evaluate: --runs RUN [RUN ...]"
+    if args.num_random < 2 or len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
+        return "need --num_random >= 2 and at least 2 distinct --seeds (the F test and the margin)"
+    if not 0 < args.window < 1 or args.rounds < 1:
+        return "need 0 < --window < 1 and --rounds >= 1"
+    for key in RECIPE_FLAGS:
+        value = getattr(args, key)
+        if value is not None and (value < 0 or (value == 0 and key in ("epochs", "batch_size"))):
+            return f"--{key} must be {'positive' if key in ('epochs', 'batch_size') else '>= 0'}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | Path | None:
     from architecture_functions.training_functions import USER_ERRORS
 
     args = _parser().parse_args(argv)
-    if args.num_random < 1 or not 0 < args.window < 1 or args.rounds < 1:
-        sys.exit("error: need --num_random >= 1, 0 < --window < 1 and --rounds >= 1")
+    problem = _check_args(args)
+    if problem:
+        sys.exit(f"error: {problem}")
     try:
+        if args.figure:
+            path = draw_figure(args.figure, args.figure_path)
+            get_logger(None, name=__name__).info("wrote %s", path)
+            return path
+        args.runs = args.runs or [args.run]
         return evaluate(args)
     except (*USER_ERRORS, FileExistsError) as err:
         sys.exit(f"error: {err.args[0] if err.args else err}")

@@ -1,117 +1,342 @@
-"""The search-vs-random evaluation end to end on synthetic data: plan, resume, summary, verdict."""
+"""The search-vs-random evaluation: statistics against hand-computed values, the verdict rule condition by
+condition, the heuristic against brute force, refusals, and end to end on two tiny searches (resumed)."""
 
+import itertools
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from supernet_functions.evaluate_search import main, verdict
-from supernet_functions.sampling import load_table, sample_ops
+from fbnet_building_blocks.search_space import CANDIDATE_OPS
+from general_functions.config_utils import config_from_dict
+from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
+from supernet_functions.evaluate_search import main
+from supernet_functions.evaluation_figure import place_labels
+from supernet_functions.evaluation_stats import anova, network_stats, verdict
+from supernet_functions.heuristic_arch import most_params_within_latency
+from supernet_functions.lookup_table_builder import LatencyLookupTable
+from supernet_functions.lut_validation import compare
+from supernet_functions.training_functions_supernet import run as search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LUT = Path(__file__).resolve().parent.parent / "luts" / "fbnet_32_cpu.json"
+OPS = list(CANDIDATE_OPS)
 KEYS = {"name", "kind", "ops", "predicted_latency_ms", "measured_latency_ms", "seed", "top1"}
+# not the trainer's default structure, so that passing it on is tested
+STRUCTURE = {"dw_bn_relu": True, "head": "conv_bn_relu", "head_channels": 24}
+TARGET_MS = 1.0  # below the cheapest network of the table below (1.7 ms): warned about, not refused
 
 
-def _fake_run(tmp_path) -> Path:
-    """A search run folder as the search writes it (thetas.json, lut.json) with seeded thetas."""
-    run = tmp_path / "search_run"
-    run.mkdir()
-    lut = load_table(LUT)
-    ops = lut.meta["candidate_ops"]
-    thetas = torch.randn(22, len(ops), generator=torch.Generator().manual_seed(0))
-    state = {"epoch": 3, "search_space": "fbnet", "input_size": 32, "candidate_ops": ops}
-    state.update(thetas=thetas.tolist(), argmax_ops=sample_ops(thetas, ops, "argmax"))
-    state.update(lut_path=str(LUT), lut_device="cpu")
-    (run / "thetas.json").write_text(json.dumps(state))
-    lut.save(run / "lut.json")
-    return run
+def _tiny_table() -> LatencyLookupTable:
+    """The 4-layer space: layer i, op j costs 0.2 + 0.1 * i + 0.03 * j ms; stem + head 0.3 ms."""
+    rows = [{op: 0.2 + 0.1 * i + 0.03 * j for j, op in enumerate(OPS)} for i in range(4)]
+    meta = {"input_size": 32, "batch_size": 1, "cnt_classes": 10, "structure": STRUCTURE}
+    return LatencyLookupTable.from_latencies("tiny", rows, {"stem": 0.1, "head": 0.2}, **meta)
 
 
-def test_evaluation_end_to_end_resumes_and_writes_the_summary(tmp_path, capsys):
-    run, out = _fake_run(tmp_path), tmp_path / "eval"
-    argv = ["--run", str(run), "--out", str(out), "--proxy", "test", "--num_random", "2"]
-    argv += ["--rounds", "2", "--progress", "false"]
-    summary = main(argv)
-    lut = load_table(run / "lut.json")
-    records = summary["records"]
-    assert all(set(r) == KEYS for r in records)
-    kinds = [(r["name"], r["kind"], r["seed"]) for r in records]
-    assert kinds == [
-        ("searched", "searched", 0),
-        ("searched", "searched", 1),
-        ("random_1", "random", 0),
-        ("random_1", "random", 1),
-        ("random_2", "random", 0),
-        ("random_2", "random", 1),
-        ("fbnet_a", "named", 0),  # the named networks: one seed
-        ("fbnet_b", "named", 0),
-        ("fbnet_c", "named", 0),
+@pytest.fixture(scope="module")
+def search_runs(tmp_path_factory) -> list[Path]:
+    """Two search seeds of one target: the smoke preset on a hand-made table (no timing)."""
+    tmp = tmp_path_factory.mktemp("searches")
+    lut_path = tmp / "tiny_lut.json"
+    lut_path.write_text(json.dumps(_tiny_table().to_dict()))
+    runs = []
+    for seed in (0, 1):
+        values = {
+            **PRESETS["smoke"],
+            **STRUCTURE,
+            "fake_train_size": 20,
+            "batch_size": 10,
+            "epochs": 2,
+        }
+        values.update(lut_path=str(lut_path), log_dir=str(tmp), run_name=f"s{seed}", seed=seed)
+        values.update(target_latency_ms=TARGET_MS, save_checkpoints=False, progress=False)
+        runs.append(Path(search(config_from_dict(SupernetConfig, values))["run_dir"]))
+    return runs
+
+
+def _argv(runs, out, *extra) -> list[str]:
+    argv = ["--runs", *map(str, runs), "--out", str(out), "--proxy", "test", "--num_random", "2"]
+    return [*argv, "--rounds", "2", "--progress", "false", *extra]
+
+
+@pytest.fixture(scope="module")
+def evaluation(search_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "t1"
+    return out, main(_argv(search_runs, out))
+
+
+def _rec(name, kind, top1, ms, seed=0):
+    return {
+        "name": name,
+        "kind": kind,
+        "ops": [],
+        "predicted_latency_ms": ms,
+        "measured_latency_ms": ms,
+        "seed": seed,
+        "top1": top1,
+    }
+
+
+def test_f_statistic_and_the_margin_against_hand_computed_values():
+    # means 2, 5, 8 (grand 5): MS_between = 2 * (9 + 0 + 9) / 2 = 18; MS_within = 6 * 1 / 3 = 2
+    f = anova([[1, 3], [4, 6], [7, 9]])
+    assert f["f"] == 9.0 and (f["df_between"], f["df_within"]) == (2, 3)
+    assert f["f_crit"] == pytest.approx(9.5521, abs=1e-4)  # F(2, 3) 95% quantile, printed tables
+    assert not f["rankable"]  # 9 <= 9.55
+    assert anova([[1, 3], [5, 7], [9, 11]])["rankable"]  # F = 32 / 2 = 16
+    assert anova([[1, 1], [1, 1]])["f"] is None and not anova([[1, 1], [1, 1]])["rankable"]
+    assert anova([[1, 1], [2, 2]])["rankable"]  # no seed noise at all: F is infinite
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        anova([[1], [2], [3]])
+
+    # searched 50, 52, 54, 56: mean 53, s_s^2 = 20 / 3, n_s = 4; random means 40, 42, 44: s_r = 2
+    records = [
+        _rec(f"searched_{i // 2 + 1}", "searched", top1, 5.0, i % 2)
+        for i, top1 in enumerate([50, 52, 54, 56])
     ]
-    searched = records[0]["predicted_latency_ms"]
-    assert searched == pytest.approx(
-        lut.predict(json.loads((run / "thetas.json").read_text())["argmax_ops"]), abs=1e-4
+    for name, mean in (("random_1", 40), ("random_2", 42), ("random_3", 44)):
+        records += [_rec(name, "random", mean - 1, 5.0), _rec(name, "random", mean + 1, 5.0, 1)]
+    records.append(_rec("heuristic", "heuristic", 53.0, 5.0))
+    result = verdict(records, None, 5.0, {"rankable": True})
+    # 2 * sqrt(20 / 3 / 4 + 4 / 3) = 2 * sqrt(3)
+    assert result["margin"] == pytest.approx(2 * 3**0.5, abs=1e-4)
+    assert result["searched_top1_mean"] == 53.0 and result["random_top1_mean"] == 42.0
+    assert result["conditions"]["beats_random"]["value"] == 11.0
+    assert result["conditions"]["on_target"]["passed"] is None and result["verdict"] == "met"
+
+
+def _passing_records():
+    """Searched 60-61.5% at 5.0 ms; random networks 50-54%; heuristic 60.5%; FBNet-A 70% at 8 ms."""
+    records = [
+        _rec("searched_1", "searched", 60.0, 5.0),
+        _rec("searched_1", "searched", 61.0, 5.0, 1),
+        _rec("searched_2", "searched", 60.5, 5.0),
+        _rec("searched_2", "searched", 61.5, 5.0, 1),
+    ]
+    for i, mean in enumerate((50.0, 52.0, 54.0), 1):
+        records += [_rec(f"random_{i}", "random", mean - 0.5, 5.1 + 0.1 * i)]
+        records += [_rec(f"random_{i}", "random", mean + 0.5, 5.1 + 0.1 * i, 1)]
+    records += [
+        _rec("heuristic", "heuristic", 60.2, 5.05),
+        _rec("heuristic", "heuristic", 60.8, 5.05, 1),
+    ]
+    return records + [_rec("fbnet_a", "named", 70.0, 8.0)]
+
+
+def test_each_condition_of_the_rule_flips_the_verdict():
+    rank = {"rankable": True}
+    assert verdict(_passing_records(), 5.2, 10.0, rank)["verdict"] == "met"
+
+    def failed(records=None, target=5.2, mape=10.0, ranking=rank):
+        result = verdict(records or _passing_records(), target, mape, ranking)
+        return result["verdict"], result["failed"]
+
+    # beats_random: the random networks as good as the searched ones
+    close = [
+        dict(r, top1=r["top1"] + 8) if r["kind"] == "random" else r for r in _passing_records()
+    ]
+    assert failed(close) == ("not met: beats_random", ["beats_random"])
+    # not_below_heuristic: the searched mean is 60.75; the heuristic may reach 61.25, not 61.35
+    for top1, verdict_text in ((61.25, "met"), (61.35, "not met: not_below_heuristic")):
+        records = [
+            dict(r, top1=top1) if r["kind"] == "heuristic" else r for r in _passing_records()
+        ]
+        assert failed(records)[0] == verdict_text
+    # not_dominated: one network faster (4.9 ms) and more accurate (62%)
+    faster = [*_passing_records(), _rec("random_4", "random", 62.0, 4.9)]
+    faster.append(_rec("random_4", "random", 62.0, 4.9, 1))
+    assert failed(faster) == ("not met: not_dominated", ["not_dominated"])
+    assert verdict(faster, 5.2, 10.0, rank)["conditions"]["not_dominated"]["value"] == ["random_4"]
+    # on_target: 5.0 ms measured is within 10% of 5.5 (-9.1%), not of 5.6 (-10.7%); no target: skipped
+    assert failed(target=5.5)[0] == "met" and failed(target=5.6)[1] == ["on_target"]
+    assert failed(target=None)[0] == "met"
+    # table_accurate: MAPE 15% passes, 15.1% does not
+    assert failed(mape=15.0)[0] == "met" and failed(mape=15.1)[1] == ["table_accurate"]
+    # a proxy that cannot rank, or a synthetic one, decides before the conditions
+    assert failed(close, ranking={"rankable": False})[0] == "not measurable"
+    result = verdict(close, 5.2, 10.0, rank, synthetic=True)
+    assert result["verdict"] == "synthetic: no verdict" and result["failed"] == ["beats_random"]
+
+
+def test_the_heuristic_is_the_most_parameters_within_the_budget_by_brute_force():
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        lat = rng.uniform(0.1, 1.0, (4, len(OPS)))
+        par = rng.uniform(0.0, 2.0, (4, len(OPS))) + (lat if trial == 0 else 0)  # correlated once
+        lut = LatencyLookupTable.from_latencies(
+            "tiny", [dict(zip(OPS, row)) for row in lat], {"stem": 0.3}
+        )
+        params = LatencyLookupTable.from_latencies(
+            "tiny", [dict(zip(OPS, row)) for row in par], {"stem": 0.01}, cost="params"
+        )
+        every = np.array(list(itertools.product(range(len(OPS)), repeat=4)))
+        total_lat = lat[np.arange(4), every].sum(axis=1) + 0.3
+        total_par = par[np.arange(4), every].sum(axis=1) + 0.01
+        for budget in np.quantile(total_lat, [0.001, 0.1, 0.5, 0.9, 1.0]):
+            ops, ms, m = most_params_within_latency(lut, params, OPS, budget)
+            inside = total_lat <= budget
+            assert ms <= budget + 1e-9 and m == pytest.approx(total_par[inside].max())
+            assert [OPS.index(op) for op in ops] in every[inside].tolist()
+    with pytest.raises(ValueError, match="cheapest costs"):
+        most_params_within_latency(lut, params, OPS, total_lat.min() - 0.01)
+
+
+def test_runs_of_another_target_table_or_structure_are_refused_with_one_line(
+    search_runs, tmp_path, capsys
+):
+    def refused(*runs) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(_argv(runs, tmp_path / "out"))
+        assert not (tmp_path / "out").exists()  # nothing written, nothing trained
+        message = str(done.value.code)
+        assert message.startswith("error: ") and "\n" not in message
+        return message
+
+    def variant(name, file, edit) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(search_runs[1], copy)
+        data = json.loads((copy / file).read_text())
+        edit(data)
+        (copy / file).write_text(json.dumps(data))
+        return copy
+
+    other_target = variant("target", "config.json", lambda c: c.update(target_latency_ms=2.0))
+    assert "differ in target_latency_ms (1 vs 2)" in refused(search_runs[0], other_target)
+    other_table = variant("table", "lut.json", lambda t: t["layers"][0]["skip"].update(median=9.9))
+    assert "differ in their lut.json (another table)" in refused(search_runs[0], other_table)
+    other_block = variant("block", "config.json", lambda c: c.update(dw_bn_relu=False))
+    message = refused(search_runs[0], other_block)
+    assert (
+        "priced BN + ReLU after the depthwise conv" in message and "not this run's table" in message
     )
-    for r in records:
-        assert r["predicted_latency_ms"] == pytest.approx(lut.predict(r["ops"]), abs=1e-4)
-        assert r["measured_latency_ms"] > 0 and 0 <= r["top1"] <= 100
-        if r["kind"] == "random":
-            assert (
-                abs(r["predicted_latency_ms"] / searched - 1) <= 0.1
-                and r["ops"] != records[0]["ops"]
-            )
-        ckpt = torch.load(
-            out / "runs" / f"{r['name']}_seed{r['seed']}" / "last.pth", weights_only=True
-        )
-        assert ckpt["epoch"] == 2 and r["top1"] == pytest.approx(
-            ckpt["last_metrics"]["test/top1"], abs=1e-3
-        )
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["records"] == records and on_disk["verdict"] == verdict(records)
-    assert (out / "pictures" / "search_vs_random.png").stat().st_size > 1000
-
-    # a rerun skips finished trainings and resumes an unfinished one (its epoch-1 checkpoint)
-    last = out / "runs" / "random_2_seed1" / "last.pth"
-    first = out / "runs" / "random_2_seed1" / "epoch1.pth"
-    ckpt = torch.load(last, weights_only=True)
-    ckpt["epoch"] = 1
-    torch.save(ckpt, first)
-    first.replace(last)
-    capsys.readouterr()
-    again = main(argv)
-    err = capsys.readouterr().err
-    assert err.count(": done (") == 8 and "random_2 seed 1: resuming" in err
-    assert [r["top1"] for r in again["records"]][:5] == [r["top1"] for r in records][:5]
-    assert torch.load(last, weights_only=True)["epoch"] == 2
-    # other settings in the same folder are refused, with one line
-    with pytest.raises(SystemExit, match="other settings"):
-        main([*argv[:6], "--num_random", "3", *argv[8:]])
-
-
-def test_verdict_is_computed_from_the_records():
-    def rec(name, kind, top1, ms, seed=0):
-        return {"name": name, "kind": kind, "top1": top1, "measured_latency_ms": ms, "seed": seed}
-
-    records = [rec("searched", "searched", 50.0, 5.0), rec("searched", "searched", 52.0, 5.0, 1)]
-    records += [rec("random_1", "random", 40.0, 5.1), rec("random_1", "random", 44.0, 5.2, 1)]
-    records += [rec("fbnet_a", "named", 55.0, 6.0)]
-    result = verdict(records)
-    assert result["searched_top1_mean"] == 51.0 and result["random_top1_mean"] == 42.0
-    assert result["margin"] == pytest.approx(max(2**0.5, 8**0.5))  # sample std of each group
-    assert result["beats_random"] and result["dominated_by"] == [] and result["target_met"]
-    records.append(rec("random_2", "random", 60.0, 4.0))  # faster and more accurate
-    result = verdict(records)
-    assert result["dominated_by"] == ["random_2"] and not result["target_met"]
-
-
-def test_help_and_a_missing_run_are_one_clear_answer(tmp_path, capsys):
+    other_size = variant("size", "lut.json", lambda t: t["meta"].update(input_size=64))
+    assert "measured at input size 64" in refused(other_size)
+    no_config = tmp_path / "no_config"
+    shutil.copytree(search_runs[0], no_config)
+    (no_config / "config.json").unlink()
+    assert "is not a search run folder: it has no config.json" in refused(no_config)
+    for argv, expected in (
+        (["--run", str(no_config), "--out", str(tmp_path / "out")], "it has no config.json"),
+        (["--run", str(search_runs[0]), "--runs", str(search_runs[1])], "not both"),
+        (["--runs", str(search_runs[0]), "--seeds", "0"], "at least 2 distinct --seeds"),
+        (["--figure", str(tmp_path)], "has no summary.json"),
+    ):
+        with pytest.raises(SystemExit, match=expected):
+            main(argv)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--run", "--data_dir", "--out", "--num_random", "--seeds", "--proxy", "--device"):
+    for flag in ("--runs", "--run", "--num_random", "--window", "--epochs", "--lr", "--figure"):
         assert flag in help_text
-    with pytest.raises(SystemExit, match="not a search run folder: it has no thetas.json"):
-        main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()  # nothing written for a bad run
+
+
+def test_evaluation_end_to_end_then_resumed(evaluation, search_runs, capsys):
+    out, summary = evaluation
+    lut = LatencyLookupTable.load(search_runs[0] / "lut.json")
+    records, nets = summary["records"], summary["networks"]
+    assert all(set(r) == KEYS for r in records)
+    assert [(r["name"], r["seed"]) for r in records] == [
+        (name, seed)
+        for name in ("searched_1", "searched_2", "random_1", "random_2", "heuristic")
+        for seed in (0, 1)
+    ]  # no named network fits the 4-layer table
+    argmaxes = [json.loads((run / "thetas.json").read_text())["argmax_ops"] for run in search_runs]
+    assert [r["ops"] for r in records[:4:2]] == argmaxes
+    centre = np.mean([lut.predict(ops) for ops in argmaxes])
+    assert summary["centre_ms"] == pytest.approx(centre, abs=1e-4)
+    for r in records:
+        assert r["predicted_latency_ms"] == pytest.approx(lut.predict(r["ops"]), abs=1e-4)
+        assert r["measured_latency_ms"] > 0 and 0 <= r["top1"] <= 100
+        if r["kind"] == "random":
+            assert abs(r["predicted_latency_ms"] / centre - 1) <= 0.05 and r["ops"] not in argmaxes
+    assert records[-1]["predicted_latency_ms"] <= centre + 1e-9  # the heuristic fits the centre
+    # one training per distinct (ops, seed), each with the table's structure and the recipe
+    trainings = {(tuple(r["ops"]), r["seed"]) for r in records}
+    folders = sorted((out / "runs").iterdir())
+    assert len(folders) == len(trainings)
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        assert {k: config[k] for k in STRUCTURE} == STRUCTURE
+        assert config["epochs"] == 2 and config["dataset"] == "fake"
+        assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == 2
+    # the summary: its statistics recomputed from its own records
+    assert summary["target_latency_ms"] == TARGET_MS and summary["recipe"]["epochs"] == 2
+    assert summary["structure"] == STRUCTURE
+    stats = network_stats(records)
+    assert [{k: n[k] for k in s} for n, s in zip(nets, stats)] == stats
+    assert [n.get("run") for n in nets[:3]] == [str(search_runs[0]), str(search_runs[1]), None]
+    assert all(n["params_m"] > 0 for n in nets)
+    random_top1 = [[r["top1"] for r in records if r["name"] == f"random_{i}"] for i in (1, 2)]
+    assert summary["anova"] == anova(random_top1) and summary["anova"]["df_within"] == 2
+    error = compare(
+        [n["predicted_latency_ms"] for n in nets], [n["measured_latency_ms"] for n in nets]
+    )
+    assert summary["table_error"]["mape_percent"] == pytest.approx(error["mape_percent"], abs=1e-3)
+    assert summary["verdict"]["verdict"] == "synthetic: no verdict"
+    assert summary["verdict"] == verdict(
+        records, TARGET_MS, summary["table_error"]["mape_percent"], summary["anova"], True
+    )
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "pictures" / "search_vs_random.png").stat().st_size > 5000
+    log = (out / "log.txt").read_text()
+    assert "below the cheapest network of the table (1.7 ms)" in log
+    assert f"{len(trainings)} of {len(trainings)} trainings" in log
+    assert ("the proxy cannot rank these networks" in log) == (not summary["anova"]["rankable"])
+
+    # interrupted: one training stopped after its first epoch, one killed before its first checkpoint
+    last = out / "runs" / "random_2_seed1" / "last.pth"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["epoch"] = 1
+    torch.save(ckpt, last)
+    (out / "runs" / "heuristic_seed0" / "last.pth").unlink()
+    capsys.readouterr()
+    again = main(_argv(search_runs, out))
+    err = capsys.readouterr().err
+    assert err.count(": done (") == len(trainings) - 2
+    assert "random_2 seed 1: resuming" in err and "heuristic seed 0: training" in err
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    kept = [r["top1"] for r in records if r["name"] not in ("random_2", "heuristic")]
+    assert [
+        r["top1"] for r in again["records"] if r["name"] not in ("random_2", "heuristic")
+    ] == kept
+    with pytest.raises(SystemExit, match="other settings"):  # the plan is fixed
+        main(_argv(search_runs, out, "--window", "0.1"))
+    with pytest.raises(SystemExit, match="other runs"):
+        main(_argv(search_runs[:1], out))
+
+
+def test_the_figure_draws_several_targets_with_labels_that_do_not_overlap(evaluation, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out, summary = evaluation
+    second = tmp_path / "t2"  # a second target: the same networks, slower and less accurate
+    second.mkdir()
+    shifted = [
+        dict(n, measured_latency_ms=n["measured_latency_ms"] * 2, top1_mean=n["top1_mean"] - 3)
+        for n in summary["networks"]
+    ]
+    (second / "summary.json").write_text(
+        json.dumps({**summary, "networks": shifted, "target_latency_ms": 2.0})
+    )
+    path = tmp_path / "pictures" / "both.png"
+    assert main(["--figure", str(out), str(second), "--figure_path", str(path)]) == path
+    assert path.stat().st_size > 5000
+
+    fig, ax = plt.subplots()
+    ax.set(xlim=(0.9, 1.1), ylim=(49, 51))
+    points = [(1.0, 50.0), (1.001, 50.02), (1.002, 49.98), (1.0, 50.01)]  # four on one spot
+    labels = place_labels(ax, points, ["searched_1", "searched_2", "fbnet_a", "fbnet_b"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert all(box.width > 20 for box in boxes)  # drawn: an undrawn label measures 1 x 1
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b)
+    plt.close(fig)
