@@ -170,6 +170,13 @@ class SupernetConfig:
         "paper: same",
         ("same", "sampled"),
     )
+    weight_sharing: bool = opt(
+        False,
+        "the inverted-residual ops of a layer share their convolutions (a 3x3 kernel is the centre "
+        "of the 5x5, expansion e the first e x in channels; supernet_functions/shared_ops.py), as "
+        "once-for-all and FBNetV2; the searched network is retrained with its own weights",
+        "paper: every op has its own weights",
+    )
     probe_images: int = opt(
         1000,
         "images the path diagnostic scores each epoch: the held-out part with --val_fraction, else "

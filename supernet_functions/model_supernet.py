@@ -24,9 +24,11 @@ from torch import nn
 
 from fbnet_building_blocks.blocks import ConvBNReLU
 from fbnet_building_blocks.fbnet_builder import init_weights, make_head
-from fbnet_building_blocks.registry import build_block
+from fbnet_building_blocks.registry import build_block, get_op_args
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure
+
+from .shared_ops import SharedInvertedResiduals, SharedOp
 
 __all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet", "mix_outputs", "run_sampled"]
 
@@ -145,6 +147,32 @@ def run_sampled(weights: torch.Tensor, ops: Sequence[nn.Module], x: torch.Tensor
     return out
 
 
+def _candidates(ops, shape, structure: Structure, weight_sharing: bool):
+    """A layer's candidate modules, and the module of their shared weights (or None)."""
+    if not weight_sharing:
+        blocks = [
+            build_block(
+                op, shape.in_channels, shape.out_channels, shape.stride, structure.dw_bn_relu
+            )
+            for op in ops
+        ]
+        return blocks, None
+    args = {op: get_op_args(op) for op in ops}
+    if any(a.se for a in args.values()):
+        raise ValueError("--weight_sharing does not cover squeeze-excitation ops")
+    ir = [op for op in ops if args[op].kind != "skip"]
+    shared = SharedInvertedResiduals(
+        ir, shape.in_channels, shape.out_channels, shape.stride, structure
+    )
+    blocks = [
+        build_block(op, shape.in_channels, shape.out_channels, shape.stride)
+        if args[op].kind == "skip"
+        else SharedOp(shared, ir.index(op), op)
+        for op in ops
+    ]
+    return blocks, shared
+
+
 class StochasticSuperNet(nn.Module):
     """Stem, one :class:`MixedOperation` per searched layer, head, pool and classifier.
 
@@ -177,10 +205,12 @@ class StochasticSuperNet(nn.Module):
         per_sample: bool = False,
         bn_init: str = "ones",
         structure: Structure = DEFAULT_STRUCTURE,
+        weight_sharing: bool = False,
     ) -> None:
         super().__init__()
         space = get_search_space(search_space)
         self.structure = structure
+        self.weight_sharing = weight_sharing
         self.space = space
         self.input_size = input_size or space.input_size
         self.candidate_ops = tuple(candidate_ops or space.candidate_ops)
@@ -191,23 +221,29 @@ class StochasticSuperNet(nn.Module):
                 f"{len(shapes)}"
             )
         self.stem = ConvBNReLU(3, space.stem_out(), 3, stride=space.stem_stride)
-        self.stages = nn.ModuleList(
-            MixedOperation(
-                [
-                    build_block(op, s.in_channels, s.out_channels, s.stride, structure.dw_bn_relu)
-                    for op in self.candidate_ops
-                ],
+        self.stages = nn.ModuleList()
+        for i, s in enumerate(shapes):
+            candidates, shared = _candidates(self.candidate_ops, s, structure, weight_sharing)
+            layer = MixedOperation(
+                candidates,
                 latency=None if lut is None else lut.latency_vector(i, self.candidate_ops),
                 mixing=mixing,
                 per_sample=per_sample,
             )
-            for i, s in enumerate(shapes)
-        )
+            if shared is not None:
+                layer.shared = shared  # the ops' weights, registered once per layer
+            self.stages.append(layer)
         head = space.head_out(structure.head_channels)
         self.head = make_head(shapes[-1].out_channels, head, structure.head)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, cnt_classes)
         init_weights(self, bn_init=bn_init)
+        if weight_sharing and bn_init == "uniform":  # the shared BNs' scales, as init_weights's
+            for m in self.modules():
+                if isinstance(m, SharedInvertedResiduals):
+                    for bn in (m.bn_pw, m.bn_dw, m.bn_pwl):
+                        if bn is not None:
+                            nn.init.uniform_(bn.weight, 0.0, 1.0)
 
     def forward(
         self, x: torch.Tensor, temperature: float | torch.Tensor

@@ -187,6 +187,7 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         per_sample=cfg.per_sample,
         bn_init=cfg.bn_init,
         structure=lut.structure,  # resolve_lut checked it is the configured one
+        weight_sharing=cfg.weight_sharing,
     )
     model = prepare_supernet(  # exact speed-ups, and the CUDA-only options (README "Performance")
         supernet,
