@@ -294,23 +294,24 @@ PRESETS = {
         "lut_rounds": 2,
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
     },
-    # A search on real CIFAR-10 that fits a 2-core CPU: about 55 minutes by the measured step speeds,
-    # at most 75 with this machine's drift. Soft Gumbel (the paper's), the `fbnet` space with its
-    # committed 32x32 table. Each value and its reason: TRAINING_DETAILS.md ("A search on a 2-core
-    # CPU"). Pass --data_dir.
+    # A search on real CIFAR-10 that fits a 2-core CPU in about 45 minutes, whose weights serve single
+    # paths: the weight steps train one path drawn from softmax(thetas) through weights the ops of a
+    # layer share (docs/experiments.md, "Which supernet keeps serving paths"); the theta steps keep the
+    # paper's soft Gumbel mixture. The `fbnet` space with its committed 32x32 table. Each value and
+    # its reason: TRAINING_DETAILS.md ("A search on a 2-core CPU"). Pass --data_dir.
     "cpu_cifar10": {
         "dataset": "cifar10",
-        "search_space": "fbnet",  # the only space with a committed 32x32 table (luts/README.md)
+        "search_space": "fbnet",  # the space with a committed 32x32 table (luts/README.md)
         "mixing": "gumbel",
-        "train_limit": 12000,  # 6,000 weight + 6,000 theta images
-        "w_share": 0.5,  # DARTS's half/half split: as many theta images as weight images
+        "w_mixing": "sampled",
+        "weight_sharing": True,
         "batch_size": 128,
-        "epochs": 13,
-        "warmup_epochs": 8,  # 48,000 weight images before the first theta step
-        "bn_init": "uniform",  # BN scales U(0, 1), as the original ran: a flatter head
-        "w_lr": 0.04,  # the 5k search's stable 0.01 at batch 32, scaled linearly to batch 128
-        "thetas_lr": 0.07,  # 5 x 47 = 235 theta steps x 0.07 ~ the original's 1,700 x 0.01
-        "temperature_decay": math.exp(-1.0),  # 5.0, 1.84, 0.68, 0.25, 0.09 over the 5 search epochs
+        "epochs": 30,
+        "warmup_epochs": 20,  # 6,240 single-path weight steps before the first theta step
+        "bn_init": "uniform",  # BN scales U(0, 1), as the original ran
+        "w_lr": 0.01,  # stable for single-path steps at batch 128 (bench/supernet_paths.py)
+        "thetas_lr": 0.02,  # 10 x 79 = 790 theta steps x 0.02 ~ the original's 1,700 x 0.01
+        "temperature_decay": math.exp(-0.4),  # 5.0 ... 0.14 over the 10 search epochs
         "loader": "tensor",
         "threads": 2,
         "log_dir": "runs/supernet_cpu_cifar10",
