@@ -107,6 +107,35 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     a = json.loads((full_dir / "thetas.json").read_text())
     b = json.loads((part_dir / "thetas.json").read_text())
     assert a["thetas"] == b["thetas"] and a["epoch"] == b["epoch"] == 2
+    # the path diagnostic: every epoch, in metrics.csv, TensorBoard and summary.json, unchanged by a
+    # resume (it draws its paths with a generator of its own)
+    assert [p["epoch"] for p in full["path_probe"]] == [1, 2, 3]
+    assert [float(r["paths/argmax_top1"]) for r in rows] == pytest.approx(
+        [p["argmax_top1"] for p in full["path_probe"]], abs=1e-3
+    )
+    assert tags["paths/sampled_top1_mean"] == "simple_value" and "paths: argmax top1" in log
+    assert json.loads((part_dir / "summary.json").read_text())["path_probe"] == full["path_probe"]
+
+
+def test_a_search_on_drawn_paths_through_shared_convs_resumes_exactly(tmp_path, lut_path):
+    kw = {"w_mixing": "sampled", "weight_sharing": True, "min_temperature": 4.9}
+    full = run(_cfg(tmp_path, lut_path, run_name="full", **kw))
+    part = run(_cfg(tmp_path, lut_path, run_name="part", stop_after_epoch=2, **kw))
+    run(_cfg(tmp_path, lut_path, resume=str(Path(part["run_dir"]) / "last.pth")))
+    rows = _rows(Path(full["run_dir"]))
+    assert _rows(Path(part["run_dir"])) == rows
+    assert [float(r["sched/temperature"]) for r in rows] == [5.0, 5.0, 4.9]  # the floor
+
+
+def test_a_search_that_measured_its_own_table_resumes(tmp_path):
+    """The table's header goes into the checkpoint, which loads with weights_only=True."""
+    values = {**PRESETS["smoke"], "fake_train_size": 40, "batch_size": 10, "epochs": 2}
+    values.update(log_dir=str(tmp_path / "runs"), progress=False, run_name="fresh")
+    part = run(config_from_dict(SupernetConfig, {**values, "stop_after_epoch": 1}))
+    last = Path(part["run_dir"]) / "last.pth"
+    assert type(LatencyLookupTable.load(last.parent / "lut.json").meta["torch_version"]) is str
+    done = run(config_from_dict(SupernetConfig, {**values, "resume": str(last)}))
+    assert done["epoch"] == 1 and len(done["path_probe"]) == 2
 
 
 def test_resume_refuses_other_settings(tmp_path, lut_path):
