@@ -62,7 +62,9 @@ from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
     extend_cosine,
+    lock_run_dir,
     new_run_dir,
+    release_run_locks,
     resume_config,
     resume_run,
     tidy_resumed_run,
@@ -382,7 +384,10 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
     cfg, state = _recipe(cfg)  # threads, device and timeout too come from a resumed run's recipe
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, state=state)
-    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    try:
+        return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    finally:
+        release_run_locks()  # the run folder is free again, however the run ended
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext, state: dict | None) -> dict[str, Any]:
@@ -456,8 +461,10 @@ def _logger(run_dir: Path | None, ctx: DistContext) -> logging.Logger:
 def _open_run(cfg: ArchTrainConfig, state: dict | None, ctx: DistContext):
     """The architecture, and the run folder: the resumed run's, or a new one."""
     spec = arch_from(cfg, state, cfg.resume)
-    if state is not None:  # the run continues in its folder
-        return spec, Path(cfg.resume).resolve().parent
+    if state is not None:  # the run continues in its folder, under its lock
+        run_dir = Path(cfg.resume).resolve().parent
+        run_on_main(ctx, lambda: lock_run_dir(run_dir))
+        return spec, run_dir
     return spec, new_run_dir(cfg, ctx, prefix=spec.name)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -30,6 +29,8 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .io_utils import read_json
 
 __all__ = [
     "ConfigError",
@@ -330,11 +331,9 @@ def parse_config(
 
 def load_json_config(path: str | Path) -> dict[str, Any]:
     try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+        values = read_json(path, "config file")
+    except (FileNotFoundError, ValueError) as err:  # missing, a folder, binary, huge, not JSON
+        raise ConfigError(str(err)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return values

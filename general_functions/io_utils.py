@@ -9,7 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "new_file_mode"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_json",
+    "new_file_mode",
+    "read_json",
+]
+
+# The largest JSON file read (architecture, configuration, latency table, thetas): the biggest the
+# code writes is a latency table of a few tens of kB, so 1 MB leaves room and refuses junk unread.
+MAX_JSON_BYTES = 1_000_000
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -47,3 +58,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in ``path``; ``what`` names the file in the one-line error.
+
+    A missing file is a ``FileNotFoundError``; a folder, a file over ``max_bytes`` (refused before it
+    is read), a binary file, invalid JSON or JSON nested too deep to parse is a ``ValueError``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{what} {path} is {size} bytes; at most {max_bytes} are read")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not a text file (not UTF-8)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to be JSON this code reads") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be read: {err.strerror or err}") from None

@@ -56,7 +56,13 @@ from general_functions.distributed import (
 )
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
-from general_functions.run_folder import new_run_dir, resume_run, tidy_resumed_run
+from general_functions.run_folder import (
+    lock_run_dir,
+    new_run_dir,
+    release_run_locks,
+    resume_run,
+    tidy_resumed_run,
+)
 from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
 
 from .config_for_supernet import SupernetConfig
@@ -269,7 +275,10 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     _check_config(cfg)
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, ckpt=ckpt)
-    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    try:
+        return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    finally:
+        release_run_locks()  # the run folder is free again, however the run ended
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, Any]:
@@ -300,8 +309,10 @@ def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, 
 
 def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
     """The run folder: the resumed run's, or a new one."""
-    if ckpt is not None:  # the run continues in its folder
-        return Path(cfg.resume).resolve().parent
+    if ckpt is not None:  # the run continues in its folder, under its lock
+        run_dir = Path(cfg.resume).resolve().parent
+        run_on_main(ctx, lambda: lock_run_dir(run_dir))
+        return run_dir
     return new_run_dir(cfg, ctx, prefix="supernet")
 
 

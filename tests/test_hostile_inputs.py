@@ -1,0 +1,227 @@
+"""Hostile inputs and run-folder races: each is refused with one line, and no run is corrupted.
+
+Each test parses a file or claims a folder, without training, so the whole file takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fbnet_building_blocks.arch_specs import load_arch
+from general_functions import run_folder
+from general_functions.run_folder import RunLockedError, release_run_locks, start_run_dir
+
+TINY_OPS = ["ir_k3_e3", "ir_k5_e1", "skip", "ir_k3_s2"]
+
+
+@pytest.fixture(autouse=True)
+def _no_locks_left():
+    yield
+    release_run_locks()
+
+
+def _arch_file(tmp_path: Path, **fields) -> Path:
+    path = tmp_path / "arch.json"
+    path.write_text(
+        json.dumps({"name": "tiny_a", "ops": TINY_OPS, "search_space": "tiny", **fields})
+    )
+    return path
+
+
+def _refused(argv: list[str]) -> str:
+    import architecture_main_file
+
+    with pytest.raises(SystemExit) as exit_:
+        architecture_main_file.main(argv)
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def _train_argv(tmp_path: Path, arch: Path, *extra: str) -> list[str]:
+    return [
+        *("--architecture_name", str(arch), "--dataset", "fake", "--fake_train_size", "32"),
+        *("--fake_test_size", "32", "--batch_size", "32", "--epochs", "1", "--threads", "1"),
+        *("--progress", "False", "--log_dir", str(tmp_path / "runs"), *extra),
+    ]
+
+
+# ----------------------------------------------------------------------------------- item 1: names
+@pytest.mark.parametrize("name", ["/some/abs/path", "../../../escaped", "..", "a/b", "a\\b"])
+def test_an_architecture_name_that_leaves_the_run_root_is_refused(tmp_path, name):
+    arch = _arch_file(tmp_path, name=name)
+    message = _refused(_train_argv(tmp_path, arch))
+    assert f"architecture file {arch}: field 'name' must be a name" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.json"]  # no folder made anywhere
+
+
+def test_a_run_name_prefix_is_checked_where_it_enters(tmp_path):
+    with pytest.raises(ValueError, match="prefix"):
+        start_run_dir(tmp_path / "runs", "", prefix="../../escaped")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------------- item 2: locks
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    class Frozen:  # every run starts at the same moment
+        @staticmethod
+        def now():
+            from datetime import datetime as real
+
+            return real(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(run_folder, "datetime", Frozen)
+    dirs = [start_run_dir(tmp_path, "", prefix="net") for _ in range(3)]
+    assert [d.name for d in dirs] == [
+        "net_20260102_030405",
+        *(f"net_20260102_030405_{i}" for i in (2, 3)),
+    ]
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that takes ``folder``'s lock and keeps it until its stdin closes."""
+    code = (
+        "import sys; from general_functions.run_folder import lock_run_dir; "
+        f"lock_run_dir({str(folder)!r}); print('held', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_the_same_run_name_is_refused_naming_the_holder(tmp_path):
+    folder = tmp_path / "runs" / "same"
+    folder.mkdir(parents=True)
+    holder = _hold_lock(folder)
+    try:
+        arch = _arch_file(tmp_path)
+        message = _refused(_train_argv(tmp_path, arch, "--run_name", "same"))
+        assert f"run folder {folder} is in use by process {holder.pid}" in message
+        assert sorted(p.name for p in folder.iterdir()) == [".run.lock"]  # nothing written
+        with pytest.raises(RunLockedError, match=str(holder.pid)):  # a resume waits its turn too
+            run_folder.lock_run_dir(folder)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not (folder / ".run.lock").exists()  # released when the holder ended
+
+
+def test_the_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    lock = tmp_path / ".run.lock"
+    lock.write_text(dead.stdout.decode())
+    run_folder.lock_run_dir(tmp_path)
+    assert lock.read_text().strip() == str(os.getpid())
+    assert "no longer running" in caplog.text
+    release_run_locks()
+    assert not lock.exists()
+
+
+def test_a_refused_start_leaves_no_lock(tmp_path):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(run_folder.RunExistsError):
+        start_run_dir(tmp_path, "x", prefix="net")
+    assert not (folder / ".run.lock").exists()
+
+
+# ----------------------------------------------------------------------------------- item 3: files
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("head_channels", -3, "null or an integer in [1, 65536]"),
+        ("head_channels", 10**12, "null or an integer in [1, 65536]"),
+        ("width_mult", -1, "a number in (0, 10]"),
+        ("width_mult", 0, "a number in (0, 10]"),
+        ("width_mult", 1e6, "a number in (0, 10]"),
+        ("width_mult", "abc", "a number in (0, 10]"),
+        ("input_size", -5, "null or an integer in [8, 4096]"),
+        ("name", None, "a name of letters"),
+        ("ops", "skip", "a list of 1 to 1000 op names"),
+        ("source", [], "an object"),
+    ],
+)
+def test_every_field_of_an_architecture_file_is_checked(tmp_path, field, value, allowed):
+    arch = _arch_file(tmp_path, **{field: value})
+    with pytest.raises(ValueError) as err:
+        load_arch(str(arch))
+    assert str(err.value).startswith(f"architecture file {arch}: field {field!r} must be {allowed}")
+    assert "\n" not in str(err.value)
+
+
+def _deep(path: Path) -> Path:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+def _big(path: Path) -> Path:
+    path.write_text('{"name": "' + "a" * 1_000_001 + '"}')
+    return path
+
+
+def _binary(path: Path) -> Path:
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, says", [(_deep, "nested too deeply"), (_big, "bytes; at most 1000000")]
+)
+def test_an_oversized_or_deep_architecture_file_gives_one_line(tmp_path, make, says):
+    arch = make(tmp_path / "arch.json")
+    message = _refused(_train_argv(tmp_path, arch))
+    assert message.startswith(f"error: architecture file {arch}") and says in message
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (_deep, "nested too deeply"),
+        (_big, "bytes; at most 1000000"),
+        (_binary, "is not a text file"),
+        (lambda p: p.mkdir() or p, "is not a file"),
+    ],
+)
+def test_a_bad_config_file_gives_one_line(tmp_path, make, says, capsys):
+    import architecture_main_file
+    import supernet_main_file
+
+    config = make(tmp_path / "config.json")
+    for main in (architecture_main_file.main, supernet_main_file.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--config", str(config)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: config file {config} ") and says in err
+        assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make, says", [(_deep, "nested too deeply"), (_big, "at most 1000000")])
+def test_an_oversized_or_deep_table_or_thetas_file_gives_one_line(tmp_path, make, says):
+    from supernet_functions.lookup_table_builder import LatencyLookupTable
+    from supernet_functions.sampling import read_thetas
+
+    table = make(tmp_path / "lut.json")
+    with pytest.raises(ValueError) as err:
+        LatencyLookupTable.load(table)
+    assert str(err.value).startswith(f"lookup table {table}") and says in str(err.value)
+    make(tmp_path / "thetas.json")
+    with pytest.raises(ValueError) as err:
+        read_thetas(tmp_path)
+    assert str(err.value).startswith(f"thetas file {tmp_path / 'thetas.json'}")
+    assert says in str(err.value)
