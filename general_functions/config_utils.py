@@ -165,6 +165,10 @@ def _bound_problem(interval: str, value: float) -> str | None:
         raise ValueError(f"malformed interval {interval!r}: write e.g. '[1, inf)' or '(0, 1)'")
     left, low, high, right = match.groups()
     low, high = float(low), float(high)
+    inf_allowed = (value == high and right == "]") or (value == low and left == "[")
+    unbounded = math.isinf(low) or math.isinf(high)  # "at least 0" would not say what is wrong
+    if unbounded and (math.isnan(value) or (math.isinf(value) and not inf_allowed)):
+        return "a finite number"
     too_low = value < low or (left == "(" and value == low)
     too_high = value > high or (right == ")" and value == high)
     if not (too_low or too_high or math.isnan(value)):

@@ -38,6 +38,7 @@ __all__ = [
     "ONE_INVOCATION",
     "RunExistsError",
     "RunLockedError",
+    "RunStopped",
     "check_run_name",
     "extend_cosine",
     "lock_run_dir",
@@ -45,6 +46,7 @@ __all__ = [
     "release_run_locks",
     "remove_stale_temp_files",
     "repair_best",
+    "resume_hint",
     "resume_config",
     "resume_run",
     "start_run_dir",
@@ -66,6 +68,18 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 class RunExistsError(FileExistsError):
     """A new run was pointed at a folder that already holds one."""
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot go on (a non-finite loss); the message says where and how to resume."""
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    """How to continue the run in ``run_dir`` from its last checkpoint."""
+    last = Path(run_dir) / "last.pth"
+    if last.is_file():
+        return f"continue with --resume {last}"
+    return f"no checkpoint was written yet ({last}): start the run again"
 
 
 class RunLockedError(FileExistsError):

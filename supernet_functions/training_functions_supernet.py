@@ -54,12 +54,15 @@ from general_functions.distributed import (
     unwrap,
     wrap_model,
 )
+from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
+    RunStopped,
     lock_run_dir,
     new_run_dir,
     release_run_locks,
+    resume_hint,
     resume_run,
     tidy_resumed_run,
 )
@@ -96,7 +99,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Errors that come from what the user passed (files, names, settings): reported without a traceback.
-USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (
+    CheckpointError,
+    DataError,
+    FileExistsError,
+    FileNotFoundError,
+    KeyError,
+    RunStopped,
+    ValueError,
+)
 # Fields a resumed search may set anew besides run_folder.HOW_TO_RUN (and the sampling fields,
 # which a search does not read).
 _PER_RUN = (
@@ -171,6 +182,7 @@ def _train_phase(
         for step, (x, y) in enumerate(bar):
             if step >= steps:
                 break
+            check_stop(step, desc)
             optimizer.zero_grad(set_to_none=True)
             logits, latency = model(x, temperature)
             loss, ce, _ = criterion(logits, y, latency)
@@ -255,6 +267,7 @@ def validate(
     for step, (x, y) in enumerate(tqdm(loader, desc="held-out", disable=not progress, leave=False)):
         if max_steps and step >= max_steps:
             break
+        check_stop(step, "held-out")
         logits, latency = model(x, temperature)
         loss, ce, _ = criterion(logits, y, latency)
         meters["loss"].update(loss.item(), y.shape[0])
@@ -276,7 +289,8 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, ckpt=ckpt)
     try:
-        return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+        with stop_on_signals():  # Ctrl-C or SIGTERM: stop before the next step (interrupts.py)
+            return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
     finally:
         release_run_locks()  # the run folder is free again, however the run ended
 
@@ -328,13 +342,26 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
     resume_step = progress.epoch - 1 if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
     wall_before, start = progress.wall_s, time.perf_counter()
-    for epoch in range(progress.epoch, _end_epoch(cfg)):
-        progress.wall_s = wall_before + time.perf_counter() - start  # updated before the metrics
-        values, held = _search_epoch(
-            epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
-        )
-        _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
-    writer.close()
+    try:
+        for epoch in range(progress.epoch, _end_epoch(cfg)):
+            progress.wall_s = wall_before + time.perf_counter() - start  # before the metrics
+            try:
+                values, held = _search_epoch(
+                    epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
+                )
+            except FloatingPointError as err:  # the last checkpoint is the last good epoch
+                raise RunStopped(
+                    f"stopped at epoch {epoch + 1}: {err}; {resume_hint(run_dir)}"
+                ) from None
+            except Interrupted as err:
+                raise Interrupted(
+                    err.signum,
+                    message=f"interrupted at epoch {epoch + 1} step {err.step} ({err.phase}); "
+                    + resume_hint(run_dir),
+                ) from None
+            _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
+    finally:
+        writer.close()
 
 
 def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) -> None:

@@ -225,3 +225,162 @@ def test_an_oversized_or_deep_table_or_thetas_file_gives_one_line(tmp_path, make
         read_thetas(tmp_path)
     assert str(err.value).startswith(f"thetas file {tmp_path / 'thetas.json'}")
     assert says in str(err.value)
+
+
+# ----------------------------------------------------------------------------------- item 4: values
+def _search_argv(tmp_path: Path, *extra: str) -> list[str]:
+    """A search of the 4-layer space on 20 synthetic images with a made-up table: 1 step per phase."""
+    from fbnet_building_blocks.search_space import CANDIDATE_OPS
+    from supernet_functions.lookup_table_builder import LatencyLookupTable
+
+    lut = tmp_path / "tiny_lut.json"
+    rows = [{op: 0.2 + 0.1 * i + 0.03 * j for j, op in enumerate(CANDIDATE_OPS)} for i in range(4)]
+    LatencyLookupTable.from_latencies("tiny", rows, fixed_ms={"stem": 0.1, "head": 0.2}).save(lut)
+    return [
+        *("--train_or_sample", "train", "--preset", "smoke", "--fake_train_size", "20"),
+        *("--batch_size", "10", "--epochs", "2", "--warmup_epochs", "0", "--lut_path", str(lut)),
+        *("--log_dir", str(tmp_path / "runs"), "--run_name", "s", "--progress", "False"),
+        *extra,
+    ]
+
+
+def _search_refused(argv: list[str]) -> str:
+    import supernet_main_file
+
+    with pytest.raises(SystemExit) as exit_:
+        supernet_main_file.main(argv)
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("label", [10, -1, 2**40, -100])
+def test_a_cifar_label_outside_0_to_9_is_refused_at_load(tmp_path, label):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [3, label] if name == "data_batch_4" else [3, 4]
+        batch = {"labels": labels, "data": np.zeros((2, 3072), np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    argv = _train_argv(tmp_path, _arch_file(tmp_path), "--dataset", "cifar10", "--data_dir")
+    message = _refused([*argv, str(tmp_path / "data")])
+    assert message == (
+        f"error: CIFAR-10 file {folder / 'data_batch_4'}: label {label} (image 1) is outside 0-9 "
+        "(1 such labels)"
+    )
+
+
+@pytest.mark.parametrize("threads", ["5000", "100000"])
+def test_more_threads_than_cores_is_refused(tmp_path, threads):
+    message = _refused(_train_argv(tmp_path, _arch_file(tmp_path), "--threads", threads))
+    assert message.startswith(f"error: --threads {threads} is more than this machine's")
+    message = _search_refused(_search_argv(tmp_path, "--threads", threads))
+    assert message.startswith(f"error: --threads {threads} is more than this machine's")
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--weight_decay"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_learning_rate_of_inf_is_refused_as_not_finite(tmp_path, capsys, flag, value):
+    import architecture_main_file
+
+    with pytest.raises(SystemExit):
+        architecture_main_file.main(_train_argv(tmp_path, _arch_file(tmp_path), flag, value))
+    assert capsys.readouterr().err == f"error: {flag} must be a finite number, got {value}\n"
+
+
+def _nan_after_first_checkpoint(monkeypatch, cls, run_dir: Path) -> None:
+    """``cls.forward`` returns NaN (its first output, when a tuple) once the run has a last.pth."""
+    import torch
+
+    real = cls.forward
+
+    def forward(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if not (run_dir / "last.pth").exists():
+            return out
+        if isinstance(out, tuple):
+            return (out[0] * torch.nan, *out[1:])
+        return out * torch.nan
+
+    monkeypatch.setattr(cls, "forward", forward)
+
+
+def test_a_nan_loss_stops_the_run_with_one_line_naming_where_and_how_to_resume(
+    tmp_path, monkeypatch
+):
+    from torch import nn
+
+    from general_functions.checkpoint import load_checkpoint
+    from supernet_functions.loss import SupernetLoss
+
+    run_dir = tmp_path / "runs" / "r"
+    _nan_after_first_checkpoint(monkeypatch, nn.CrossEntropyLoss, run_dir)
+    argv = _train_argv(tmp_path, _arch_file(tmp_path), "--epochs", "2", "--run_name", "r")
+    message = _refused(argv)
+    assert message == (
+        f"error: stopped: epoch 2, step 0: the loss is nan; continue with --resume {run_dir}/last.pth"
+    )
+    assert (
+        load_checkpoint(run_dir / "last.pth")["epoch"] == 1 and not (run_dir / ".run.lock").exists()
+    )
+    run_dir = tmp_path / "runs" / "s"
+    _nan_after_first_checkpoint(monkeypatch, SupernetLoss, run_dir)
+    message = _search_refused(_search_argv(tmp_path))
+    assert message == (
+        "error: stopped at epoch 2: weights: the loss is nan at step 0; "
+        f"continue with --resume {run_dir}/last.pth"
+    )
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 0
+
+
+# ----------------------------------------------------------------------------------- item 5: signals
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_mid_run_stops_both_trainers_with_one_line_and_no_partial_file(tmp_path):
+    """SIGINT to a training run and SIGTERM to a search, once each has its first checkpoint."""
+    import signal
+    import time
+
+    from general_functions.checkpoint import load_checkpoint
+
+    arch = _arch_file(tmp_path)
+    many = ("--epochs", "100000")  # the last --epochs given counts: it runs until stopped
+    runs = {
+        "r": ("architecture_main_file.py", _train_argv(tmp_path, arch, "--run_name", "r", *many)),
+        "s": ("supernet_main_file.py", _search_argv(tmp_path, *many)),
+    }
+    sent = {"r": signal.SIGINT, "s": signal.SIGTERM}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, script, *argv],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (script, argv) in runs.items()
+    }
+    try:
+        for name, proc in procs.items():
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "runs" / name / "last.pth").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+            proc.send_signal(sent[name])
+        for name, proc in procs.items():
+            run_dir = tmp_path / "runs" / name
+            err = proc.communicate(timeout=60)[1].strip().splitlines()
+            assert proc.returncode == 128 + sent[name], err
+            assert err[-1].startswith("interrupted at epoch ")
+            assert err[-1].endswith(f"; continue with --resume {run_dir / 'last.pth'}")
+            assert "Traceback" not in "\n".join(err)
+            assert not list(run_dir.glob(".*.tmp")) and not (run_dir / ".run.lock").exists()
+            load_checkpoint(run_dir / "last.pth")  # whole
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
