@@ -28,10 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
 from .distributed import DistContext, run_on_main
-from .io_utils import atomic_write
 
 __all__ = [
     "HOW_TO_RUN",
@@ -277,8 +276,7 @@ def repair_best(run_dir: str | Path, last: dict[str, Any], log: logging.Logger =
             best_epoch,
         )
         return
-    with open(run_dir / "last.pth", "rb") as src:
-        atomic_write(best_path, lambda dst: shutil.copyfileobj(src, dst))
+    copy_checkpoint(run_dir / "last.pth", best_path)
     log.info(
         "best.pth held epoch %s; replaced it with last.pth (the best, epoch %s)", held, best_epoch
     )

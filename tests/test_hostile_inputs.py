@@ -384,3 +384,63 @@ def test_a_signal_mid_run_stops_both_trainers_with_one_line_and_no_partial_file(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# ----------------------------------------------------------------------------------- item 6: checksum
+def _small_checkpoint(path: Path, epoch: int) -> None:
+    import torch
+
+    from general_functions.checkpoint import save_checkpoint
+
+    net = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(2, 64)).sum().backward()
+    optimizer.step()
+    state = {"stage": "architecture", "epoch": epoch, "model": net.state_dict()}
+    save_checkpoint(path, {**state, "optimizers": {"w": optimizer.state_dict()}})
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused_naming_the_file(tmp_path):
+    from general_functions.checkpoint import CheckpointError, checksum_path, load_checkpoint
+
+    path = tmp_path / "last.pth"
+    _small_checkpoint(path, 1)
+    _small_checkpoint(path, 2)  # the sidecar lists only the last write
+    assert checksum_path(path).read_text().count("\n") == 1
+    assert load_checkpoint(path)["epoch"] == 2
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"checkpoint {path} is corrupt: its sha256 is not the one")
+    message = _refused(["--resume", str(path)])
+    assert message.startswith(f"error: checkpoint {path} is corrupt")
+    checksum_path(path).unlink()  # without a sidecar (older code) a checkpoint loads unchecked
+    load_checkpoint(path)
+
+
+def test_a_kill_between_a_checkpoint_and_its_checksum_leaves_a_loadable_pair(tmp_path, monkeypatch):
+    import general_functions.checkpoint as checkpoint
+
+    path = tmp_path / "last.pth"
+    _small_checkpoint(path, 1)
+
+    class Killed(BaseException):
+        pass
+
+    writes = []
+    real = checkpoint.atomic_write_text
+
+    def write_text(target, text):
+        writes.append(text)
+        if len(writes) == 2:  # the sidecar's second write: after the checkpoint was replaced
+            raise Killed
+        real(target, text)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", write_text)
+    with pytest.raises(Killed):
+        _small_checkpoint(path, 2)
+    assert checkpoint.checksum_path(path).read_text().count("\n") == 2  # new and old digests
+    assert checkpoint.load_checkpoint(path)["epoch"] == 2
