@@ -59,7 +59,7 @@ from general_functions.distributed import (
     wrap_model,
 )
 from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
     RunStopped,
@@ -106,10 +106,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# Errors caused by what the user asked for; the entry script prints their message without a traceback.
+# Errors caused by what the user asked for (or a full disk); the entry script prints their message
+# without a traceback.
 USER_ERRORS = (
     DataError,
     CheckpointError,
+    DiskFullError,
     ConfigError,
     KeyError,
     FileExistsError,

@@ -236,5 +236,9 @@ def save_arch(spec: ArchSpec, arch_dir: str | os.PathLike | None = None) -> Path
     except FileExistsError:
         raise FileExistsError(f"architecture {spec.name!r} already exists at {path}") from None
     os.close(fd)
-    atomic_write_json(path, spec.to_dict())
+    try:
+        atomic_write_json(path, spec.to_dict())
+    except BaseException:  # e.g. a full disk: give the claimed name back, not an empty file
+        path.unlink(missing_ok=True)
+        raise
     return path

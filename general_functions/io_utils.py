@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,9 @@ from typing import Any
 
 __all__ = [
     "MAX_JSON_BYTES",
+    "DiskFullError",
+    "disk_full_message",
+    "is_disk_full",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
@@ -35,10 +40,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if is_disk_full(err):
+            raise DiskFullError(disk_full_message(path)) from None
         raise
+
+
+class DiskFullError(RuntimeError):
+    """No space was left to write a file; the message names it and the free space."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    """One line: which file could not be written, and how much space is free beside it."""
+    path = Path(path)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"no space left on the device to write {path} ({free} in {path.parent}); the previous "
+        f"{path.name}, if any, is kept: free some space and resume the run"
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -55,7 +55,7 @@ from general_functions.distributed import (
     wrap_model,
 )
 from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
     RunStopped,
@@ -102,6 +102,7 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (
     CheckpointError,
     DataError,
+    DiskFullError,
     FileExistsError,
     FileNotFoundError,
     KeyError,

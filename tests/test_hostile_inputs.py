@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -444,3 +445,81 @@ def test_a_kill_between_a_checkpoint_and_its_checksum_leaves_a_loadable_pair(tmp
         _small_checkpoint(path, 2)
     assert checkpoint.checksum_path(path).read_text().count("\n") == 2  # new and old digests
     assert checkpoint.load_checkpoint(path)["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------------- item 7: disk full
+def _disk_full_for(monkeypatch, name: str, once_exists: Path) -> None:
+    """Writing ``name`` fails with ENOSPC (at its fsync) once ``once_exists`` exists."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}")).name  # atomic_write's temporary file
+        if re.fullmatch(rf"\.{re.escape(name)}\.\w+\.tmp", target) and once_exists.exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_full_disk_gives_one_line_and_keeps_the_previous_files(tmp_path, monkeypatch):
+    from general_functions.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "runs" / "r"
+    _disk_full_for(monkeypatch, "last.pth", run_dir / "last.pth")
+    argv = _train_argv(tmp_path, _arch_file(tmp_path), "--epochs", "2", "--run_name", "r")
+    message = _refused(argv)
+    assert message.startswith(
+        f"error: no space left on the device to write {run_dir / 'last.pth'} ("
+    )
+    assert f"MB free in {run_dir}); the previous last.pth, if any, is kept" in message
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1
+    assert not list(run_dir.glob(".*.tmp")) and not (run_dir / ".run.lock").exists()
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs" / "s"
+    _disk_full_for(monkeypatch, "thetas.json", run_dir / "thetas.json")
+    message = _search_refused(_search_argv(tmp_path))
+    assert message.startswith(
+        f"error: no space left on the device to write {run_dir / 'thetas.json'}"
+    )
+    assert json.loads((run_dir / "thetas.json").read_text())["epoch"] == 0
+
+
+def test_a_full_disk_while_appending_to_metrics_csv_gives_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from general_functions import logging_utils
+    from general_functions.io_utils import DiskFullError
+
+    writer = logging_utils.MetricWriter(tmp_path)
+    writer.scalars(1, {"loss": 1.0})
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def writerow(self, row):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logging_utils.csv, "DictWriter", FullDisk)
+    with pytest.raises(DiskFullError, match=f"to write {tmp_path / 'metrics.csv'} "):
+        writer.scalars(2, {"loss": 0.5})
+    monkeypatch.undo()
+    writer.close()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,loss", "1,1.0"]
+
+
+def test_a_sampled_architecture_that_cannot_be_written_leaves_no_empty_file(tmp_path, monkeypatch):
+    import fbnet_building_blocks.arch_specs as arch_specs
+    from general_functions.io_utils import DiskFullError
+
+    def full(path, obj):
+        raise DiskFullError(f"no space left on the device to write {path}")
+
+    monkeypatch.setattr(arch_specs, "atomic_write_json", full)
+    spec = arch_specs.ArchSpec("mine", TINY_OPS, search_space="tiny")
+    with pytest.raises(DiskFullError):
+        arch_specs.save_arch(spec, tmp_path)
+    assert not (tmp_path / "mine.json").exists()
