@@ -23,6 +23,7 @@ import sys
 
 from architecture_functions.config_for_arch import PRESETS, ArchTrainConfig, ExportConfig
 from general_functions.config_utils import parse_config
+from general_functions.interrupts import Interrupted
 
 
 def _exporting(argv: list[str] | None) -> bool:
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
         return run(cfg)
     except USER_ERRORS as err:
         sys.exit(f"error: {err.args[0] if err.args else err}")
+    except Interrupted as err:  # Ctrl-C or SIGTERM: one line, the shell's exit status (130, 143)
+        print(err.message, file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

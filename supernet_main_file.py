@@ -14,6 +14,7 @@ import sys
 
 from general_functions.config_utils import parse_config
 from general_functions.distributed import env_rank
+from general_functions.interrupts import Interrupted
 from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetConfig, help_layout
 
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
             print(json.dumps(record), flush=True)
     except USER_ERRORS as err:
         sys.exit(f"error: {err.args[0] if err.args else err}")
+    except Interrupted as err:  # Ctrl-C or SIGTERM: one line, the shell's exit status (130, 143)
+        print(err.message, file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,17 @@ from general_functions.distributed import (
     unwrap,
     wrap_model,
 )
-from general_functions.io_utils import atomic_write_json
+from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
+from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
+    RunStopped,
     extend_cosine,
+    lock_run_dir,
     new_run_dir,
+    release_run_locks,
     resume_config,
+    resume_hint,
     resume_run,
     tidy_resumed_run,
 )
@@ -101,14 +106,17 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# Errors caused by what the user asked for; the entry script prints their message without a traceback.
+# Errors caused by what the user asked for (or a full disk); the entry script prints their message
+# without a traceback.
 USER_ERRORS = (
     DataError,
     CheckpointError,
+    DiskFullError,
     ConfigError,
     KeyError,
     FileExistsError,
     FileNotFoundError,
+    RunStopped,
     ValueError,
 )
 
@@ -140,6 +148,7 @@ def train_one_epoch(
     for step, (images, targets) in enumerate(loader):
         if step >= steps:
             break
+        check_stop(step, "train")
         with _autocast(device, amp):
             logits = model(images)
             loss = criterion(logits, targets)
@@ -181,6 +190,7 @@ def validate(
     for step, (images, targets) in enumerate(loader):
         if step >= steps:
             break
+        check_stop(step, desc)
         with _autocast(device, amp):
             logits = model(images)
         loss = criterion(logits.float(), targets)
@@ -382,7 +392,11 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
     cfg, state = _recipe(cfg)  # threads, device and timeout too come from a resumed run's recipe
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, state=state)
-    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    try:
+        with stop_on_signals():  # Ctrl-C or SIGTERM: stop before the next step (interrupts.py)
+            return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    finally:
+        release_run_locks()  # the run folder is free again, however the run ended
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext, state: dict | None) -> dict[str, Any]:
@@ -426,11 +440,22 @@ def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed
     resume_step = progress.epoch if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
     start, wall_before = time.perf_counter(), progress.wall_s
-    for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
-        is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
-        progress.wall_s = wall_before + time.perf_counter() - start
-        _save(parts, progress, is_best, cfg, spec, ctx, run_dir)
-    writer.close()
+    try:
+        for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
+            try:
+                is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
+            except FloatingPointError as err:  # the last checkpoint is the last good epoch
+                raise RunStopped(f"stopped: {err}; {resume_hint(run_dir)}") from None
+            except Interrupted as err:
+                raise Interrupted(
+                    err.signum,
+                    message=f"interrupted at epoch {epoch} step {err.step} ({err.phase}); "
+                    + resume_hint(run_dir),
+                ) from None
+            progress.wall_s = wall_before + time.perf_counter() - start
+            _save(parts, progress, is_best, cfg, spec, ctx, run_dir)
+    finally:
+        writer.close()
 
 
 @dataclass
@@ -456,8 +481,10 @@ def _logger(run_dir: Path | None, ctx: DistContext) -> logging.Logger:
 def _open_run(cfg: ArchTrainConfig, state: dict | None, ctx: DistContext):
     """The architecture, and the run folder: the resumed run's, or a new one."""
     spec = arch_from(cfg, state, cfg.resume)
-    if state is not None:  # the run continues in its folder
-        return spec, Path(cfg.resume).resolve().parent
+    if state is not None:  # the run continues in its folder, under its lock
+        run_dir = Path(cfg.resume).resolve().parent
+        run_on_main(ctx, lambda: lock_run_dir(run_dir))
+        return spec, run_dir
     return spec, new_run_dir(cfg, ctx, prefix=spec.name)
 
 

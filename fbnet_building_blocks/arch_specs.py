@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import atomic_write_json, read_json
 
 from .registry import get_op_args
 from .search_space import get_search_space
@@ -87,8 +87,8 @@ class ArchSpec:
         missing = {"name", "ops"} - set(d)
         if missing:
             raise ValueError(f"architecture is missing fields {sorted(missing)}")
-        if not isinstance(d["ops"], (list, tuple)) or not all(isinstance(o, str) for o in d["ops"]):
-            raise ValueError("architecture field 'ops' must be a list of op names")
+        for key, value in d.items():
+            _check_field(key, value)
         return cls(**d)
 
     def to_json(self) -> str:
@@ -97,6 +97,46 @@ class ArchSpec:
     @classmethod
     def from_json(cls, text: str) -> ArchSpec:
         return cls.from_dict(json.loads(text))
+
+
+# What each field of an architecture file may hold (checked by ArchSpec.from_dict).
+MAX_OPS = 1000
+HEAD_CHANNELS_RANGE = (1, 65536)
+WIDTH_MULT_RANGE = (0.0, 10.0)  # (0, 10]: the paper's networks use 0.35 to 1.0
+INPUT_SIZE_RANGE = (8, 4096)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(key: str, value: Any) -> None:
+    """Raise a one-line ``ValueError`` when ``value`` is not what field ``key`` allows."""
+    problem = None
+    if key == "name" and not (isinstance(value, str) and _NAME_RE.match(value)):
+        problem = "a name of letters, digits, '_', '-', '.' (no path separators, at most 128)"
+    elif key == "ops" and not (
+        isinstance(value, (list, tuple))
+        and 0 < len(value) <= MAX_OPS
+        and all(isinstance(o, str) and len(o) <= 64 for o in value)
+    ):
+        problem = f"a list of 1 to {MAX_OPS} op names"
+    elif key == "search_space" and not (isinstance(value, str) and _NAME_RE.match(value)):
+        problem = "the name of a search space"
+    elif key in ("head_channels", "input_size") and value is not None:
+        low, high = HEAD_CHANNELS_RANGE if key == "head_channels" else INPUT_SIZE_RANGE
+        if not (_is_int(value) and low <= value <= high):
+            problem = f"null or an integer in [{low}, {high}]"
+    elif key == "width_mult":
+        low, high = WIDTH_MULT_RANGE
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and low < value <= high):  # NaN fails both comparisons
+            problem = f"a number in ({low:g}, {high:g}]"
+    elif key == "source" and not isinstance(value, dict):
+        problem = "an object"
+    if problem:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"field {key!r} must be {problem}, got {shown}")
 
 
 def _spec(name: str, ops: str, head: int, **kw: Any) -> ArchSpec:
@@ -147,10 +187,12 @@ def list_archs(arch_dir: str | os.PathLike | None = None) -> list[str]:
 
 
 def _read_arch_file(path: Path) -> ArchSpec:
+    """The architecture in the JSON file ``path``; every field checked (:func:`_check_field`)."""
+    data = read_json(path, "architecture file")
+    if not isinstance(data, dict):
+        raise ValueError(f"architecture file {path} must hold a JSON object")
     try:
-        return ArchSpec.from_json(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"architecture file {path} is not valid JSON: {err}") from None
+        return ArchSpec.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"architecture file {path}: {err}") from None
 
@@ -194,5 +236,9 @@ def save_arch(spec: ArchSpec, arch_dir: str | os.PathLike | None = None) -> Path
     except FileExistsError:
         raise FileExistsError(f"architecture {spec.name!r} already exists at {path}") from None
     os.close(fd)
-    atomic_write_json(path, spec.to_dict())
+    try:
+        atomic_write_json(path, spec.to_dict())
+    except BaseException:  # e.g. a full disk: give the claimed name back, not an empty file
+        path.unlink(missing_ok=True)
+        raise
     return path

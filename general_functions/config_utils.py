@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -30,6 +29,8 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .io_utils import read_json
 
 __all__ = [
     "ConfigError",
@@ -164,6 +165,10 @@ def _bound_problem(interval: str, value: float) -> str | None:
         raise ValueError(f"malformed interval {interval!r}: write e.g. '[1, inf)' or '(0, 1)'")
     left, low, high, right = match.groups()
     low, high = float(low), float(high)
+    inf_allowed = (value == high and right == "]") or (value == low and left == "[")
+    unbounded = math.isinf(low) or math.isinf(high)  # "at least 0" would not say what is wrong
+    if unbounded and (math.isnan(value) or (math.isinf(value) and not inf_allowed)):
+        return "a finite number"
     too_low = value < low or (left == "(" and value == low)
     too_high = value > high or (right == ")" and value == high)
     if not (too_low or too_high or math.isnan(value)):
@@ -330,11 +335,9 @@ def parse_config(
 
 def load_json_config(path: str | Path) -> dict[str, Any]:
     try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+        values = read_json(path, "config file")
+    except (FileNotFoundError, ValueError) as err:  # missing, a folder, binary, huge, not JSON
+        raise ConfigError(str(err)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return values

@@ -56,6 +56,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+_CIFAR_CLASSES = 10
 
 
 class DataError(RuntimeError):
@@ -127,10 +128,25 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as err:
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        KeyError,
+        ValueError,
+        TypeError,
+        EOFError,
+        OverflowError,  # a label beyond int64
+    ) as err:
         raise DataError(f"CIFAR-10 file {path} is unreadable or malformed: {err}") from None
     if len(data) != len(labels):
         raise DataError(f"CIFAR-10 file {path}: {len(data)} images but {len(labels)} labels")
+    outside = np.flatnonzero((labels < 0) | (labels >= _CIFAR_CLASSES))
+    if len(outside):  # caught here, not as a crash mid-epoch (or -100 silently ignored by the loss)
+        i = int(outside[0])
+        raise DataError(
+            f"CIFAR-10 file {path}: label {labels[i]} (image {i}) is outside 0-{_CIFAR_CLASSES - 1}"
+            f" ({len(outside)} such labels)"
+        )
     return data, labels
 
 
@@ -173,7 +189,7 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> ImageSet:
         if mask.shape != (len(test),):
             raise DataError(f"{mask_path} has shape {tuple(mask.shape)}, expected ({len(test)},)")
         exact = test.subset(mask.nonzero().squeeze(1))
-    return ImageSet(train, test, 10, 32, CIFAR10_MEAN, CIFAR10_STD, exact)
+    return ImageSet(train, test, _CIFAR_CLASSES, 32, CIFAR10_MEAN, CIFAR10_STD, exact)
 
 
 def make_fake_data(

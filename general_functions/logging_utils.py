@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .io_utils import atomic_write_text
+from .io_utils import DiskFullError, atomic_write_text, disk_full_message, is_disk_full
 
 __all__ = ["MetricWriter", "get_logger", "setup_run_dir"]
 
@@ -97,8 +97,14 @@ class MetricWriter:
             self._synced = True
         else:
             # same header: append one line (a full rewrite every step costs O(steps^2))
-            with open(self.csv_path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+            try:
+                with open(self.csv_path, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+            except OSError as err:
+                if is_disk_full(err):
+                    self._synced = False  # the next row rewrites the file whole
+                    raise DiskFullError(disk_full_message(self.csv_path)) from None
+                raise
         self.tb.flush()
 
     def close(self) -> None:

@@ -2,6 +2,10 @@
 
 - :func:`start_run_dir` refuses a folder that already holds a run unless ``overwrite`` (then it removes
   that run's files first), so a new run never silently replaces an old one.
+- A run holds its folder's lock (:func:`lock_run_dir`, ``.run.lock`` made with an exclusive create and
+  holding the PID) for its whole life, so two processes never run in one folder: the second start is
+  refused naming the holder's PID, and the lock of a process that died is taken over with a warning.
+  :func:`release_run_locks` gives up this process's locks when the run ends.
 - :func:`resume_config` takes the recipe from the checkpoint: a field the user set that contradicts it is
   refused, naming both values; ``epochs`` may be raised, and the fields of where and how to run (the data
   folder, the device, when to stop) may differ. The run stays in its folder.
@@ -13,8 +17,10 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
+import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -22,19 +28,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
 from .distributed import DistContext, run_on_main
-from .io_utils import atomic_write
 
 __all__ = [
     "HOW_TO_RUN",
     "ONE_INVOCATION",
     "RunExistsError",
+    "RunLockedError",
+    "RunStopped",
+    "check_run_name",
     "extend_cosine",
+    "lock_run_dir",
     "new_run_dir",
+    "release_run_locks",
     "remove_stale_temp_files",
     "repair_best",
+    "resume_hint",
     "resume_config",
     "resume_run",
     "start_run_dir",
@@ -46,7 +57,10 @@ T = TypeVar("T")
 
 # files the trainers write into a run folder; any of the first group means the folder holds a run
 RUN_MARKERS = ("last.pth", "best.pth", "config.json", "metrics.csv", "thetas.json", "arch.json")
-RUN_FILES = (*RUN_MARKERS, "lut.json", "log.txt", "summary.json")
+CHECKSUMS = ("last.pth.sha256", "best.pth.sha256")  # see checkpoint.save_checkpoint
+RUN_FILES = (*RUN_MARKERS, *CHECKSUMS, "lut.json", "log.txt", "summary.json")
+LOCK_FILE = ".run.lock"
+_MAX_NAME = 200
 # atomic_write's temporary files: ".<name>.<random>.tmp" beside <name>
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
@@ -55,23 +69,79 @@ class RunExistsError(FileExistsError):
     """A new run was pointed at a folder that already holds one."""
 
 
+class RunStopped(RuntimeError):
+    """A run that cannot go on (a non-finite loss); the message says where and how to resume."""
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    """How to continue the run in ``run_dir`` from its last checkpoint."""
+    last = Path(run_dir) / "last.pth"
+    if last.is_file():
+        return f"continue with --resume {last}"
+    return f"no checkpoint was written yet ({last}): start the run again"
+
+
+class RunLockedError(FileExistsError):
+    """Another live process holds the run folder's lock."""
+
+
+def check_run_name(name: str, what: str = "run name") -> None:
+    """Refuse a folder name that would leave its root: separators, ``.``/``..``, NUL, too long."""
+    bad = (
+        not name
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name in (".", "..")
+        or len(name) > _MAX_NAME
+    )
+    if bad:
+        raise ValueError(
+            f"{what} {name!r} must be one folder name: no path separators, not '.' or '..', "
+            f"at most {_MAX_NAME} characters"
+        )
+
+
 def start_run_dir(log_dir: str | Path, run_name: str, prefix: str, overwrite: bool = False) -> Path:
-    """``log_dir/run_name`` (time-stamped when no name is given), made ready for a new run.
+    """``log_dir/run_name`` (time-stamped when no name is given), locked and ready for a new run.
 
     A folder that already holds a run (:data:`RUN_MARKERS`) is refused unless ``overwrite``; then the
-    run's own files (:data:`RUN_FILES`, ``tb/``) are deleted first and nothing else is touched.
+    run's own files (:data:`RUN_FILES`, ``tb/``) are deleted first and nothing else is touched. The
+    folder's lock (:func:`lock_run_dir`) is taken before the folder is looked at, so of two processes
+    given the same name only one can pass the check. A time-stamped name is claimed by creating its
+    folder: a second run started in the same second gets ``_2``, ``_3``...
     """
-    if run_name and ("/" in run_name or "\\" in run_name or run_name in (".", "..")):
-        raise ValueError(f"run name {run_name!r} must not contain path separators")
+    check_run_name(prefix, "run-name prefix (the architecture's name)")
     root = Path(log_dir)
-    if not run_name:  # a second run started within the same second gets a suffix
-        stamp = f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}"
-        run_name = next(
-            name
-            for name in (stamp, *(f"{stamp}_{i}" for i in range(1, 1000)))
-            if not _holds_run(root / name)
-        )
-    run_dir = root / run_name
+    if run_name:
+        check_run_name(run_name)
+        run_dir = root / run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = _claim_stamped(root, f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}")
+    lock_run_dir(run_dir)
+    try:
+        _make_ready(run_dir, overwrite)
+    except BaseException:
+        release_run_locks()
+        raise
+    return run_dir
+
+
+def _claim_stamped(root: Path, stamp: str) -> Path:
+    """A new folder ``root/stamp`` (or ``stamp_2``, ``stamp_3``...), made here and by no one else."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        run_dir = root / (stamp if i == 1 else f"{stamp}_{i}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RunExistsError(f"{root} already holds 999 runs named {stamp}*; pass --run_name")
+
+
+def _make_ready(run_dir: Path, overwrite: bool) -> None:
     found = _holds_run(run_dir)
     if found and not overwrite:
         hint = (
@@ -88,9 +158,81 @@ def start_run_dir(log_dir: str | Path, run_name: str, prefix: str, overwrite: bo
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tb", ignore_errors=True)
         logger.warning("--overwrite: deleted the run in %s (%s)", run_dir, ", ".join(found))
-    run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(run_dir)
-    return run_dir
+
+
+# the lock files this process holds (released by release_run_locks, at the latest at exit)
+_HELD: list[Path] = []
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Take ``run_dir``'s lock for this process, or raise :class:`RunLockedError` naming its holder.
+
+    The lock is the file :data:`LOCK_FILE`, made with ``O_CREAT | O_EXCL`` (only one process can make
+    it) and holding the holder's PID. A lock whose process is gone is taken over with a warning.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    if path in _HELD:
+        return
+    for _ in range(3):  # a takeover races with other starts: each try is an exclusive create
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_holder(path)
+            if pid is not None and _alive(pid):
+                raise RunLockedError(
+                    f"run folder {path.parent} is in use by process {pid} (its lock {path}); "
+                    "wait for it to end or choose another --run_name"
+                ) from None
+            logger.warning(
+                "run folder %s: taking over the lock of process %s, which is no longer running",
+                path.parent,
+                pid if pid is not None else "(unreadable)",
+            )
+            _remove_if_unchanged(path, pid)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        _HELD.append(path)
+        return
+    raise RunLockedError(f"run folder {path.parent}: could not take its lock {path}")
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None  # vanished, or written half-way by a process that died
+
+
+def _alive(pid: int) -> bool:
+    """True when ``pid`` is a running process other than this one's stale record."""
+    if pid == os.getpid():
+        return False  # a lock of this process that is not in _HELD was left by an earlier run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _remove_if_unchanged(path: Path, pid: int | None) -> None:
+    """Delete a stale lock, unless another process has taken it over meanwhile."""
+    if _lock_holder(path) == pid:
+        path.unlink(missing_ok=True)
+
+
+def release_run_locks() -> None:
+    """Give up every run-folder lock this process holds."""
+    while _HELD:
+        path = _HELD.pop()
+        if _lock_holder(path) == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+atexit.register(release_run_locks)
 
 
 def _holds_run(folder: Path) -> list[str]:
@@ -134,8 +276,7 @@ def repair_best(run_dir: str | Path, last: dict[str, Any], log: logging.Logger =
             best_epoch,
         )
         return
-    with open(run_dir / "last.pth", "rb") as src:
-        atomic_write(best_path, lambda dst: shutil.copyfileobj(src, dst))
+    copy_checkpoint(run_dir / "last.pth", best_path)
     log.info(
         "best.pth held epoch %s; replaced it with last.pth (the best, epoch %s)", held, best_epoch
     )

@@ -118,7 +118,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int) -> None:
-    """Use ``threads`` intra-op threads (0 = leave torch's default)."""
+    """Use ``threads`` intra-op threads (0 = leave torch's default).
+
+    More than the machine's cores is a ``ValueError`` (OpenMP crashes or hangs starting thousands).
+    """
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ValueError(
+            f"--threads {threads} is more than this machine's {cores} cores: use 1 to {cores} "
+            "(or 0 for torch's default)"
+        )
     if threads > 0:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -34,7 +34,7 @@ import torch
 from fbnet_building_blocks.registry import OPS
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure, structure_of_table
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import MAX_JSON_BYTES, atomic_write_json
 
 __all__ = [
     "COSTS",
@@ -213,6 +213,11 @@ class LatencyLookupTable:
             raise LUTError(
                 f"lookup table {path} does not exist (build one with --train_or_sample build_lut)"
             )
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:  # refused unread
+            raise LUTError(
+                f"lookup table {path} is {size} bytes; at most {MAX_JSON_BYTES} are read"
+            )
         try:
             text = path.read_text()
         except UnicodeDecodeError:
@@ -221,6 +226,8 @@ class LatencyLookupTable:
             raise LUTError(f"lookup table {path} is empty")
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise LUTError(f"lookup table {path} is nested too deeply to be a table") from None
         except json.JSONDecodeError as err:
             end = text.rstrip()
             if err.pos >= len(end) or (end.lstrip().startswith("{") and not end.endswith("}")):

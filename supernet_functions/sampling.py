@@ -12,7 +12,6 @@ registry folder that ``architecture_main_file.py --architecture_name NAME`` read
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import torch
 
 from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec, arch_registry_dir, save_arch
 from fbnet_building_blocks.search_space import get_search_space
+from general_functions.io_utils import read_json
 
 __all__ = [
     "SAMPLING_MODES",
@@ -184,10 +184,10 @@ def read_thetas(run_dir: str | Path) -> dict[str, Any]:
             f"{path} does not exist: run `supernet_main_file.py --train_or_sample train` first, or "
             "name the run with --run_name (and its folder with --log_dir)"
         )
+    state = read_json(path, "thetas file")
     try:
-        state = json.loads(path.read_text())
         _ = state["thetas"], state["candidate_ops"], state["search_space"], state["epoch"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a thetas file of a search run: {err}") from None
     return state
 

@@ -54,9 +54,18 @@ from general_functions.distributed import (
     unwrap,
     wrap_model,
 )
-from general_functions.io_utils import atomic_write_json
+from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
+from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
-from general_functions.run_folder import new_run_dir, resume_run, tidy_resumed_run
+from general_functions.run_folder import (
+    RunStopped,
+    lock_run_dir,
+    new_run_dir,
+    release_run_locks,
+    resume_hint,
+    resume_run,
+    tidy_resumed_run,
+)
 from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
 
 from .config_for_supernet import SupernetConfig
@@ -90,7 +99,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Errors that come from what the user passed (files, names, settings): reported without a traceback.
-USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (
+    CheckpointError,
+    DataError,
+    DiskFullError,
+    FileExistsError,
+    FileNotFoundError,
+    KeyError,
+    RunStopped,
+    ValueError,
+)
 # Fields a resumed search may set anew besides run_folder.HOW_TO_RUN (and the sampling fields,
 # which a search does not read).
 _PER_RUN = (
@@ -165,6 +183,7 @@ def _train_phase(
         for step, (x, y) in enumerate(bar):
             if step >= steps:
                 break
+            check_stop(step, desc)
             optimizer.zero_grad(set_to_none=True)
             logits, latency = model(x, temperature)
             loss, ce, _ = criterion(logits, y, latency)
@@ -249,6 +268,7 @@ def validate(
     for step, (x, y) in enumerate(tqdm(loader, desc="held-out", disable=not progress, leave=False)):
         if max_steps and step >= max_steps:
             break
+        check_stop(step, "held-out")
         logits, latency = model(x, temperature)
         loss, ce, _ = criterion(logits, y, latency)
         meters["loss"].update(loss.item(), y.shape[0])
@@ -269,7 +289,11 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     _check_config(cfg)
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, ckpt=ckpt)
-    return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    try:
+        with stop_on_signals():  # Ctrl-C or SIGTERM: stop before the next step (interrupts.py)
+            return run_in_context(run_fn, cfg, cfg.device, cfg.dist_timeout_min)
+    finally:
+        release_run_locks()  # the run folder is free again, however the run ended
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, Any]:
@@ -300,8 +324,10 @@ def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, 
 
 def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
     """The run folder: the resumed run's, or a new one."""
-    if ckpt is not None:  # the run continues in its folder
-        return Path(cfg.resume).resolve().parent
+    if ckpt is not None:  # the run continues in its folder, under its lock
+        run_dir = Path(cfg.resume).resolve().parent
+        run_on_main(ctx, lambda: lock_run_dir(run_dir))
+        return run_dir
     return new_run_dir(cfg, ctx, prefix="supernet")
 
 
@@ -317,13 +343,26 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
     resume_step = progress.epoch - 1 if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
     wall_before, start = progress.wall_s, time.perf_counter()
-    for epoch in range(progress.epoch, _end_epoch(cfg)):
-        progress.wall_s = wall_before + time.perf_counter() - start  # updated before the metrics
-        values, held = _search_epoch(
-            epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
-        )
-        _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
-    writer.close()
+    try:
+        for epoch in range(progress.epoch, _end_epoch(cfg)):
+            progress.wall_s = wall_before + time.perf_counter() - start  # before the metrics
+            try:
+                values, held = _search_epoch(
+                    epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
+                )
+            except FloatingPointError as err:  # the last checkpoint is the last good epoch
+                raise RunStopped(
+                    f"stopped at epoch {epoch + 1}: {err}; {resume_hint(run_dir)}"
+                ) from None
+            except Interrupted as err:
+                raise Interrupted(
+                    err.signum,
+                    message=f"interrupted at epoch {epoch + 1} step {err.step} ({err.phase}); "
+                    + resume_hint(run_dir),
+                ) from None
+            _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
+    finally:
+        writer.close()
 
 
 def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
+from general_functions.checkpoint import save_checkpoint
 from general_functions.config_utils import config_from_dict
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
 from supernet_functions.evaluate_search import main
@@ -291,8 +292,8 @@ def test_evaluation_end_to_end_then_resumed(evaluation, search_runs, capsys):
     # interrupted: one training stopped after its first epoch, one killed before its first checkpoint
     last = out / "runs" / "random_2_seed1" / "last.pth"
     ckpt = torch.load(last, weights_only=True)
-    ckpt["epoch"] = 1
-    torch.save(ckpt, last)
+    ckpt["epoch"] = 1  # written as a run writes it: its checksum sidecar must agree
+    save_checkpoint(last, {k: v for k, v in ckpt.items() if k != "format_version"})
     (out / "runs" / "heuristic_seed0" / "last.pth").unlink()
     capsys.readouterr()
     again = main(_argv(search_runs, out))
