@@ -158,9 +158,7 @@ class SupernetConfig:
         math.exp(-0.045), "temperature factor per search epoch (exp(-0.045))", _ORIG
     )
     min_temperature: float = opt(
-        0.0,
-        "floor of the annealed temperature (0: none). Below about 1 the soft mixture's weights stop "
-        "serving single paths (docs/experiments.md)",
+        0.0, "floor of the annealed temperature (0: none): the anneal stops there"
     )
     w_mixing: str = opt(
         "same",
