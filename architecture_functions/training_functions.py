@@ -58,7 +58,7 @@ from general_functions.distributed import (
     unwrap,
     wrap_model,
 )
-from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
+from general_functions.interrupts import check_stop, stop_on_signals
 from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
@@ -68,8 +68,8 @@ from general_functions.run_folder import (
     new_run_dir,
     release_run_locks,
     resume_config,
-    resume_hint,
     resume_run,
+    stops_in_one_line,
     tidy_resumed_run,
 )
 from general_functions.utils import (
@@ -442,16 +442,8 @@ def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed
     start, wall_before = time.perf_counter(), progress.wall_s
     try:
         for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
-            try:
+            with stops_in_one_line(run_dir, epoch):
                 is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
-            except FloatingPointError as err:  # the last checkpoint is the last good epoch
-                raise RunStopped(f"stopped: {err}; {resume_hint(run_dir)}") from None
-            except Interrupted as err:
-                raise Interrupted(
-                    err.signum,
-                    message=f"interrupted at epoch {epoch} step {err.step} ({err.phase}); "
-                    + resume_hint(run_dir),
-                ) from None
             progress.wall_s = wall_before + time.perf_counter() - start
             _save(parts, progress, is_best, cfg, spec, ctx, run_dir)
     finally:

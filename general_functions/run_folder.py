@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
 from .distributed import DistContext, run_on_main
+from .interrupts import Interrupted
 
 __all__ = [
     "HOW_TO_RUN",
@@ -79,6 +81,22 @@ def resume_hint(run_dir: str | Path) -> str:
     if last.is_file():
         return f"continue with --resume {last}"
     return f"no checkpoint was written yet ({last}): start the run again"
+
+
+@contextlib.contextmanager
+def stops_in_one_line(run_dir: str | Path, epoch: int, where: str = "") -> Iterator[None]:
+    """Inside an epoch: a non-finite loss becomes :class:`RunStopped` ("stopped<where>: ...") and a
+    signal an :class:`Interrupted` naming ``epoch`` and its step; both say how to resume."""
+    try:
+        yield
+    except FloatingPointError as err:  # the last checkpoint is the last good epoch
+        raise RunStopped(f"stopped{where}: {err}; {resume_hint(run_dir)}") from None
+    except Interrupted as err:
+        raise Interrupted(
+            err.signum,
+            message=f"interrupted at epoch {epoch} step {err.step} ({err.phase}); "
+            + resume_hint(run_dir),
+        ) from None
 
 
 class RunLockedError(FileExistsError):

@@ -54,7 +54,7 @@ from general_functions.distributed import (
     unwrap,
     wrap_model,
 )
-from general_functions.interrupts import Interrupted, check_stop, stop_on_signals
+from general_functions.interrupts import check_stop, stop_on_signals
 from general_functions.io_utils import DiskFullError, atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
@@ -62,8 +62,8 @@ from general_functions.run_folder import (
     lock_run_dir,
     new_run_dir,
     release_run_locks,
-    resume_hint,
     resume_run,
+    stops_in_one_line,
     tidy_resumed_run,
 )
 from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
@@ -346,20 +346,10 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
     try:
         for epoch in range(progress.epoch, _end_epoch(cfg)):
             progress.wall_s = wall_before + time.perf_counter() - start  # before the metrics
-            try:
+            with stops_in_one_line(run_dir, epoch + 1, where=f" at epoch {epoch + 1}"):
                 values, held = _search_epoch(
                     epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
                 )
-            except FloatingPointError as err:  # the last checkpoint is the last good epoch
-                raise RunStopped(
-                    f"stopped at epoch {epoch + 1}: {err}; {resume_hint(run_dir)}"
-                ) from None
-            except Interrupted as err:
-                raise Interrupted(
-                    err.signum,
-                    message=f"interrupted at epoch {epoch + 1} step {err.step} ({err.phase}); "
-                    + resume_hint(run_dir),
-                ) from None
             _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
     finally:
         writer.close()
