@@ -124,18 +124,30 @@ def _train(net, seed: int, last: Path, plan, out: Path, args) -> dict[str, Any]:
     return load_checkpoint(last, stage="architecture")
 
 
-def _train_all(plan, seeds: list[int], out: Path, args, log):
-    """Every (network, seed) the plan asks for, each distinct training once: finished ones skipped,
-    unfinished ones resumed. Logs "k of N trainings" and the time the whole job has left."""
+def _plan_order(plan, net) -> int:
+    return next(i for i, n in enumerate(plan["networks"]) if n["name"] == net["name"])
+
+
+def _trainings(plan, seeds: list[int], out: Path):
+    """The (network, seed) records the plan asks for and its distinct trainings, the random networks'
+    first: their F test says, before the rest is trained, whether the proxy can rank at all."""
     jobs, unique = [], {}
-    for net in plan["networks"]:
+    for net in sorted(plan["networks"], key=lambda n: n["kind"] != "random"):
         for seed in seeds[:1] if net["kind"] == "named" else seeds:
             key = (tuple(net["ops"]), seed)  # two runs with one argmax: one training
             unique.setdefault(key, (net, seed, out / "runs" / f"{net['name']}_seed{seed}"))
             jobs.append((net, seed, key))
-    states, spent, trained = {}, 0.0, 0
+    return jobs, unique
+
+
+def _train_all(plan, unique: dict, out: Path, args, log, states: dict, only=None) -> dict:
+    """Train the distinct trainings in ``unique`` (those of kind ``only`` if given) into ``states``:
+    finished ones skipped, unfinished ones resumed. Logs "k of N trainings" and the time left."""
+    spent, trained = 0.0, 0
     total = len(unique)
     for k, (key, (net, seed, folder)) in enumerate(unique.items(), 1):
+        if key in states or (only and net["kind"] != only):
+            continue
         last = folder / "last.pth"
         state = load_checkpoint(last, stage="architecture") if last.is_file() else None
         where = f"{k} of {total} trainings: {net['name']} seed {seed}"
@@ -150,7 +162,47 @@ def _train_all(plan, seeds: list[int], out: Path, args, log):
         states[key] = _train(net, seed, last, plan, out, args)
         spent += time.perf_counter() - start
         trained += 1
-    return jobs, states
+    return states
+
+
+def _random_groups(records: list[dict]) -> list[list[float]]:
+    """The random networks' top-1, one list (its seeds) per network, in plan order."""
+    names = dict.fromkeys(r["name"] for r in records if r["kind"] == "random")
+    return [[r["top1"] for r in records if r["name"] == name] for name in names]
+
+
+def _check_proxy(jobs, states, log) -> dict[str, Any]:
+    """The F test over the random networks alone, logged as soon as they are trained."""
+    groups = _random_groups(
+        [
+            {"name": net["name"], "kind": "random", "top1": _top1(states[key])}
+            for net, _, key in jobs
+            if net["kind"] == "random"
+        ]
+    )
+    ranking = anova(groups)
+    f = "nan" if ranking["f"] is None else f"{ranking['f']:.2f}"
+    df = f"({ranking['df_between']}, {ranking['df_within']})"
+    if ranking["rankable"]:
+        log.info(
+            "the proxy ranks the random networks: F%s = %s > F_crit = %.2f",
+            df,
+            f,
+            ranking["f_crit"],
+        )
+    else:
+        log.warning(
+            "the proxy cannot rank these networks: F%s = %s <= F_crit = %.2f; lengthen it "
+            "(--epochs, --batch_size, --lr)",
+            df,
+            f,
+            ranking["f_crit"],
+        )
+    return ranking
+
+
+def _top1(state) -> float:
+    return round(float(state["last_metrics"]["test/top1"]), 4)
 
 
 def _measure(states: dict, plan, lut: LatencyLookupTable, args, log) -> dict[Any, float]:
@@ -269,12 +321,7 @@ def _statistics(records: list[dict], plan: dict[str, Any]):
         "kendall_tau": round(tau, 4) if math.isfinite(tau) else None,  # None: all tied
         "n": len(nets),
     }
-    random_top1 = [
-        [r["top1"] for r in records if r["name"] == n["name"]]
-        for n in nets
-        if n["kind"] == "random"
-    ]
-    return nets, table_error, anova(random_top1)
+    return nets, table_error, anova(_random_groups(records))
 
 
 def evaluate(args) -> dict[str, Any]:
@@ -313,7 +360,16 @@ def evaluate(args) -> dict[str, Any]:
         plan["centre_ms"],
         plan["recipe"],
     )
-    jobs, states = _train_all(plan, args.seeds, out, args, log)
+    jobs, unique = _trainings(plan, args.seeds, out)
+    states = _train_all(plan, unique, out, args, log, {}, only="random")
+    check = _check_proxy(jobs, states, log)
+    if args.check_proxy:
+        atomic_write_json(out / "proxy_check.json", {"recipe": plan["recipe"], "anova": check})
+        log.info(
+            "wrote %s; the same command without --check_proxy goes on", out / "proxy_check.json"
+        )
+        return {"recipe": plan["recipe"], "anova": check}
+    states = _train_all(plan, unique, out, args, log, states)
     measured = _measure(states, plan, lut, args, log)
     records = [
         {
@@ -323,17 +379,11 @@ def evaluate(args) -> dict[str, Any]:
             "predicted_latency_ms": net["predicted_latency_ms"],
             "measured_latency_ms": measured[key],
             "seed": seed,
-            "top1": round(float(states[key]["last_metrics"]["test/top1"]), 4),
+            "top1": _top1(states[key]),
         }
-        for net, seed, key in jobs
+        for net, seed, key in sorted(jobs, key=lambda job: _plan_order(plan, job[0]))
     ]
     nets, table_error, ranking = _statistics(records, plan)
-    if not ranking["rankable"]:
-        log.warning(
-            "the proxy cannot rank these networks: F=%s <= F_crit=%.2f; lengthen it",
-            "nan" if ranking["f"] is None else f"{ranking['f']:.2f}",
-            ranking["f_crit"],
-        )
     result = verdict(records, target, table_error["mape_percent"], ranking, args.proxy == "test")
     summary = {
         "runs": [
@@ -398,6 +448,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="proxy SGD learning rate (cifar10: 0.1)")
     p.add_argument("--train_limit", type=int, help="training images (cifar10: 0 = all 50,000)")
     p.add_argument("--test_limit", type=int, help="test images (cifar10: 0 = all 10,000)")
+    p.add_argument(
+        "--check_proxy",
+        action="store_true",
+        help="train the random networks only, report the F test (proxy_check.json) and stop",
+    )
     p.add_argument("--rounds", type=int, default=30, help="latency measuring rounds (30)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training")
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)

@@ -64,8 +64,16 @@ def _argv(runs, out, *extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def evaluation(search_runs, tmp_path_factory):
+def proxy_check(search_runs, tmp_path_factory):
+    """--check_proxy: the random networks alone, then stop (the evaluation below goes on from it)."""
     out = tmp_path_factory.mktemp("eval") / "t1"
+    check = main(_argv(search_runs, out, "--check_proxy"))
+    return out, check, sorted(p.name for p in (out / "runs").iterdir())
+
+
+@pytest.fixture(scope="module")
+def evaluation(proxy_check, search_runs):
+    out = proxy_check[0]
     return out, main(_argv(search_runs, out))
 
 
@@ -236,7 +244,7 @@ def test_runs_of_another_target_table_or_structure_are_refused_with_one_line(
         assert flag in help_text
 
 
-def test_evaluation_end_to_end_then_resumed(evaluation, search_runs, capsys):
+def test_evaluation_end_to_end_then_resumed(evaluation, proxy_check, search_runs, capsys):
     out, summary = evaluation
     lut = LatencyLookupTable.load(search_runs[0] / "lut.json")
     records, nets = summary["records"], summary["networks"]
@@ -288,6 +296,13 @@ def test_evaluation_end_to_end_then_resumed(evaluation, search_runs, capsys):
     assert "below the cheapest network of the table (1.7 ms)" in log
     assert f"{len(trainings)} of {len(trainings)} trainings" in log
     assert ("the proxy cannot rank these networks" in log) == (not summary["anova"]["rankable"])
+    # --check_proxy trained the random networks only, its F test that of the finished evaluation,
+    # and the evaluation took those trainings over
+    _, check, folders_then = proxy_check
+    assert folders_then == [f"random_{i}_seed{s}" for i in (1, 2) for s in (0, 1)]
+    assert check["anova"] == summary["anova"] and check["recipe"] == summary["recipe"]
+    assert json.loads((out / "proxy_check.json").read_text()) == check
+    assert log.count("random_1 seed 0: done") == 1 and log.count("random_1 seed 0: training") == 1
 
     # interrupted: one training stopped after its first epoch, one killed before its first checkpoint
     last = out / "runs" / "random_2_seed1" / "last.pth"
