@@ -43,10 +43,21 @@ def get_logger(run_dir: str | Path | None, name: str = "fbnet") -> logging.Logge
     stream.setFormatter(fmt)
     logger.addHandler(stream)
     if run_dir is not None:
-        file_handler = logging.FileHandler(Path(run_dir) / "log.txt")
+        file_handler = _LogFile(Path(run_dir) / "log.txt")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(file_handler)
     return logger
+
+
+class _LogFile(logging.FileHandler):
+    """``log.txt``: a full disk stops the run with one line naming the file (logging's default prints
+    a traceback for every record and goes on without the file)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        err = sys.exc_info()[1]
+        if err is not None and is_disk_full(err):
+            raise DiskFullError(disk_full_message(self.baseFilename)) from None
+        super().handleError(record)
 
 
 class MetricWriter:
@@ -81,8 +92,11 @@ class MetricWriter:
         """Log ``values`` (tags like ``train/loss``) at ``step`` and rewrite the CSV."""
         if not self.enabled:
             return
-        for tag, value in values.items():
-            self.tb.add_scalar(tag, value, step)
+        try:
+            for tag, value in values.items():
+                self.tb.add_scalar(tag, value, step)
+        except OSError as err:
+            raise self._tb_error(err) from None
         row = {"step": step, **values}
         self.rows.append(row)
         new_columns = [c for c in row if c not in self._columns]
@@ -105,11 +119,25 @@ class MetricWriter:
                     self._synced = False  # the next row rewrites the file whole
                     raise DiskFullError(disk_full_message(self.csv_path)) from None
                 raise
-        self.tb.flush()
+        try:
+            self.tb.flush()  # the events reach the disk here, in this thread, not in tensorboardX's
+        except OSError as err:
+            raise self._tb_error(err) from None
+
+    def _tb_error(self, err: OSError) -> BaseException:
+        if not is_disk_full(err):
+            return err
+        tb_dir = Path(self.tb.logdir)
+        events = sorted(tb_dir.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+        return DiskFullError(disk_full_message(events[-1] if events else tb_dir))
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError as err:
+                if not is_disk_full(err):  # the run's own error already said the disk is full
+                    raise
 
 
 def _next(step: int | None) -> int | None:

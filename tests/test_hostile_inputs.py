@@ -511,6 +511,35 @@ def test_a_full_disk_while_appending_to_metrics_csv_gives_one_line(tmp_path, mon
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,loss", "1,1.0"]
 
 
+def test_a_full_disk_under_tensorboard_or_log_txt_gives_one_line(tmp_path, monkeypatch):
+    import errno
+    import logging
+
+    from general_functions.io_utils import DiskFullError
+    from general_functions.logging_utils import MetricWriter, get_logger
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = MetricWriter(tmp_path)
+    writer.scalars(1, {"loss": 1.0})
+    monkeypatch.setattr(writer.tb, "flush", full)
+    with pytest.raises(DiskFullError, match=rf"to write {tmp_path / 'tb'}/events\.out\.tfevents\."):
+        writer.scalars(2, {"loss": 0.5})
+    monkeypatch.undo()
+    writer.close()
+
+    log = get_logger(tmp_path, name="disk_full_test")
+    log.info("kept")
+    file = next(h for h in log.handlers if isinstance(h, logging.FileHandler))
+    monkeypatch.setattr(file.stream, "write", full)
+    with pytest.raises(DiskFullError, match=f"to write {tmp_path / 'log.txt'} "):
+        log.info("lost")
+    monkeypatch.undo()
+    file.close()
+    assert (tmp_path / "log.txt").read_text().endswith("kept\n")
+
+
 def test_a_sampled_architecture_that_cannot_be_written_leaves_no_empty_file(tmp_path, monkeypatch):
     import fbnet_building_blocks.arch_specs as arch_specs
     from general_functions.io_utils import DiskFullError
