@@ -1,14 +1,18 @@
 """Kill training runs and searches at random moments, resume each until done, compare with unbroken runs.
 
 For each kind (``train``: architecture_main_file.py; ``search``: supernet_main_file.py with a held-out
-part, so both write best.pth) one unbroken run is the reference. Each further run is started, killed
-with SIGKILL at a moment drawn uniformly between the reference's first file and its end, then resumed
-(``--resume RUN/last.pth``; ``--overwrite`` when the kill came before the first checkpoint) until it
-exits 0. Moments are counted in the process's CPU time, so a busy machine does not shift them. Checked against the reference: last.pth and best.pth (epoch, weights, optimizer state, record of
-the best), metrics.csv, thetas.json (search), the final JSON line (bar wall time and folder), and that no
-temporary file is left. All runs use the 4-layer ``tiny`` space on synthetic data, one thread each.
+part, so both write best.pth) one unbroken run is the reference. Each further run is started, stopped
+at a moment drawn uniformly between the reference's first file and its end, then resumed (``--resume
+RUN/last.pth``; ``--overwrite`` when the stop came before the first checkpoint) until it exits 0. The
+stop is SIGKILL (``--train_runs``, ``--search_runs``), or SIGINT and SIGTERM (``--signal_runs`` of each
+per kind), where the run must also end with exit status 130 / 143 and one line, no traceback. Moments
+are counted in the process's CPU time, so a busy machine does not shift them. Checked against the
+reference: last.pth and best.pth (epoch, weights, optimizer state, record of the best), metrics.csv,
+thetas.json (search), the final JSON line (bar wall time and folder), and that no temporary file is
+left. All runs use the 4-layer ``tiny`` space on synthetic data, one thread each; ``--train_epochs``
+and ``--search_epochs`` long, so that most moments fall after the first checkpoint.
 
-    nice -n 15 python bench/kill_resume.py --train_runs 10 --search_runs 10
+    nice -n 15 python bench/kill_resume.py --train_runs 10 --search_runs 10 --signal_runs 5
     python bench/kill_resume.py --help
 
 The last stdout line is JSON: per kind, how many runs matched, and where each kill landed.
@@ -45,7 +49,10 @@ log = logging.getLogger("kill_resume")
 TICKS = os.sysconf("SC_CLK_TCK")  # /proc CPU times are in clock ticks
 
 
-def commands(work: Path) -> dict[str, list[str]]:
+EXPECTED_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # the shell's 128 + signal number
+
+
+def commands(work: Path, train_epochs: int, search_epochs: int) -> dict[str, list[str]]:
     """The command line (without --run_name) of each kind of run."""
     arch = work / "tiny_arch.json"
     ops = ["ir_k3_e3", "ir_k5_e1", "skip", "ir_k3_s2"]
@@ -58,7 +65,7 @@ def commands(work: Path) -> dict[str, list[str]]:
         "train": [
             *python,
             str(REPO / "architecture_main_file.py"),
-            *("--preset", "smoke", "--architecture_name", str(arch), "--epochs", "4"),
+            *("--preset", "smoke", "--architecture_name", str(arch), "--epochs", str(train_epochs)),
             *("--batch_size", "32", "--train_limit", "160", "--test_limit", "64"),
             *("--threads", "1", "--progress", "False", "--log_dir", str(work / "runs")),
         ],
@@ -66,7 +73,7 @@ def commands(work: Path) -> dict[str, list[str]]:
             *python,
             str(REPO / "supernet_main_file.py"),
             *("--train_or_sample", "train", "--preset", "smoke", "--fake_train_size", "60"),
-            *("--batch_size", "10", "--epochs", "3", "--val_fraction", "0.25"),
+            *("--batch_size", "10", "--epochs", str(search_epochs), "--val_fraction", "0.25"),
             *("--lut_path", str(lut), "--progress", "False", "--log_dir", str(work / "runs")),
         ],
     }
@@ -105,21 +112,35 @@ def last_json(proc: subprocess.Popen) -> dict:
     return json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
 
 
-def killed_then_resumed(cmd: list[str], run_dir: Path, at_cpu_s: float, log_file: Path) -> dict:
-    """Start, SIGKILL once it has used ``at_cpu_s`` CPU seconds, then resume until it exits 0."""
-    proc = launch(cmd + ["--run_name", run_dir.name], log_file)
-    landed: dict[str, Any] = {"kill_at_cpu_s": round(at_cpu_s, 2), "killed": False}
+def killed_then_resumed(
+    cmd: list[str], run_dir: Path, at_cpu_s: float, log_file: Path, sig: int = signal.SIGKILL
+) -> dict:
+    """Start, send ``sig`` once it has used ``at_cpu_s`` CPU seconds, then resume until it exits 0."""
+    stopped_log = log_file.with_name(f"{run_dir.name}.stderr")
+    proc = launch(cmd + ["--run_name", run_dir.name], stopped_log)
+    landed: dict[str, Any] = {
+        "signal": signal.Signals(sig).name,
+        "kill_at_cpu_s": round(at_cpu_s, 2),
+        "killed": False,
+    }
     while proc.poll() is None:
         try:
             used = cpu_seconds(proc.pid)
         except (FileNotFoundError, ProcessLookupError, IndexError):
             break
         if used >= at_cpu_s:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             landed["killed"] = True
             break
         time.sleep(0.002)
     proc.wait()  # not killed: it ended first, and the resume finds a finished run
+    if sig in EXPECTED_STATUS:  # a signal the run catches: its status and its last words
+        stderr = stopped_log.read_text(errors="replace")
+        # a signal after the final JSON line came while Python shut down: nothing left to stop
+        landed["after_the_end"] = bool(proc.stdout.read().strip())
+        landed["exit_status"] = proc.returncode
+        landed["traceback"] = "Traceback" in stderr
+        landed["last_line"] = (stderr.strip().splitlines() or [""])[-1]
     last = run_dir / "last.pth"
     landed["epoch_at_kill"] = load_checkpoint(last)["epoch"] if last.exists() else None
     landed["temp_files_at_kill"] = len(list(run_dir.glob(".*.tmp")))
@@ -144,9 +165,17 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         ]
 
 
-def differences(run_dir: Path, ref_dir: Path, summary: dict, ref_summary: dict) -> list[str]:
+def differences(
+    run_dir: Path, ref_dir: Path, summary: dict, ref_summary: dict, landed: dict
+) -> list[str]:
     """What differs between a resumed run and the unbroken reference (empty: nothing)."""
     problems = []
+    if "exit_status" in landed and landed["killed"] and not landed["after_the_end"]:
+        expected = EXPECTED_STATUS[signal.Signals[landed["signal"]]]
+        if landed["exit_status"] != expected:
+            problems.append(f"exit status {landed['exit_status']}, not {expected}")
+        if landed["traceback"] or "--resume" not in landed["last_line"]:
+            problems.append(f"not one line: {landed['last_line']!r}")
     for name in ("last.pth", "best.pth"):
         a, b = load_checkpoint(run_dir / name), load_checkpoint(ref_dir / name)
         for key in ("epoch", "best_top1", "best_epoch", "last_metrics"):
@@ -181,6 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--train_runs", type=int, default=10, help="training runs to kill")
     parser.add_argument("--search_runs", type=int, default=10, help="searches to kill")
+    parser.add_argument(
+        "--signal_runs",
+        type=int,
+        default=5,
+        help="runs per kind stopped by SIGINT, as many by SIGTERM",
+    )
+    parser.add_argument("--train_epochs", type=int, default=20, help="epochs of a training run")
+    parser.add_argument("--search_epochs", type=int, default=10, help="epochs of a search")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--work_dir", default="", help="folder for the runs (default: a temp one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -196,9 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     result: dict[str, Any] = {}
     try:
-        for kind, cmd in commands(work).items():
+        for kind, cmd in commands(work, args.train_epochs, args.search_epochs).items():
             n = args.train_runs if kind == "train" else args.search_runs
-            if not n:
+            sigs = [signal.SIGKILL] * n + [signal.SIGINT, signal.SIGTERM] * args.signal_runs
+            if not sigs:
                 continue
             ref_dir = work / "runs" / f"{kind}_unbroken"
             ref_summary, first_s, end_s = reference(cmd, ref_dir, log_file)
@@ -209,18 +247,22 @@ def main(argv: list[str] | None = None) -> dict:
                 end_s,
             )
             runs = []
-            for i in tqdm(range(n), desc=f"kill {kind}"):
+            for i, sig in enumerate(tqdm(sigs, desc=f"stop {kind}")):
                 run_dir = work / "runs" / f"{kind}_{i}"
-                landed = killed_then_resumed(cmd, run_dir, rng.uniform(first_s, end_s), log_file)
+                at = rng.uniform(first_s, end_s)
+                landed = killed_then_resumed(cmd, run_dir, at, log_file, sig)
                 landed["problems"] = differences(
-                    run_dir, ref_dir, landed.pop("summary"), ref_summary
+                    run_dir, ref_dir, landed.pop("summary"), ref_summary, landed
                 )
                 log.info("%s %d: %s", kind, i, landed)
                 runs.append(landed)
             result[kind] = {
-                "runs": n,
+                "runs": len(runs),
                 "matched": sum(not r["problems"] for r in runs),
-                "killed": sum(r["killed"] for r in runs),
+                "killed": {
+                    name: sum(r["killed"] for r in runs if r["signal"] == name)
+                    for name in dict.fromkeys(r["signal"] for r in runs)
+                },
                 "killed_before_first_checkpoint": sum(r["epoch_at_kill"] is None for r in runs),
                 "left_temp_files_at_kill": sum(r["temp_files_at_kill"] > 0 for r in runs),
                 "details": runs,
@@ -228,7 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    result["all_matched"] = all(v["matched"] == v["runs"] for v in result.values())
+    result["settings"] = {k: getattr(args, k) for k in ("train_epochs", "search_epochs", "seed")}
+    result["all_matched"] = all(
+        v["matched"] == v["runs"] for k, v in result.items() if k != "settings"
+    )
     print(json.dumps(result), flush=True)
     return result
 
