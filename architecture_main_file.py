@@ -27,7 +27,7 @@ from general_functions.interrupts import Interrupted
 
 
 def _exporting(argv: list[str] | None) -> bool:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--export", default=None)
     return pre.parse_known_args(argv)[0].export is not None
 

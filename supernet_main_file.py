@@ -20,7 +20,7 @@ from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetC
 
 def _mode(argv: list[str] | None) -> str | None:
     """The ``--train_or_sample`` of ``argv`` (None when absent; parse_config checks its value)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--train_or_sample", default=None)
     return pre.parse_known_args(argv)[0].train_or_sample
 

@@ -241,7 +241,11 @@ def _help(f: dataclasses.Field) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument error is one line that points at --help, not the whole usage."""
+    """An argument error is one line that points at --help, not the whole usage. Flags are never
+    abbreviated: ``--epoch`` is an error, not ``--epochs`` (nor a prefix of another flag)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")

@@ -428,6 +428,7 @@ def draw_figure(outs: list[str], path: str) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m supernet_functions.evaluate_search",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

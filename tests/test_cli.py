@@ -3,6 +3,8 @@ smoke commands run as printed."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -127,6 +129,49 @@ def test_bad_number_or_absent_device_is_one_line(
     err = capsys.readouterr().err + (code if isinstance(code, str) else "")
     assert err.startswith(message) and err.count("\n") <= 1, err
     assert "Traceback" not in err
+
+
+# (entry point, argv with a prefix of one of its flags): argparse would read each as that flag
+ABBREVIATED = {
+    "train --epoch": ("supernet_main_file", ["--train_or_sample", "train", "--epoch", "2"]),
+    "train --max_step": ("supernet_main_file", ["--max_step", "3"]),
+    "sample --arch": ("supernet_main_file", ["--train_or_sample", "sample", "--arch", "a"]),
+    "build_lut --lut_pat": (
+        "supernet_main_file",
+        ["--train_or_sample", "build_lut", "--lut_pat", "x"],
+    ),
+    "architecture --epoch": ("architecture_main_file", ["--epoch", "2"]),
+    "export --form": ("architecture_main_file", ["--export", "x.pth", "--form", "onnx"]),
+    "evaluate_search --epoch": (
+        "supernet_functions.evaluate_search",
+        ["--run", "r", "--epoch", "2"],
+    ),
+    "summary --search": ("fbnet_building_blocks.summary", ["--search", "tiny"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ABBREVIATED))
+def test_a_prefix_of_a_flag_is_refused_not_read_as_that_flag(case, capsys):
+    module, argv = ABBREVIATED[case]
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: " + argv[-2] in err, err
+
+
+def test_every_argument_parser_of_the_repository_refuses_abbreviations():
+    """Every parser, bench scripts and sub-commands included, is made with allow_abbrev=False."""
+    calls = []
+    for path in [*REPO.glob("*.py"), *REPO.glob("*/*.py")]:
+        if path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(getattr(node, "func", None), "attr", None)
+            if isinstance(node, ast.Call) and name in ("ArgumentParser", "add_parser"):
+                off = any(k.arg == "allow_abbrev" and k.value.value is False for k in node.keywords)
+                calls.append((f"{path.relative_to(REPO)}:{node.lineno}", off))
+    assert len(calls) >= 15
+    assert [where for where, off in calls if not off] == []
 
 
 def test_both_scripts_leave_a_missing_cifar10_undownloaded():
