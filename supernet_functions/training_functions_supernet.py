@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
     broadcast_object,
+    env_rank,
     reduce_meters,
     run_in_context,
     run_on_main,
@@ -88,6 +90,7 @@ from .search_setup import (
 
 __all__ = [
     "USER_ERRORS",
+    "fit_warmup",
     "temperature_at",
     "train_weights_epoch",
     "train_thetas_epoch",
@@ -286,6 +289,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     ckpt = None
     if cfg.resume:  # the recipe (threads and device too) comes from the checkpoint
         cfg, ckpt = resume_run(cfg, STAGE, _PER_RUN)
+    cfg = fit_warmup(cfg)
     _check_config(cfg)
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, ckpt=ckpt)
@@ -522,6 +526,24 @@ def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) 
         atomic_write_json(run_dir / "summary.json", summary)
         print(json.dumps(summary), flush=True)
     return summary
+
+
+def fit_warmup(cfg: SupernetConfig) -> SupernetConfig:
+    """``cfg`` with a warm-up longer than the run cut to ``epochs - 1`` (one search epoch left), with
+    one warning line: ``--epochs 2`` alone cuts the default 180-epoch search down to a trial."""
+    if cfg.warmup_epochs <= cfg.epochs:
+        return cfg
+    fitted = dataclasses.replace(cfg, warmup_epochs=cfg.epochs - 1)
+    if hasattr(cfg, "_given"):  # what the user set stays known (config_utils.given_fields)
+        fitted._given = cfg._given
+    if env_rank() == 0:
+        print(
+            f"warning: --warmup_epochs {cfg.warmup_epochs} is more than --epochs {cfg.epochs}: "
+            f"the warm-up is cut to {fitted.warmup_epochs} (set --warmup_epochs to choose)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return fitted
 
 
 def _check_config(cfg: SupernetConfig) -> None:

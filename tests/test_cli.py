@@ -174,6 +174,30 @@ def test_every_argument_parser_of_the_repository_refuses_abbreviations():
     assert [where for where, off in calls if not off] == []
 
 
+def test_cutting_the_epochs_cuts_the_warm_up_with_one_warning(tmp_path, monkeypatch, capsys):
+    """``--epochs 2`` alone (the default warm-up is 10) starts: the search goes on to the data."""
+    from supernet_functions.training_functions_supernet import fit_warmup
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    argv = ["--epochs", "2", "--max_steps_per_epoch", "3", "--data_dir", "none", "--threads", "1"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            supernet_main_file.main([*argv, "--progress", "False"])
+    finally:
+        torch.set_num_threads(threads)
+    assert str(exit_info.value.code).startswith("error: no CIFAR-10 at none")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warm" in line]
+    assert warnings == [
+        "warning: --warmup_epochs 10 is more than --epochs 2: the warm-up is cut to 1 "
+        "(set --warmup_epochs to choose)"
+    ]
+    cut = {"epochs": 1, "warmup_epochs": 10}
+    assert fit_warmup(config_from_dict(SupernetConfig, cut)).warmup_epochs == 0
+    kept = config_from_dict(SupernetConfig, {"epochs": 3, "warmup_epochs": 3})
+    assert fit_warmup(kept) is kept
+
+
 def test_both_scripts_leave_a_missing_cifar10_undownloaded():
     assert ArchTrainConfig().download is False and SupernetConfig().download is False
     assert ArchTrainConfig().data_dir == SupernetConfig().data_dir
