@@ -67,6 +67,7 @@ from general_functions.run_folder import (
     lock_run_dir,
     new_run_dir,
     release_run_locks,
+    removed_if_unstarted,
     resume_config,
     resume_run,
     stops_in_one_line,
@@ -400,13 +401,19 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext, state: dict | None) -> dict[str, Any]:
-    """The steps of a run: open it, build, resume, the epoch loop, the summary."""
+    """Evaluate; or open the run folder and train in it (a failed start leaves no empty folder)."""
     if cfg.eval_only:
         summary = _eval_only(cfg, state, ctx)
         if ctx.is_main:
             print(json.dumps(summary), flush=True)
         return summary
     spec, run_dir = _open_run(cfg, state, ctx)
+    with removed_if_unstarted(run_dir):
+        return _train_in(run_dir, spec, cfg, ctx, state)
+
+
+def _train_in(run_dir: Path, spec: ArchSpec, cfg, ctx: DistContext, state: dict | None) -> dict:
+    """The steps of a training in its folder: build, resume, the epoch loop, the summary."""
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
     log = _logger(run_dir, ctx)

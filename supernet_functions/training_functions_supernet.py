@@ -64,6 +64,7 @@ from general_functions.run_folder import (
     lock_run_dir,
     new_run_dir,
     release_run_locks,
+    removed_if_unstarted,
     resume_run,
     stops_in_one_line,
     tidy_resumed_run,
@@ -301,8 +302,14 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, Any]:
-    """The steps of a search: open the run, build, resume, the epoch loop, the summary."""
+    """Open the run folder and search in it; a start that fails leaves no empty folder behind."""
     run_dir = _open_run(cfg, ckpt, ctx)
+    with removed_if_unstarted(run_dir):
+        return _search_in(run_dir, cfg, ctx, ckpt)
+
+
+def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict:
+    """The steps of a search in its folder: build, resume, the epoch loop, the summary."""
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
     log = get_logger(run_dir if ctx.is_main else None, "fbnet.supernet")
