@@ -15,7 +15,13 @@ import sys
 from general_functions.config_utils import parse_config
 from general_functions.distributed import env_rank
 from general_functions.interrupts import Interrupted
-from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetConfig, help_layout
+from supernet_functions.config_for_supernet import (
+    LUT_MODES,
+    PRESETS,
+    SupernetConfig,
+    help_layout,
+    refuse_unread_flags,
+)
 
 
 def _mode(argv: list[str] | None) -> str | None:
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
             return lut_cli.main(argv)
         groups, hidden = help_layout(mode)
         cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS, groups, hidden)
+        refuse_unread_flags(cfg)
         if cfg.train_or_sample == "train":
             return run(cfg)
         from supernet_functions.sampling import run_sampling

@@ -198,6 +198,30 @@ def test_cutting_the_epochs_cuts_the_warm_up_with_one_warning(tmp_path, monkeypa
     assert fit_warmup(kept) is kept
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--overwrite", "True"], "sample does not read --overwrite (options of train;"),
+        (
+            ["sample", "--epochs", "5", "--data_dir", "/nonexistent"],
+            "sample does not read --data_dir, --epochs (options of train;",
+        ),
+        (["train", "--num_samples", "3"], "train does not read --num_samples (options of sample;"),
+    ],
+    ids=["sample --overwrite", "sample --epochs --data_dir", "train --num_samples"],
+)
+def test_a_flag_the_mode_does_not_read_is_refused_in_one_line(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        supernet_main_file.main(["--train_or_sample", *argv])
+    text = str(exit_info.value.code)
+    assert text.startswith(f"error: --train_or_sample {message}") and "\n" not in text, text
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing sampled
+    # a preset's train fields are no flags: sample reads the smoke preset's --log_dir
+    with pytest.raises(SystemExit, match="no search run under runs/supernet_smoke"):
+        supernet_main_file.main(["--train_or_sample", "sample", "--preset", "smoke"])
+
+
 def test_both_scripts_leave_a_missing_cifar10_undownloaded():
     assert ArchTrainConfig().download is False and SupernetConfig().download is False
     assert ArchTrainConfig().data_dir == SupernetConfig().data_dir

@@ -187,8 +187,7 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     supernet_main_file.main(
         ["--train_or_sample", "sample", "--architecture_name", "smoke_net"]
-        + ["--hardsampling_bool_value", "True"]
-        + common
+        + ["--hardsampling_bool_value", "True", "--log_dir", logs]
     )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["name"] == "smoke_net" and len(record["ops"]) == 4
