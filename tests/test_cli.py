@@ -227,18 +227,19 @@ def test_both_scripts_leave_a_missing_cifar10_undownloaded():
     assert ArchTrainConfig().data_dir == SupernetConfig().data_dir
 
 
-def _thetas_run(folder: Path, winner: int) -> Path:
-    """A search run folder as `train` leaves it, for the 4-layer space: op ``winner`` everywhere."""
-    from fbnet_building_blocks.search_space import CANDIDATE_OPS
+def _thetas_run(folder: Path, winner: int, space: str = "tiny") -> Path:
+    """A search run folder as `train` leaves it after 3 epochs: op ``winner`` in every layer."""
+    from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 
     folder.mkdir(parents=True)
-    thetas = [[1.0 if j == winner else 0.0 for j in range(len(CANDIDATE_OPS))] for _ in range(4)]
-    state = {"thetas": thetas, "candidate_ops": list(CANDIDATE_OPS), "search_space": "tiny"}
+    row = [1.0 if j == winner else 0.0 for j in range(len(CANDIDATE_OPS))]
+    thetas = [row] * get_search_space(space).num_layers
+    state = {"thetas": thetas, "candidate_ops": list(CANDIDATE_OPS), "search_space": space}
     (folder / "thetas.json").write_text(json.dumps({**state, "epoch": 2}))
     return folder
 
 
-def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch):
+def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch, capsys):
     from fbnet_building_blocks.search_space import CANDIDATE_OPS
 
     monkeypatch.chdir(tmp_path)
@@ -249,11 +250,45 @@ def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch):
     (record,) = run_sampling(config_from_dict(SupernetConfig, {**values, "architecture_name": "a"}))
     assert record["run"] == str(Path("runs/supernet_smoke/new"))
     assert record["ops"] == [CANDIDATE_OPS[8]] * 4
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"sampling {Path('runs/supernet_smoke/new')} (the newest search under runs, a smoke or "
+        "test run: no real search is there): thetas after epoch 3, search space tiny"
+    )
     # an explicit --log_dir still means that folder only
     explicit = {**values, "architecture_name": "b", "log_dir": str(old.parent)}
     (record,) = run_sampling(config_from_dict(SupernetConfig, explicit))
     assert record["run"] == str(old) and record["ops"] == [CANDIDATE_OPS[0]] * 4
     assert new.is_dir()
+
+
+def test_sample_prefers_a_real_search_to_newer_smoke_runs_unless_one_is_named(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    real = _thetas_run(tmp_path / "runs" / "supernet" / "real", winner=1, space="fbnet_cifar")
+    (real / "config.json").write_text(json.dumps({"dataset": "cifar10"}))
+    os.utime(real / "thetas.json", (1_000_000, 1_000_000))
+    _thetas_run(tmp_path / "runs" / "supernet_smoke" / "smoke", winner=8)
+    fake = _thetas_run(tmp_path / "runs" / "supernet" / "fake", winner=8, space="fbnet_cifar")
+    (fake / "config.json").write_text(json.dumps({"dataset": "fake"}))  # a test proxy's data
+    values = {"train_or_sample": "sample", "arch_dir": str(tmp_path / "archs")}
+    (record,) = run_sampling(config_from_dict(SupernetConfig, {**values, "architecture_name": "a"}))
+    assert record["run"] == str(Path("runs/supernet/real")) and len(record["ops"]) == 22
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"sampling {Path('runs/supernet/real')} (the newest real search under runs): thetas after "
+        "epoch 3, search space fbnet_cifar"
+    )
+    named = {
+        **values,
+        "architecture_name": "b",
+        "log_dir": "runs/supernet_smoke",
+        "run_name": "smoke",
+    }
+    (record,) = run_sampling(config_from_dict(SupernetConfig, named))
+    assert record["run"] == str(Path("runs/supernet_smoke/smoke")) and len(record["ops"]) == 4
+    assert capsys.readouterr().err.startswith(
+        f"sampling {Path('runs/supernet_smoke/smoke')} (--run_name)"
+    )
 
 
 # ---------------------------------------------------------------- the README's smoke commands
