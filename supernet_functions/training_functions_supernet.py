@@ -327,7 +327,7 @@ def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict 
     progress = restore_search(search, ckpt, cfg, log) if ckpt is not None else Progress()
     _wrap_for_ddp(search, cfg, ctx, log)
     _epoch_loop(search, loaders, progress, cfg, ctx, run_dir, log, resumed=ckpt is not None)
-    done = {"epoch": progress.epoch - 1, **progress.last}
+    done = {"epoch": progress.epoch, **progress.last}  # epochs done: the log's last "epoch N/M"
     done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
     done["path_probe"] = progress.paths
     return _finish(run_dir, search.lut, done, log, ctx)
@@ -384,10 +384,10 @@ def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) ->
 
 def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]:
     """The summary of a run that has nothing left to train, from its checkpoint."""
-    done = ckpt["epoch"] + 1
-    log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, done, cfg.epochs)
+    epochs_done = ckpt["epoch"] + 1  # the checkpoint's epoch counts from 0
+    log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, epochs_done, cfg.epochs)
     lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
-    done = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
+    done = {"epoch": epochs_done, **ckpt.get("last_metrics", {})}
     done.update(
         warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
     )

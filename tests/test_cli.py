@@ -85,6 +85,22 @@ def test_help_of_every_mode_shows_that_modes_options(case, capsys):
     assert "(default: ;" not in out and "(default: )" not in out
 
 
+def test_evaluate_search_help_explains_every_option(capsys):
+    from supernet_functions import evaluate_search
+
+    parser = evaluate_search._parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
+    with pytest.raises(SystemExit):
+        evaluate_search.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--progress BOOL tqdm progress bars", "auto: cuda when there is one, else cpu"):
+        assert text in out, text
+    assert "cifar10 (the default: 3 epochs" in out
+    assert parser.parse_args(["--progress", "False"]).progress is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--progress", "Flase"])  # not read as False
+
+
 def _python(argv: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     # seconds on a quiet machine; the bound only stops a hang (a starved shared machine took 300 s+)
     env = {k: v for k, v in os.environ.items() if k != "FBNET_ARCH_DIR"}

@@ -363,7 +363,7 @@ def test_checkpoints_with_the_old_flag_names_resume_and_evaluate(tmp_path, capsy
     evaluated = _train(["--eval_only", "--checkpoint", str(tmp_path / "runs" / "r" / "best.pth")])
     assert evaluated["eval_only"] is True and evaluated["epochs"] == 1
     assert _train(["--resume", str(tmp_path / "runs" / "r" / "last.pth")])["epochs"] == 3
-    assert _search(["--resume", str(tmp_path / "runs" / "s" / "last.pth")])["epoch"] == 1
+    assert _search(["--resume", str(tmp_path / "runs" / "s" / "last.pth")])["epoch"] == 2
     assert "deprecated" not in capsys.readouterr().err  # old checkpoints load silently
 
 
