@@ -37,6 +37,7 @@ from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
 from general_functions.dataloaders import (
+    EXACT_MASK_FILE,
     ORIGINAL_CIFAR10_STD,
     DataError,
     EpochLoader,
@@ -278,6 +279,11 @@ def build_loaders(
     exact = None
     if data.test_exact is not None and not cfg.test_limit:
         exact = make_loader(data.test_exact, eval_bs, train=False, **common)
+        logger.info(
+            "%s marks %d test images as exact-pixel: every epoch also reports their top-1/top-3",
+            Path(cfg.data_dir) / EXACT_MASK_FILE,
+            len(data.test_exact),
+        )
     return Loaders(
         train=make_loader(train, cfg.batch_size, train=True, **common),
         test=make_loader(_head(data.test, cfg.test_limit), eval_bs, train=False, **common),
@@ -568,7 +574,7 @@ def _train_epoch(epoch: int, parts: _Parts, progress: Progress, cfg, device, wri
     epoch_s = time.perf_counter() - epoch_start
     writer.scalars(epoch, {"lr": lr, **progress.last, "time/epoch_s": epoch_s})
     exact = (
-        f" | exact-1000 top1 {metrics['test_exact1000/top1']:.2f} "
+        f" | exact-pixel top1 {metrics['test_exact1000/top1']:.2f} "
         f"top3 {metrics['test_exact1000/top3']:.2f}"
         if "test_exact1000/top1" in metrics
         else ""

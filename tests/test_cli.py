@@ -83,6 +83,7 @@ def test_help_of_every_mode_shows_that_modes_options(case, capsys):
     for text in not_shown:
         assert text not in (listed if text.startswith("--") else headings), text
     assert "(default: ;" not in out and "(default: )" not in out
+    assert "shared/data" not in out  # no folder of this project's own machine
 
 
 def test_evaluate_search_help_explains_every_option(capsys):
@@ -95,7 +96,7 @@ def test_evaluate_search_help_explains_every_option(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for text in ("--progress BOOL tqdm progress bars", "auto: cuda when there is one, else cpu"):
         assert text in out, text
-    assert "cifar10 (the default: 3 epochs" in out
+    assert "cifar10 (the default: 3 epochs" in out and "shared/data" not in out
     assert parser.parse_args(["--progress", "False"]).progress is False
     with pytest.raises(SystemExit):
         parser.parse_args(["--progress", "Flase"])  # not read as False
