@@ -2,7 +2,7 @@
 
 Usage::
 
-    python architecture_main_file.py --architecture_name fbnet_a --data_dir ../shared/data/cifar10
+    python architecture_main_file.py --architecture_name fbnet_a --data_dir /path/to/cifar10
     python architecture_main_file.py --architecture_name path/to/arch.json --epochs 3 --lr_schedule cosine
     python architecture_main_file.py --preset smoke                     # a few hundred synthetic images
     python architecture_main_file.py --resume runs/architectures_training/<run>/last.pth
@@ -27,7 +27,7 @@ from general_functions.interrupts import Interrupted
 
 
 def _exporting(argv: list[str] | None) -> bool:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--export", default=None)
     return pre.parse_known_args(argv)[0].export is not None
 

@@ -15,12 +15,18 @@ import sys
 from general_functions.config_utils import parse_config
 from general_functions.distributed import env_rank
 from general_functions.interrupts import Interrupted
-from supernet_functions.config_for_supernet import LUT_MODES, PRESETS, SupernetConfig, help_layout
+from supernet_functions.config_for_supernet import (
+    LUT_MODES,
+    PRESETS,
+    SupernetConfig,
+    help_layout,
+    refuse_unread_flags,
+)
 
 
 def _mode(argv: list[str] | None) -> str | None:
     """The ``--train_or_sample`` of ``argv`` (None when absent; parse_config checks its value)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--train_or_sample", default=None)
     return pre.parse_known_args(argv)[0].train_or_sample
 
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
             return lut_cli.main(argv)
         groups, hidden = help_layout(mode)
         cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS, groups, hidden)
+        refuse_unread_flags(cfg)
         if cfg.train_or_sample == "train":
             return run(cfg)
         from supernet_functions.sampling import run_sampling

@@ -83,7 +83,7 @@ class ArchTrainConfig:
     dataset: str = opt("cifar10", "data set", ORIGINAL, choices=("cifar10", "imagefolder", "fake"))
     data_dir: str = opt(
         "./cifar10_data",
-        "folder holding cifar-10-batches-py/ (this machine's copy: ../shared/data/cifar10), "
+        "folder holding cifar-10-batches-py/ (and optionally test_pixel_exact_mask.npy: README), "
         "or an ImageFolder root with train/ and val/ (or test/)",
         ORIGINAL,
     )

@@ -37,6 +37,7 @@ from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
 from general_functions.dataloaders import (
+    EXACT_MASK_FILE,
     ORIGINAL_CIFAR10_STD,
     DataError,
     EpochLoader,
@@ -67,6 +68,7 @@ from general_functions.run_folder import (
     lock_run_dir,
     new_run_dir,
     release_run_locks,
+    removed_if_unstarted,
     resume_config,
     resume_run,
     stops_in_one_line,
@@ -277,6 +279,11 @@ def build_loaders(
     exact = None
     if data.test_exact is not None and not cfg.test_limit:
         exact = make_loader(data.test_exact, eval_bs, train=False, **common)
+        logger.info(
+            "%s marks %d test images as exact-pixel: every epoch also reports their top-1/top-3",
+            Path(cfg.data_dir) / EXACT_MASK_FILE,
+            len(data.test_exact),
+        )
     return Loaders(
         train=make_loader(train, cfg.batch_size, train=True, **common),
         test=make_loader(_head(data.test, cfg.test_limit), eval_bs, train=False, **common),
@@ -400,13 +407,19 @@ def run(cfg: ArchTrainConfig) -> dict[str, Any]:
 
 
 def _run(cfg: ArchTrainConfig, ctx: DistContext, state: dict | None) -> dict[str, Any]:
-    """The steps of a run: open it, build, resume, the epoch loop, the summary."""
+    """Evaluate; or open the run folder and train in it (a failed start leaves no empty folder)."""
     if cfg.eval_only:
         summary = _eval_only(cfg, state, ctx)
         if ctx.is_main:
             print(json.dumps(summary), flush=True)
         return summary
     spec, run_dir = _open_run(cfg, state, ctx)
+    with removed_if_unstarted(run_dir):
+        return _train_in(run_dir, spec, cfg, ctx, state)
+
+
+def _train_in(run_dir: Path, spec: ArchSpec, cfg, ctx: DistContext, state: dict | None) -> dict:
+    """The steps of a training in its folder: build, resume, the epoch loop, the summary."""
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
     log = _logger(run_dir, ctx)
@@ -561,7 +574,7 @@ def _train_epoch(epoch: int, parts: _Parts, progress: Progress, cfg, device, wri
     epoch_s = time.perf_counter() - epoch_start
     writer.scalars(epoch, {"lr": lr, **progress.last, "time/epoch_s": epoch_s})
     exact = (
-        f" | exact-1000 top1 {metrics['test_exact1000/top1']:.2f} "
+        f" | exact-pixel top1 {metrics['test_exact1000/top1']:.2f} "
         f"top3 {metrics['test_exact1000/top3']:.2f}"
         if "test_exact1000/top1" in metrics
         else ""

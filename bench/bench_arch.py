@@ -104,7 +104,9 @@ def make_step(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--archs", nargs="+", default=["fbnet_a", "fbnet_b", "fbnet_c"])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))

@@ -44,7 +44,7 @@ def images_per_second(loader, batches: int, device: torch.device, epoch: int) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data_dir", default="../shared/data/cifar10")
     parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "fake"))
     parser.add_argument("--batch_size", type=int, default=1000)

@@ -211,22 +211,28 @@ def bench_independent(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="mode", required=True, metavar="{build,agree,independent}")
-    p = sub.add_parser("build", help="time one table build (the default build command)")
+    p = sub.add_parser(
+        "build", allow_abbrev=False, help="time one table build (the default build command)"
+    )
     p.add_argument("--lut_path", required=True)
     p.add_argument("--search_space", default="fbnet")
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --lut_path")
-    p = sub.add_parser("agree", help="compare two tables (no timing)")
+    p = sub.add_parser("agree", allow_abbrev=False, help="compare two tables (no timing)")
     p.add_argument("--lut_a", required=True)
     p.add_argument("--lut_b", required=True)
     p.add_argument("--num_archs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="the validation's seed")
-    p = sub.add_parser("independent", help="a table against plain get_model processes")
+    p = sub.add_parser(
+        "independent", allow_abbrev=False, help="a table against plain get_model processes"
+    )
     p.add_argument("--lut_path", required=True, help="a CPU latency table")
     p.add_argument("--repeats", type=int, default=3, help="fresh timing processes")
     p.add_argument("--num_random", type=int, default=27, help="random networks beside FBNet-A/B/C")
@@ -235,7 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="seed of the random networks")
     for p in sub.choices.values():
         p.add_argument("--out", default="", help="also write the JSON line to this file")
-    sub.add_parser("_worker")  # independent's timing process: a job as JSON on stdin
+    sub.add_parser(
+        "_worker", allow_abbrev=False
+    )  # independent's timing process: a job as JSON on stdin
     args = parser.parse_args(argv)
     if args.mode == "_worker":
         out = _time_networks(json.loads(sys.stdin.read()))

@@ -141,7 +141,9 @@ def _profile(name: str, kind: str, batch: int, step, rows: int, log) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--search_space", default="fbnet", help="fbnet (the original's) | fbnet_cifar"

@@ -47,7 +47,7 @@ def step_seconds(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--arch", default="fbnet_a")
     parser.add_argument("--search_space", default=None, help="default: the architecture's own")
     parser.add_argument("--batch_size", type=int, default=1000)

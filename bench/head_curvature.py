@@ -151,7 +151,7 @@ def trace(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--arch", default="fbnet_b")
     parser.add_argument("--data_dir", default="../shared/data/cifar10")

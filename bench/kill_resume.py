@@ -206,7 +206,9 @@ def differences(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--train_runs", type=int, default=10, help="training runs to kill")
     parser.add_argument("--search_runs", type=int, default=10, help="searches to kill")

@@ -117,7 +117,7 @@ def run_variant(args: argparse.Namespace, name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--arch", default="fbnet_b")
     parser.add_argument("--seed", type=int, default=0)

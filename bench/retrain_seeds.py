@@ -66,7 +66,7 @@ def table(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--archs", nargs="+", default=list(ORIGINAL))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

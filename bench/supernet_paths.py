@@ -83,7 +83,9 @@ def run_variant(name: str, data, args) -> list[dict]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data_dir", default="../shared/data/cifar10")
     p.add_argument("--steps", type=int, default=300)

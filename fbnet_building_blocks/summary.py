@@ -51,7 +51,8 @@ def format_summary(summary: dict[str, Any], name: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Print the parameters, multiply-adds and output shape of an FBNet architecture."
+        allow_abbrev=False,
+        description="Print the parameters, multiply-adds and output shape of an FBNet architecture.",
     )
     parser.add_argument("--arch", default="fbnet_a", help="built-in name, saved name or JSON path")
     parser.add_argument("--search_space", default=None, help="fbnet | fbnet_cifar | tiny")

@@ -3,7 +3,8 @@
 Precedence: dataclass defaults < ``--preset NAME`` < ``--config file.json`` < explicit flags.
 Every field becomes ``--<field>``; a field's help names its source (paper or original reproduction).
 Values read from a JSON file are type-checked against the field, and unknown keys are refused.
-:func:`given_fields` tells which fields the user set (a resumed run takes the others from its checkpoint).
+:func:`given_fields` tells which fields the user set (a resumed run takes the others from its checkpoint),
+:func:`given_flags` which of them on the command line.
 A class may rename fields: ``DEPRECATED_NAMES = {"old": "new"}`` keeps ``--old`` (and ``old`` in JSON)
 working, with one warning line, and reads old checkpoints' configurations silently.
 A class may bound its numbers with a ``BOUNDS`` class variable of intervals (``"[1, inf)"``,
@@ -41,6 +42,7 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "given_fields",
+    "given_flags",
     "str2bool",
 ]
 
@@ -209,6 +211,14 @@ def given_fields(cfg: Any) -> set[str]:
     }
 
 
+def given_flags(cfg: Any) -> set[str]:
+    """The fields set by command-line flags (not by ``--preset`` or ``--config``; :func:`parse_config`).
+
+    Empty for a configuration built in code.
+    """
+    return set(getattr(cfg, "_flags", ()))
+
+
 class _DeprecatedFlag(argparse.Action):
     """``--old VALUE``: one warning line, then the value goes to the new field."""
 
@@ -241,7 +251,11 @@ def _help(f: dataclasses.Field) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument error is one line that points at --help, not the whole usage."""
+    """An argument error is one line that points at --help, not the whole usage. Flags are never
+    abbreviated: ``--epoch`` is an error, not ``--epochs`` (nor a prefix of another flag)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
@@ -323,13 +337,15 @@ def parse_config(
         layers = [presets[args.preset]] if presets and args.preset else []
         if args.config:
             layers.append(_renamed(cls, load_json_config(args.config), warn_about=args.config))
-        layers.append({k: v for k, v in vars(args).items() if k in _fields(cls) and v is not None})
+        flags = {k: v for k, v in vars(args).items() if k in _fields(cls) and v is not None}
+        layers.append(flags)
         for values in layers:
             cfg = config_from_dict(cls, values, cfg)
             given |= set(values)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
     cfg._given = frozenset(given)  # not a field: see given_fields
+    cfg._flags = frozenset(flags)  # see given_flags
     return cfg
 
 

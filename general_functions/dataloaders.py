@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "EXACT_MASK_FILE",
     "ORIGINAL_CIFAR10_STD",
     "DataError",
     "EpochLoader",
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# Optional in a CIFAR-10 folder: a mask over the 10,000 test images, 1 where the pixels are exact (a copy
+# rebuilt from public sources, as on this project's machine, has the others through JPEG); each training
+# epoch then also reports the accuracy on the exact ones ("exact-pixel").
+EXACT_MASK_FILE = "test_pixel_exact_mask.npy"
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -183,7 +188,7 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> ImageSet:
     train = TensorImages(torch.from_numpy(train_x), torch.from_numpy(train_y))
     test = TensorImages(torch.from_numpy(test_x), torch.from_numpy(test_y))
     exact = None
-    mask_path = root / "test_pixel_exact_mask.npy"
+    mask_path = root / EXACT_MASK_FILE
     if mask_path.is_file():
         mask = torch.from_numpy(np.load(mask_path).astype(bool))
         if mask.shape != (len(test),):

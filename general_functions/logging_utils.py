@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from .io_utils import DiskFullError, atomic_write_text, disk_full_message, is_disk_full
 
-__all__ = ["MetricWriter", "get_logger", "setup_run_dir"]
+__all__ = ["MetricWriter", "close_log_files", "get_logger", "setup_run_dir"]
 
 
 def setup_run_dir(root: str | Path, run_name: str | None, prefix: str = "run") -> Path:
@@ -58,6 +59,17 @@ class _LogFile(logging.FileHandler):
         if err is not None and is_disk_full(err):
             raise DiskFullError(disk_full_message(self.baseFilename)) from None
         super().handleError(record)
+
+
+def close_log_files(run_dir: str | Path) -> None:
+    """Close every logging handler that writes ``run_dir/log.txt`` (before the file is deleted)."""
+    path = os.path.abspath(Path(run_dir) / "log.txt")  # as logging.FileHandler records it
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for log in loggers:
+        for handler in list(getattr(log, "handlers", [])):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename == path:
+                log.removeHandler(handler)
+                handler.close()
 
 
 class MetricWriter:

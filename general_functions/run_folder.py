@@ -10,6 +10,8 @@
   refused, naming both values; ``epochs`` may be raised, and the fields of where and how to run (the data
   folder, the device, when to stop) may differ. The run stays in its folder.
 - :func:`remove_stale_temp_files` deletes what a kill during an atomic write left behind.
+- :func:`removed_if_unstarted` deletes a run folder whose start failed (no data, a refused table) when
+  this process made it and it holds nothing but its log and lock: no empty folders are left behind.
 - :func:`repair_best` makes ``best.pth`` agree with ``last.pth``: ``last.pth`` is written first and
   records the best epoch, so a kill while ``best.pth`` was being written leaves a ``last.pth`` that is
   itself the best checkpoint, and the resumed run copies it.
@@ -33,6 +35,7 @@ from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
 from .distributed import DistContext, run_on_main
 from .interrupts import Interrupted
+from .logging_utils import close_log_files
 
 __all__ = [
     "HOW_TO_RUN",
@@ -46,6 +49,8 @@ __all__ = [
     "new_run_dir",
     "release_run_locks",
     "remove_stale_temp_files",
+    "remove_unstarted_run",
+    "removed_if_unstarted",
     "repair_best",
     "resume_hint",
     "resume_config",
@@ -131,12 +136,17 @@ def start_run_dir(log_dir: str | Path, run_name: str, prefix: str, overwrite: bo
     """
     check_run_name(prefix, "run-name prefix (the architecture's name)")
     root = Path(log_dir)
+    made = _missing_folders(root)  # see remove_unstarted_run
     if run_name:
         check_run_name(run_name)
         run_dir = root / run_name
-        run_dir.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            run_dir.mkdir()
+            _MADE[run_dir] = [*made, run_dir]
     else:
         run_dir = _claim_stamped(root, f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}")
+        _MADE[run_dir] = [*made, run_dir]
     lock_run_dir(run_dir)
     try:
         _make_ready(run_dir, overwrite)
@@ -144,6 +154,12 @@ def start_run_dir(log_dir: str | Path, run_name: str, prefix: str, overwrite: bo
         release_run_locks()
         raise
     return run_dir
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, outermost first."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    return missing[::-1]
 
 
 def _claim_stamped(root: Path, stamp: str) -> Path:
@@ -181,6 +197,45 @@ def _make_ready(run_dir: Path, overwrite: bool) -> None:
 
 # the lock files this process holds (released by release_run_locks, at the latest at exit)
 _HELD: list[Path] = []
+# run folders this process made (start_run_dir) -> the folders made for each, outermost first
+_MADE: dict[Path, list[Path]] = {}
+# what a run folder holds before its run has written anything: a failed start leaves only these
+_START_FILES = ("log.txt", LOCK_FILE)
+
+
+@contextlib.contextmanager
+def removed_if_unstarted(run_dir: str | Path) -> Iterator[None]:
+    """On an error inside the block, :func:`remove_unstarted_run` ``run_dir``; then re-raise."""
+    try:
+        yield
+    except BaseException:
+        remove_unstarted_run(run_dir)
+        raise
+    _MADE.pop(Path(run_dir), None)
+
+
+def remove_unstarted_run(run_dir: str | Path) -> bool:
+    """Delete ``run_dir`` if this process made it and it holds nothing but its log and lock.
+
+    A run that stops before writing any file (a missing data set, a refused table) so leaves no
+    empty folder behind. A folder made by someone else, or holding anything more, is left alone;
+    the parent folders made for it go too when they are empty. True when ``run_dir`` was deleted.
+    """
+    run_dir = Path(run_dir)
+    made = _MADE.pop(run_dir, None)
+    if made is None or not run_dir.is_dir():
+        return False
+    if any(path.name not in _START_FILES for path in run_dir.iterdir()):
+        return False
+    close_log_files(run_dir)
+    (run_dir / "log.txt").unlink(missing_ok=True)
+    release_run_locks(run_dir)
+    for folder in reversed(made):
+        try:
+            folder.rmdir()  # only when empty: a file that appeared meanwhile keeps it
+        except OSError:
+            break
+    return not run_dir.exists()
 
 
 def lock_run_dir(run_dir: str | Path) -> None:
@@ -242,10 +297,12 @@ def _remove_if_unchanged(path: Path, pid: int | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def release_run_locks() -> None:
-    """Give up every run-folder lock this process holds."""
-    while _HELD:
-        path = _HELD.pop()
+def release_run_locks(run_dir: str | Path | None = None) -> None:
+    """Give up every run-folder lock this process holds (or only that of ``run_dir``)."""
+    for path in list(_HELD):
+        if run_dir is not None and path.parent != Path(run_dir):
+            continue
+        _HELD.remove(path)
         if _lock_holder(path) == os.getpid():
             path.unlink(missing_ok=True)
 

@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from general_functions.config_utils import opt
+from general_functions.config_utils import given_flags, opt
 
 from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
 
-__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout"]
+__all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout", "refuse_unread_flags"]
 
 # the latency-table modes, which supernet_functions.lut_cli runs with its own flags
 LUT_MODES = ("build_lut", "validate_lut")
@@ -343,3 +343,17 @@ def help_layout(
     )
     hidden = {"train": _SAMPLE_FIELDS, "sample": train_only}.get(mode or "", ())
     return groups, hidden
+
+
+def refuse_unread_flags(cfg: SupernetConfig) -> None:
+    """Raise ValueError naming the flags given that ``cfg``'s mode does not read: sample reads a
+    search run, not its recipe, and train samples nothing. ``--preset`` and ``--config`` may hold
+    both modes' fields."""
+    hidden = help_layout(cfg.train_or_sample)[1]
+    unread = [f"--{name}" for name in hidden if name in given_flags(cfg)]
+    if unread:
+        other = "train" if cfg.train_or_sample == "sample" else "sample"
+        raise ValueError(
+            f"--train_or_sample {cfg.train_or_sample} does not read {', '.join(unread)} "
+            f"(options of {other}; --help lists this mode's)"
+        )

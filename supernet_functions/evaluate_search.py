@@ -3,9 +3,9 @@
 Usage (one evaluation per latency target; the search runs of one target are its search seeds)::
 
     python -m supernet_functions.evaluate_search --runs runs/supernet/t4_s0 runs/supernet/t4_s1 \\
-        --data_dir ../shared/data/cifar10 --out runs/search_vs_random/t4
+        --data_dir /path/to/cifar10 --out runs/search_vs_random/t4
     python -m supernet_functions.evaluate_search --runs runs/supernet/t6_s0 runs/supernet/t6_s1 \\
-        --data_dir ../shared/data/cifar10 --out runs/search_vs_random/t6
+        --data_dir /path/to/cifar10 --out runs/search_vs_random/t6
     python -m supernet_functions.evaluate_search --figure runs/search_vs_random/t4 \\
         runs/search_vs_random/t6 --figure_path pictures/search_vs_random.png
     python -m supernet_functions.evaluate_search --runs RUN --proxy test    # synthetic data, seconds
@@ -51,7 +51,7 @@ import torch
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.structure import Structure
 from general_functions.checkpoint import load_checkpoint
-from general_functions.config_utils import config_from_dict
+from general_functions.config_utils import config_from_dict, str2bool
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import get_logger
 from general_functions.utils import resolve_device
@@ -428,6 +428,7 @@ def draw_figure(outs: list[str], path: str) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m supernet_functions.evaluate_search",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -435,14 +436,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", help="search run folders of one target (thetas.json, ...)")
     p.add_argument("--run", help="one search run folder (the same as --runs RUN)")
     p.add_argument(
-        "--data_dir", default="./cifar10_data", help="folder holding cifar-10-batches-py/"
+        "--data_dir",
+        default="./cifar10_data",
+        help="folder holding cifar-10-batches-py/ (./cifar10_data)",
     )
     p.add_argument("--out", default="", help="default: runs/search_vs_random/<first run's name>/")
     p.add_argument("--num_random", type=int, default=8, help="random architectures (8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (0 1)")
     p.add_argument("--window", type=float, default=0.05, help="latency window, +-share (0.05)")
     p.add_argument("--random_seed", type=int, default=0, help="seed of the random draw (0)")
-    p.add_argument("--proxy", default="cifar10", choices=sorted(PROXIES), help="proxy recipe")
+    p.add_argument(
+        "--proxy",
+        default="cifar10",
+        choices=sorted(PROXIES),
+        help="proxy training recipe: cifar10 (the default: 3 epochs of all 50,000 images, batch "
+        "1000, SGD lr 0.1, cosine) or test (synthetic data, seconds: for the tests)",
+    )
     p.add_argument("--epochs", type=int, help="proxy epochs (cifar10: 3)")
     p.add_argument("--batch_size", type=int, help="proxy training batch (cifar10: 1000)")
     p.add_argument("--lr", type=float, help="proxy SGD learning rate (cifar10: 0.1)")
@@ -454,8 +463,20 @@ def _parser() -> argparse.ArgumentParser:
         help="train the random networks only, report the F test (proxy_check.json) and stop",
     )
     p.add_argument("--rounds", type=int, default=30, help="latency measuring rounds (30)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training")
-    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="device of the proxy trainings; auto: cuda when there is one, else cpu (the default). "
+        "The latencies are measured on the table's device",
+    )
+    p.add_argument(
+        "--progress",
+        type=str2bool,
+        default=True,
+        metavar="BOOL",
+        help="tqdm progress bars of the trainings and the timing (True)",
+    )
     p.add_argument(
         "--figure", nargs="+", metavar="OUT", help="draw these evaluations' networks in one picture"
     )

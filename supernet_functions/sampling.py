@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from general_functions.io_utils import read_json
 
 __all__ = [
     "SAMPLING_MODES",
+    "describe_run",
     "describe_thetas",
     "distinct_draws",
     "find_latest_run",
+    "is_trial_run",
     "log_probability",
     "predicted_cost",
     "read_thetas",
@@ -193,20 +196,52 @@ def read_thetas(run_dir: str | Path) -> dict[str, Any]:
 
 
 def find_latest_run(log_dir: str | Path, nested: bool = False) -> Path:
-    """The run folder under ``log_dir`` whose ``thetas.json`` was written last.
+    """The run folder under ``log_dir`` whose ``thetas.json`` was written last, preferring real
+    searches: a smoke or test run (:func:`is_trial_run`) is taken only when there is no other.
 
     ``nested``: also look one level deeper, i.e. treat ``log_dir`` as a folder of ``--log_dir``
     folders (``runs/`` holds ``runs/supernet/`` and the smoke preset's ``runs/supernet_smoke/``).
     """
     patterns = [f"*/{THETAS_FILE}", f"*/*/{THETAS_FILE}"] if nested else [f"*/{THETAS_FILE}"]
-    found = [path for pattern in patterns for path in Path(log_dir).glob(pattern)]
-    runs = sorted(found, key=lambda p: p.stat().st_mtime)
+    found = [path.parent for pattern in patterns for path in Path(log_dir).glob(pattern)]
+    runs = sorted(found, key=lambda run: (run / THETAS_FILE).stat().st_mtime)
     if not runs:
         raise FileNotFoundError(
             f"no search run under {log_dir}: run `supernet_main_file.py --train_or_sample train` "
             "first, or point --log_dir / --run_name at one"
         )
-    return runs[-1].parent
+    real = [run for run in runs if not is_trial_run(run)]
+    return (real or runs)[-1]
+
+
+def is_trial_run(run_dir: str | Path) -> bool:
+    """True for a smoke or test search: the 4-layer ``tiny`` space or synthetic data (``fake``)."""
+    run_dir = Path(run_dir)
+    try:
+        space = read_json(run_dir / THETAS_FILE, "thetas file").get("search_space")
+        config = run_dir / "config.json"
+        dataset = read_json(config, "config file").get("dataset") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return False  # a broken file: sampling the run says what is wrong with it
+    return space == "tiny" or dataset == "fake"
+
+
+def describe_run(run_dir: Path, latest_under: Path | None = None) -> str:
+    """The line ``sample`` prints first: the run it reads, why that one (named by ``--run_name``, or
+    the newest under ``latest_under``: :func:`find_latest_run`), and how far that search got."""
+    state = read_thetas(run_dir)
+    if latest_under is None:
+        why = "--run_name"
+    elif is_trial_run(run_dir):
+        why = (
+            f"the newest search under {latest_under}, a smoke or test run: no real search is there"
+        )
+    else:
+        why = f"the newest real search under {latest_under}"
+    return (
+        f"sampling {run_dir} ({why}): thetas after epoch {state['epoch'] + 1}, "
+        f"search space {state['search_space']}"
+    )
 
 
 def sample_and_save(
@@ -318,7 +353,8 @@ def load_table(path: str | Path):
 
 
 def run_sampling(cfg) -> list[dict[str, Any]]:
-    """``--train_or_sample sample``: the run ``--run_name`` under ``--log_dir``, by default the latest.
+    """``--train_or_sample sample``: the run ``--run_name`` under ``--log_dir``, by default the latest
+    real search (:func:`find_latest_run`); the first line on stderr names the run and why.
 
     With ``--log_dir`` at its default, the latest run is looked for in every folder beside it
     (``runs/*/<run>``), so ``sample`` finds what ``train --preset smoke`` wrote to
@@ -327,12 +363,16 @@ def run_sampling(cfg) -> list[dict[str, Any]]:
     from .config_for_supernet import SupernetConfig
 
     default_log_dir = SupernetConfig.__dataclass_fields__["log_dir"].default
+    latest_under = None
     if cfg.run_name:
         run_dir = Path(cfg.log_dir) / cfg.run_name
     elif Path(cfg.log_dir) == Path(default_log_dir):
-        run_dir = find_latest_run(Path(default_log_dir).parent, nested=True)
+        latest_under = Path(default_log_dir).parent
+        run_dir = find_latest_run(latest_under, nested=True)
     else:
-        run_dir = find_latest_run(cfg.log_dir)
+        latest_under = Path(cfg.log_dir)
+        run_dir = find_latest_run(latest_under)
+    print(describe_run(run_dir, latest_under), file=sys.stderr, flush=True)
     mode = "argmax" if cfg.hardsampling_bool_value else "sample"
     records = sample_and_save(
         run_dir, cfg.architecture_name, mode, cfg.num_samples, cfg.seed, cfg.arch_dir or None

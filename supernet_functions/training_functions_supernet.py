@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
     broadcast_object,
+    env_rank,
     reduce_meters,
     run_in_context,
     run_on_main,
@@ -62,6 +64,7 @@ from general_functions.run_folder import (
     lock_run_dir,
     new_run_dir,
     release_run_locks,
+    removed_if_unstarted,
     resume_run,
     stops_in_one_line,
     tidy_resumed_run,
@@ -88,6 +91,7 @@ from .search_setup import (
 
 __all__ = [
     "USER_ERRORS",
+    "fit_warmup",
     "temperature_at",
     "train_weights_epoch",
     "train_thetas_epoch",
@@ -286,6 +290,7 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
     ckpt = None
     if cfg.resume:  # the recipe (threads and device too) comes from the checkpoint
         cfg, ckpt = resume_run(cfg, STAGE, _PER_RUN)
+    cfg = fit_warmup(cfg)
     _check_config(cfg)
     set_threads(cfg.threads)
     run_fn = functools.partial(_run, ckpt=ckpt)
@@ -297,8 +302,14 @@ def run(cfg: SupernetConfig) -> dict[str, Any]:
 
 
 def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, Any]:
-    """The steps of a search: open the run, build, resume, the epoch loop, the summary."""
+    """Open the run folder and search in it; a start that fails leaves no empty folder behind."""
     run_dir = _open_run(cfg, ckpt, ctx)
+    with removed_if_unstarted(run_dir):
+        return _search_in(run_dir, cfg, ctx, ckpt)
+
+
+def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict:
+    """The steps of a search in its folder: build, resume, the epoch loop, the summary."""
     if not ctx.is_main:  # one progress bar per run; config.json (rank 0) keeps the flag as given
         cfg = dataclasses.replace(cfg, progress=False)
     log = get_logger(run_dir if ctx.is_main else None, "fbnet.supernet")
@@ -316,7 +327,7 @@ def _run(cfg: SupernetConfig, ctx: DistContext, ckpt: dict | None) -> dict[str, 
     progress = restore_search(search, ckpt, cfg, log) if ckpt is not None else Progress()
     _wrap_for_ddp(search, cfg, ctx, log)
     _epoch_loop(search, loaders, progress, cfg, ctx, run_dir, log, resumed=ckpt is not None)
-    done = {"epoch": progress.epoch - 1, **progress.last}
+    done = {"epoch": progress.epoch, **progress.last}  # epochs done: the log's last "epoch N/M"
     done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
     done["path_probe"] = progress.paths
     return _finish(run_dir, search.lut, done, log, ctx)
@@ -373,10 +384,10 @@ def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) ->
 
 def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]:
     """The summary of a run that has nothing left to train, from its checkpoint."""
-    done = ckpt["epoch"] + 1
-    log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, done, cfg.epochs)
+    epochs_done = ckpt["epoch"] + 1  # the checkpoint's epoch counts from 0
+    log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, epochs_done, cfg.epochs)
     lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
-    done = {"epoch": ckpt["epoch"], **ckpt.get("last_metrics", {})}
+    done = {"epoch": epochs_done, **ckpt.get("last_metrics", {})}
     done.update(
         warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
     )
@@ -522,6 +533,24 @@ def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) 
         atomic_write_json(run_dir / "summary.json", summary)
         print(json.dumps(summary), flush=True)
     return summary
+
+
+def fit_warmup(cfg: SupernetConfig) -> SupernetConfig:
+    """``cfg`` with a warm-up longer than the run cut to ``epochs - 1`` (one search epoch left), with
+    one warning line: ``--epochs 2`` alone cuts the default 180-epoch search down to a trial."""
+    if cfg.warmup_epochs <= cfg.epochs:
+        return cfg
+    fitted = dataclasses.replace(cfg, warmup_epochs=cfg.epochs - 1)
+    if hasattr(cfg, "_given"):  # what the user set stays known (config_utils.given_fields)
+        fitted._given = cfg._given
+    if env_rank() == 0:
+        print(
+            f"warning: --warmup_epochs {cfg.warmup_epochs} is more than --epochs {cfg.epochs}: "
+            f"the warm-up is cut to {fitted.warmup_epochs} (set --warmup_epochs to choose)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return fitted
 
 
 def _check_config(cfg: SupernetConfig) -> None:

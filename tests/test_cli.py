@@ -3,6 +3,8 @@ smoke commands run as printed."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -81,6 +83,23 @@ def test_help_of_every_mode_shows_that_modes_options(case, capsys):
     for text in not_shown:
         assert text not in (listed if text.startswith("--") else headings), text
     assert "(default: ;" not in out and "(default: )" not in out
+    assert "shared/data" not in out  # no folder of this project's own machine
+
+
+def test_evaluate_search_help_explains_every_option(capsys):
+    from supernet_functions import evaluate_search
+
+    parser = evaluate_search._parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
+    with pytest.raises(SystemExit):
+        evaluate_search.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--progress BOOL tqdm progress bars", "auto: cuda when there is one, else cpu"):
+        assert text in out, text
+    assert "cifar10 (the default: 3 epochs" in out and "shared/data" not in out
+    assert parser.parse_args(["--progress", "False"]).progress is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--progress", "Flase"])  # not read as False
 
 
 def _python(argv: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -129,23 +148,115 @@ def test_bad_number_or_absent_device_is_one_line(
     assert "Traceback" not in err
 
 
+# (entry point, argv with a prefix of one of its flags): argparse would read each as that flag
+ABBREVIATED = {
+    "train --epoch": ("supernet_main_file", ["--train_or_sample", "train", "--epoch", "2"]),
+    "train --max_step": ("supernet_main_file", ["--max_step", "3"]),
+    "sample --arch": ("supernet_main_file", ["--train_or_sample", "sample", "--arch", "a"]),
+    "build_lut --lut_pat": (
+        "supernet_main_file",
+        ["--train_or_sample", "build_lut", "--lut_pat", "x"],
+    ),
+    "architecture --epoch": ("architecture_main_file", ["--epoch", "2"]),
+    "export --form": ("architecture_main_file", ["--export", "x.pth", "--form", "onnx"]),
+    "evaluate_search --epoch": (
+        "supernet_functions.evaluate_search",
+        ["--run", "r", "--epoch", "2"],
+    ),
+    "summary --search": ("fbnet_building_blocks.summary", ["--search", "tiny"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ABBREVIATED))
+def test_a_prefix_of_a_flag_is_refused_not_read_as_that_flag(case, capsys):
+    module, argv = ABBREVIATED[case]
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: " + argv[-2] in err, err
+
+
+def test_every_argument_parser_of_the_repository_refuses_abbreviations():
+    """Every parser, bench scripts and sub-commands included, is made with allow_abbrev=False."""
+    calls = []
+    for path in [*REPO.glob("*.py"), *REPO.glob("*/*.py")]:
+        if path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(getattr(node, "func", None), "attr", None)
+            if isinstance(node, ast.Call) and name in ("ArgumentParser", "add_parser"):
+                off = any(k.arg == "allow_abbrev" and k.value.value is False for k in node.keywords)
+                calls.append((f"{path.relative_to(REPO)}:{node.lineno}", off))
+    assert len(calls) >= 15
+    assert [where for where, off in calls if not off] == []
+
+
+def test_cutting_the_epochs_cuts_the_warm_up_with_one_warning(tmp_path, monkeypatch, capsys):
+    """``--epochs 2`` alone (the default warm-up is 10) starts: the search goes on to the data."""
+    from supernet_functions.training_functions_supernet import fit_warmup
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    argv = ["--epochs", "2", "--max_steps_per_epoch", "3", "--data_dir", "none", "--threads", "1"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            supernet_main_file.main([*argv, "--progress", "False"])
+    finally:
+        torch.set_num_threads(threads)
+    assert str(exit_info.value.code).startswith("error: no CIFAR-10 at none")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warm" in line]
+    assert warnings == [
+        "warning: --warmup_epochs 10 is more than --epochs 2: the warm-up is cut to 1 "
+        "(set --warmup_epochs to choose)"
+    ]
+    cut = {"epochs": 1, "warmup_epochs": 10}
+    assert fit_warmup(config_from_dict(SupernetConfig, cut)).warmup_epochs == 0
+    kept = config_from_dict(SupernetConfig, {"epochs": 3, "warmup_epochs": 3})
+    assert fit_warmup(kept) is kept
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--overwrite", "True"], "sample does not read --overwrite (options of train;"),
+        (
+            ["sample", "--epochs", "5", "--data_dir", "/nonexistent"],
+            "sample does not read --data_dir, --epochs (options of train;",
+        ),
+        (["train", "--num_samples", "3"], "train does not read --num_samples (options of sample;"),
+    ],
+    ids=["sample --overwrite", "sample --epochs --data_dir", "train --num_samples"],
+)
+def test_a_flag_the_mode_does_not_read_is_refused_in_one_line(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        supernet_main_file.main(["--train_or_sample", *argv])
+    text = str(exit_info.value.code)
+    assert text.startswith(f"error: --train_or_sample {message}") and "\n" not in text, text
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing sampled
+    # a preset's train fields are no flags: sample reads the smoke preset's --log_dir
+    with pytest.raises(SystemExit, match="no search run under runs/supernet_smoke"):
+        supernet_main_file.main(["--train_or_sample", "sample", "--preset", "smoke"])
+
+
 def test_both_scripts_leave_a_missing_cifar10_undownloaded():
     assert ArchTrainConfig().download is False and SupernetConfig().download is False
     assert ArchTrainConfig().data_dir == SupernetConfig().data_dir
 
 
-def _thetas_run(folder: Path, winner: int) -> Path:
-    """A search run folder as `train` leaves it, for the 4-layer space: op ``winner`` everywhere."""
-    from fbnet_building_blocks.search_space import CANDIDATE_OPS
+def _thetas_run(folder: Path, winner: int, space: str = "tiny") -> Path:
+    """A search run folder as `train` leaves it after 3 epochs: op ``winner`` in every layer."""
+    from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 
     folder.mkdir(parents=True)
-    thetas = [[1.0 if j == winner else 0.0 for j in range(len(CANDIDATE_OPS))] for _ in range(4)]
-    state = {"thetas": thetas, "candidate_ops": list(CANDIDATE_OPS), "search_space": "tiny"}
+    row = [1.0 if j == winner else 0.0 for j in range(len(CANDIDATE_OPS))]
+    thetas = [row] * get_search_space(space).num_layers
+    state = {"thetas": thetas, "candidate_ops": list(CANDIDATE_OPS), "search_space": space}
     (folder / "thetas.json").write_text(json.dumps({**state, "epoch": 2}))
     return folder
 
 
-def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch):
+def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch, capsys):
     from fbnet_building_blocks.search_space import CANDIDATE_OPS
 
     monkeypatch.chdir(tmp_path)
@@ -156,11 +267,45 @@ def test_sample_takes_the_latest_run_of_any_preset(tmp_path, monkeypatch):
     (record,) = run_sampling(config_from_dict(SupernetConfig, {**values, "architecture_name": "a"}))
     assert record["run"] == str(Path("runs/supernet_smoke/new"))
     assert record["ops"] == [CANDIDATE_OPS[8]] * 4
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"sampling {Path('runs/supernet_smoke/new')} (the newest search under runs, a smoke or "
+        "test run: no real search is there): thetas after epoch 3, search space tiny"
+    )
     # an explicit --log_dir still means that folder only
     explicit = {**values, "architecture_name": "b", "log_dir": str(old.parent)}
     (record,) = run_sampling(config_from_dict(SupernetConfig, explicit))
     assert record["run"] == str(old) and record["ops"] == [CANDIDATE_OPS[0]] * 4
     assert new.is_dir()
+
+
+def test_sample_prefers_a_real_search_to_newer_smoke_runs_unless_one_is_named(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    real = _thetas_run(tmp_path / "runs" / "supernet" / "real", winner=1, space="fbnet_cifar")
+    (real / "config.json").write_text(json.dumps({"dataset": "cifar10"}))
+    os.utime(real / "thetas.json", (1_000_000, 1_000_000))
+    _thetas_run(tmp_path / "runs" / "supernet_smoke" / "smoke", winner=8)
+    fake = _thetas_run(tmp_path / "runs" / "supernet" / "fake", winner=8, space="fbnet_cifar")
+    (fake / "config.json").write_text(json.dumps({"dataset": "fake"}))  # a test proxy's data
+    values = {"train_or_sample": "sample", "arch_dir": str(tmp_path / "archs")}
+    (record,) = run_sampling(config_from_dict(SupernetConfig, {**values, "architecture_name": "a"}))
+    assert record["run"] == str(Path("runs/supernet/real")) and len(record["ops"]) == 22
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"sampling {Path('runs/supernet/real')} (the newest real search under runs): thetas after "
+        "epoch 3, search space fbnet_cifar"
+    )
+    named = {
+        **values,
+        "architecture_name": "b",
+        "log_dir": "runs/supernet_smoke",
+        "run_name": "smoke",
+    }
+    (record,) = run_sampling(config_from_dict(SupernetConfig, named))
+    assert record["run"] == str(Path("runs/supernet_smoke/smoke")) and len(record["ops"]) == 4
+    assert capsys.readouterr().err.startswith(
+        f"sampling {Path('runs/supernet_smoke/smoke')} (--run_name)"
+    )
 
 
 # ---------------------------------------------------------------- the README's smoke commands

@@ -141,6 +141,38 @@ def test_a_refused_start_leaves_no_lock(tmp_path):
     assert not (folder / ".run.lock").exists()
 
 
+def test_a_failed_start_removes_only_the_run_folder_it_made(tmp_path):
+    """No data: both trainers stop before their first file. The folders they made go (with the
+    parent made for them); a folder the user made, or one holding more than the log, stays."""
+    import torch
+
+    import architecture_main_file
+    import supernet_main_file
+
+    mine = tmp_path / "runs" / "user_made"
+    mine.mkdir(parents=True)
+    common = ["--data_dir", str(tmp_path / "none"), "--threads", "1", "--progress", "False"]
+    starts = [
+        (architecture_main_file.main, [*common, "--architecture_name", "fbnet_a"]),
+        (supernet_main_file.main, common),
+    ]
+    folders = [["--log_dir", str(tmp_path / "runs" / "made")], ["--log_dir", str(mine.parent)]]
+    folders[1] += ["--run_name", mine.name]
+    threads = torch.get_num_threads()
+    try:
+        for main, argv in starts:
+            for where in folders:
+                with pytest.raises(SystemExit, match="error: no CIFAR-10 at "):
+                    main([*argv, *where])
+    finally:
+        torch.set_num_threads(threads)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["user_made"]
+    assert [p.name for p in mine.iterdir()] == ["log.txt"]  # the search's first line
+    run_dir = start_run_dir(tmp_path / "runs", "", prefix="net")
+    (run_dir / "notes.txt").write_text("not the run's")
+    assert not run_folder.remove_unstarted_run(run_dir) and run_dir.is_dir()
+
+
 # ----------------------------------------------------------------------------------- item 3: files
 @pytest.mark.parametrize(
     "field, value, allowed",

@@ -77,6 +77,19 @@ def test_a_cifar_batch_that_names_a_function_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_the_exact_pixel_accuracy_is_reported_only_with_its_mask_and_names_it(tmp_path):
+    """The mask of exact test images is an optional file of the data folder, named when used."""
+    _cifar_folder(tmp_path / "data")
+    assert load_cifar10(tmp_path / "data").test_exact is None  # no mask: no exact-pixel line
+    mask = tmp_path / "data" / "test_pixel_exact_mask.npy"
+    np.save(mask, np.array([1, 0], np.uint8))
+    argv = ["--dataset", "cifar10", "--data_dir", str(tmp_path / "data"), "--epochs", "1"]
+    summary = _train(_train_args(tmp_path, *argv, "--batch_size", "2", name="masked"))
+    log = (tmp_path / "runs" / "masked" / "log.txt").read_text()
+    assert f"{mask} marks 1 test images as exact-pixel: every epoch also reports" in log
+    assert "| exact-pixel top1 " in log and "final_exact1000_top1" in summary
+
+
 # ----------------------------------------------------------------------------------- helpers
 @pytest.fixture(autouse=True)
 def _keep_threads():
@@ -363,7 +376,7 @@ def test_checkpoints_with_the_old_flag_names_resume_and_evaluate(tmp_path, capsy
     evaluated = _train(["--eval_only", "--checkpoint", str(tmp_path / "runs" / "r" / "best.pth")])
     assert evaluated["eval_only"] is True and evaluated["epochs"] == 1
     assert _train(["--resume", str(tmp_path / "runs" / "r" / "last.pth")])["epochs"] == 3
-    assert _search(["--resume", str(tmp_path / "runs" / "s" / "last.pth")])["epoch"] == 1
+    assert _search(["--resume", str(tmp_path / "runs" / "s" / "last.pth")])["epoch"] == 2
     assert "deprecated" not in capsys.readouterr().err  # old checkpoints load silently
 
 

@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     summary = json.loads((full_dir / "summary.json").read_text())
     assert summary["warmup_train_top1"] == pytest.approx(float(rows[0]["train_w/top1"]))
     assert summary["wall_s"] > 0 and "done:" in log and "wall time" in log
+    # "epoch" counts the epochs done, as the log's last "epoch 3/3" does
+    assert summary["epoch"] == full["epoch"] == 3 and re.findall(r"epoch (\d)/3", log)[-1] == "3"
     probs = torch.softmax(
         torch.tensor(json.loads((full_dir / "thetas.json").read_text())["thetas"]), 1
     )
@@ -135,7 +138,7 @@ def test_a_search_that_measured_its_own_table_resumes(tmp_path):
     last = Path(part["run_dir"]) / "last.pth"
     assert type(LatencyLookupTable.load(last.parent / "lut.json").meta["torch_version"]) is str
     done = run(config_from_dict(SupernetConfig, {**values, "resume": str(last)}))
-    assert done["epoch"] == 1 and len(done["path_probe"]) == 2
+    assert done["epoch"] == 2 and len(done["path_probe"]) == 2
 
 
 def test_resume_refuses_other_settings(tmp_path, lut_path):
@@ -187,8 +190,7 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     supernet_main_file.main(
         ["--train_or_sample", "sample", "--architecture_name", "smoke_net"]
-        + ["--hardsampling_bool_value", "True"]
-        + common
+        + ["--hardsampling_bool_value", "True", "--log_dir", logs]
     )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["name"] == "smoke_net" and len(record["ops"]) == 4
