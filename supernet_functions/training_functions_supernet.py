@@ -419,12 +419,13 @@ def _search_epoch(
         values.update({f"paths/{k}": v for k, v in paths.items()})
         progress.paths.append({"epoch": epoch + 1, **{k: round(v, 3) for k, v in paths.items()}})
     state = thetas_state(model, epoch, temperature, search.lut, search.lut_source, run_dir)
+    # the searched layers only, as the loss's LAT; the summary's *_cost add the stem and head
     tag = search.cost_tag
     values.update(
         {
-            f"search/expected_{tag}": state["expected_layers_cost"],
-            f"search/argmax_{tag}": state["argmax_cost"]["predicted_layers_cost"],
-            f"search/uniform_{tag}": state["uniform_layers_cost"],
+            f"search/expected_layers_{tag}": state["expected_layers_cost"],
+            f"search/argmax_layers_{tag}": state["argmax_cost"]["predicted_layers_cost"],
+            f"search/uniform_layers_{tag}": state["uniform_layers_cost"],
             "sched/temperature": temperature,
             "sched/w_lr": w_lr,
             "sched/thetas_lr": search.thetas_optimizer.param_groups[0]["lr"],
@@ -439,7 +440,8 @@ def _search_epoch(
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
     log.info(
-        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s%s  E[LAT] %.4g %s  argmax %s",
+        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s%s  layers: E[LAT] %.4g %s, argmax "
+        "%.4g %s: %s",
         epoch + 1,
         cfg.epochs,
         temperature,
@@ -460,6 +462,8 @@ def _search_epoch(
             else ""
         ),
         state["expected_layers_cost"],
+        search.unit,
+        state["argmax_cost"]["predicted_layers_cost"],
         search.unit,
         " ".join(state["argmax_ops"]),
     )
