@@ -13,7 +13,7 @@ Usage::
     python architecture_main_file.py --export X --help                   # the export's options
 
 Defaults follow the original CIFAR-10 reproduction (TRAINING_DETAILS.md). The run folder gets config.json,
-log.txt, metrics.csv, tb/, last.pth and best.pth; the last line on stdout is a JSON summary.
+log.txt, metrics.csv, curves.png, tb/, last.pth and best.pth; the last line on stdout is a JSON summary.
 """
 
 from __future__ import annotations

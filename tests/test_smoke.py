@@ -60,10 +60,13 @@ def _rows(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "time/wall_s"} for r in csv.DictReader(f)]
 
 
-def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
-    full = run(_cfg(tmp_path, lut_path, run_name="full", val_fraction=0.2))
+def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path, monkeypatch):
+    with monkeypatch.context() as env:  # the suite skips the picture elsewhere (conftest.py)
+        env.setenv("FBNET_CURVES", "1")
+        full = run(_cfg(tmp_path, lut_path, run_name="full", val_fraction=0.2))
     full_dir = Path(full["run_dir"])
-    for name in ("config.json", "log.txt", "metrics.csv", "thetas.json", "lut.json", "arch.json"):
+    names = ("config.json", "log.txt", "metrics.csv", "thetas.json", "lut.json", "arch.json")
+    for name in (*names, "curves.png"):
         assert (full_dir / name).is_file(), name
     assert (full_dir / "last.pth").is_file() and (full_dir / "best.pth").is_file()
     tags = _tb_tags(full_dir)
@@ -100,6 +103,11 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     entropy = [-sum(p * math.log(p) for p in row) for row in probs.tolist()]
     assert final["entropy"] == pytest.approx(entropy, abs=1e-4)
     assert final["entropy_uniform"] == pytest.approx(math.log(len(OPS)), abs=1e-4)
+    entropy_column = float(rows[-1]["search/thetas_normalised_entropy"])
+    uniform = math.log(len(OPS))
+    assert entropy_column == pytest.approx(sum(entropy) / len(entropy) / uniform, abs=1e-4)
+    assert entropy_column == pytest.approx(final["normalised_entropy"])
+    assert float(rows[0]["search/thetas_normalised_entropy"]) == 1  # uniform in the warm-up
     assert "final thetas: largest probability per layer" in log
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
