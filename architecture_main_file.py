@@ -4,7 +4,7 @@ Usage::
 
     python architecture_main_file.py --architecture_name fbnet_a --data_dir ../shared/data/cifar10
     python architecture_main_file.py --architecture_name path/to/arch.json --epochs 3 --lr_schedule cosine
-    python architecture_main_file.py --preset smoke                     # a few hundred synthetic images
+    python architecture_main_file.py --preset smoke                     # a few hundred synthetic images, 8-13 s
     python architecture_main_file.py --resume runs/architectures_training/<run>/last.pth
     python architecture_main_file.py --eval_only --checkpoint runs/architectures_training/<run>/best.pth
     python architecture_main_file.py --export runs/architectures_training/<run>/best.pth \\
