@@ -4,7 +4,7 @@ Usage::
 
     python architecture_main_file.py --architecture_name fbnet_a --data_dir /path/to/cifar10
     python architecture_main_file.py --architecture_name path/to/arch.json --epochs 3 --lr_schedule cosine
-    python architecture_main_file.py --preset smoke                     # a few hundred synthetic images
+    python architecture_main_file.py --preset smoke                     # a few hundred synthetic images, 8-13 s
     python architecture_main_file.py --resume runs/architectures_training/<run>/last.pth
     python architecture_main_file.py --eval_only --checkpoint runs/architectures_training/<run>/best.pth
     python architecture_main_file.py --export runs/architectures_training/<run>/best.pth \\
@@ -13,7 +13,7 @@ Usage::
     python architecture_main_file.py --export X --help                   # the export's options
 
 Defaults follow the original CIFAR-10 reproduction (TRAINING_DETAILS.md). The run folder gets config.json,
-log.txt, metrics.csv, tb/, last.pth and best.pth; the last line on stdout is a JSON summary.
+log.txt, metrics.csv, curves.png, tb/, last.pth and best.pth; the last line on stdout is a JSON summary.
 """
 
 from __future__ import annotations

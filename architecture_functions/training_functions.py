@@ -3,9 +3,10 @@
     cfg = parse_config(ArchTrainConfig, argv, presets=PRESETS)
     summary = run(cfg)        # also prints ``summary`` as one JSON line on stdout
 
-A run folder holds ``config.json``, ``log.txt``, ``metrics.csv`` (one row per epoch), ``tb/`` and the
-checkpoints ``last.pth`` (every epoch) and ``best.pth`` (highest test top-1: chosen on the test set, as the
-original reproduction's table was, so it is an optimistic figure; the headline is the final epoch's).
+A run folder holds ``config.json``, ``log.txt``, ``metrics.csv`` (one row per epoch), ``curves.png``
+(:mod:`general_functions.curves`), ``tb/`` and the checkpoints ``last.pth`` (every epoch) and
+``best.pth`` (highest test top-1: chosen on the test set, as the original reproduction's table was, so
+it is an optimistic figure; the headline is the final epoch's).
 
 Resuming is exact: the checkpoint holds the model, optimizer, scheduler, GradScaler, every RNG state and
 the epoch; loaders draw their shuffling and augmentation from ``seed`` and the epoch (``set_epoch``).
@@ -36,6 +37,7 @@ from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
+from general_functions.curves import Curves
 from general_functions.dataloaders import (
     EXACT_MASK_FILE,
     ORIGINAL_CIFAR10_STD,
@@ -452,6 +454,7 @@ def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed
         atomic_write_json(run_dir / "arch.json", spec.to_dict())
     resume_step = progress.epoch if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
+    curves = Curves(run_dir, log, enabled=ctx.is_main)
     start, wall_before = time.perf_counter(), progress.wall_s
     try:
         for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
@@ -459,6 +462,7 @@ def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed
                 is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
             progress.wall_s = wall_before + time.perf_counter() - start
             _save(parts, progress, is_best, cfg, spec, ctx, run_dir)
+            curves.draw(writer.rows)
     finally:
         writer.close()
 

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
+from .curves import CURVES_FILE
 from .distributed import DistContext, run_on_main
 from .interrupts import Interrupted
 from .logging_utils import close_log_files
@@ -65,7 +66,7 @@ T = TypeVar("T")
 # files the trainers write into a run folder; any of the first group means the folder holds a run
 RUN_MARKERS = ("last.pth", "best.pth", "config.json", "metrics.csv", "thetas.json", "arch.json")
 CHECKSUMS = ("last.pth.sha256", "best.pth.sha256")  # see checkpoint.save_checkpoint
-RUN_FILES = (*RUN_MARKERS, *CHECKSUMS, "lut.json", "log.txt", "summary.json")
+RUN_FILES = (*RUN_MARKERS, *CHECKSUMS, "lut.json", "log.txt", "summary.json", CURVES_FILE)
 LOCK_FILE = ".run.lock"
 _MAX_NAME = 200
 # atomic_write's temporary files: ".<name>.<random>.tmp" beside <name>

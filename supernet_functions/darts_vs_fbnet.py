@@ -18,7 +18,7 @@ distribution ``softmax(thetas)`` (``prob/good``, ``prob/bad``) and the thetas to
 
 Usage:
     python -m supernet_functions.darts_vs_fbnet --help
-    # the run in DARTS_VS_FBNET.md (about 15 minutes on 2 CPU cores):
+    # the run in DARTS_VS_FBNET.md (33.6 minutes on 2 CPU cores shared with other jobs):
     python -m supernet_functions.darts_vs_fbnet --data_dir /path/to/cifar10 --run_name cifar10_10k_seed0
     # redraw the plots from a run's CSVs, without training:
     python -m supernet_functions.darts_vs_fbnet --run_name cifar10_10k_seed0 --plot_only True

@@ -8,7 +8,7 @@ Usage (one evaluation per latency target; the search runs of one target are its 
         --data_dir /path/to/cifar10 --out runs/search_vs_random/t6
     python -m supernet_functions.evaluate_search --figure runs/search_vs_random/t4 \\
         runs/search_vs_random/t6 --figure_path pictures/search_vs_random.png
-    python -m supernet_functions.evaluate_search --runs RUN --proxy test    # synthetic data, seconds
+    python -m supernet_functions.evaluate_search --runs RUN --proxy test    # synthetic data, 33 s
 
 The runs must share one table (the same ``lut.json``), search space and ``target_latency_ms``. Then:
 
@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 # The proxy recipes, as ArchTrainConfig values. "cifar10": the trainer's network and optimiser (batch
 # 1000, SGD lr 0.1), 3 epochs of all 50,000 images with a cosine schedule; --epochs, --batch_size, --lr
-# and --train_limit change it. "test": synthetic data, seconds (the tests).
+# and --train_limit change it. "test": synthetic data, 33 s on 2 CPU cores (the tests).
 PROXIES: dict[str, dict[str, Any]] = {
     "cifar10": {
         "dataset": "cifar10",

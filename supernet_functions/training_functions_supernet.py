@@ -6,7 +6,7 @@
         train the weights one epoch on their split (SGD; the thetas are frozen)
         step the weights' cosine schedule
         if epoch >= warmup_epochs: train the thetas one epoch on their split (Adam; the weights frozen)
-        log, write thetas.json, checkpoint
+        log, write thetas.json, checkpoint, draw curves.png
 
 A frozen set has ``requires_grad`` off, so no gradient is computed for it, and its optimizer is not
 stepped: a weight step leaves every theta bitwise unchanged and a theta step every weight parameter.
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from general_functions.checkpoint import CheckpointError, save_checkpoint
 from general_functions.config_utils import config_to_dict
+from general_functions.curves import ENTROPY, Curves
 from general_functions.dataloaders import DataError
 from general_functions.distributed import (
     DistContext,
@@ -353,6 +354,7 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
     resume_step = progress.epoch - 1 if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
+    curves = Curves(run_dir, log, enabled=ctx.is_main)
     wall_before, start = progress.wall_s, time.perf_counter()
     try:
         for epoch in range(progress.epoch, _end_epoch(cfg)):
@@ -362,6 +364,7 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
                     epoch, search, loaders, cfg, run_dir, writer, log, ctx, progress
                 )
             _end_of_epoch(epoch, values, held, search, progress, cfg, run_dir, ctx)
+            curves.draw(writer.rows)
     finally:
         writer.close()
 
@@ -430,12 +433,14 @@ def _search_epoch(
         values.update({f"paths/{k}": v for k, v in paths.items()})
         progress.paths.append({"epoch": epoch + 1, **{k: round(v, 3) for k, v in paths.items()}})
     state = thetas_state(model, epoch, temperature, search.lut, search.lut_source, run_dir)
+    # the searched layers only, as the loss's LAT; the summary's *_cost add the stem and head
     tag = search.cost_tag
     values.update(
         {
-            f"search/expected_{tag}": state["expected_layers_cost"],
-            f"search/argmax_{tag}": state["argmax_cost"]["predicted_layers_cost"],
-            f"search/uniform_{tag}": state["uniform_layers_cost"],
+            f"search/expected_layers_{tag}": state["expected_layers_cost"],
+            f"search/argmax_layers_{tag}": state["argmax_cost"]["predicted_layers_cost"],
+            f"search/uniform_layers_{tag}": state["uniform_layers_cost"],
+            ENTROPY: thetas_summary(state["thetas"])["normalised_entropy"],
             "sched/temperature": temperature,
             "sched/w_lr": w_lr,
             "sched/thetas_lr": search.thetas_optimizer.param_groups[0]["lr"],
@@ -450,7 +455,8 @@ def _search_epoch(
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
     log.info(
-        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s%s  E[LAT] %.4g %s  argmax %s",
+        "epoch %d/%d  T %.3f  w: loss %.4f ce %.4f top1 %.2f%s%s%s  layers: E[LAT] %.4g %s, argmax "
+        "%.4g %s: %s",
         epoch + 1,
         cfg.epochs,
         temperature,
@@ -471,6 +477,8 @@ def _search_epoch(
             else ""
         ),
         state["expected_layers_cost"],
+        search.unit,
+        state["argmax_cost"]["predicted_layers_cost"],
         search.unit,
         " ".join(state["argmax_ops"]),
     )

@@ -70,11 +70,13 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         ]
 
 
-def test_run_writes_run_folder_and_summary(tmp_path, capsys):
+def test_run_writes_run_folder_and_summary(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FBNET_CURVES", "1")  # the suite skips the picture elsewhere (conftest.py)
     summary = run(_cfg(tmp_path))
     run_dir = tmp_path / "runs" / "r"
     for name in ("config.json", "arch.json", "log.txt", "metrics.csv", "last.pth", "best.pth"):
         assert (run_dir / name).is_file(), name
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((run_dir / "tb").iterdir())
     assert json.loads((run_dir / "config.json").read_text())["batch_size"] == 64
     # The last stdout line is the JSON summary, and it agrees with metrics.csv.

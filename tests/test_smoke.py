@@ -61,10 +61,13 @@ def _rows(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "time/wall_s"} for r in csv.DictReader(f)]
 
 
-def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
-    full = run(_cfg(tmp_path, lut_path, run_name="full", val_fraction=0.2))
+def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path, monkeypatch):
+    with monkeypatch.context() as env:  # the suite skips the picture elsewhere (conftest.py)
+        env.setenv("FBNET_CURVES", "1")
+        full = run(_cfg(tmp_path, lut_path, run_name="full", val_fraction=0.2))
     full_dir = Path(full["run_dir"])
-    for name in ("config.json", "log.txt", "metrics.csv", "thetas.json", "lut.json", "arch.json"):
+    names = ("config.json", "log.txt", "metrics.csv", "thetas.json", "lut.json", "arch.json")
+    for name in (*names, "curves.png"):
         assert (full_dir / name).is_file(), name
     assert (full_dir / "last.pth").is_file() and (full_dir / "best.pth").is_file()
     tags = _tb_tags(full_dir)
@@ -72,7 +75,7 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     assert all(tags[f"thetas/layer_{i:02d}"] == "histo" for i in range(4))
     for tag in ("train_thetas/loss", "train_thetas/ce", "train_w/top1", "sched/temperature"):
         assert tags[tag] == "simple_value", tag
-    assert tags["search/expected_latency_ms"] == tags["sched/w_lr"] == "simple_value"
+    assert tags["search/expected_layers_latency_ms"] == tags["sched/w_lr"] == "simple_value"
     rows = _rows(full_dir)
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert rows[0]["train_thetas/loss"] == ""  # warm-up: weights only
@@ -82,6 +85,10 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     lut = LatencyLookupTable.load(full_dir / "lut.json")
     assert full["argmax_cost"] == pytest.approx(lut.predict(arch["ops"]))
     assert arch["source"]["predicted_latency_ms"] == pytest.approx(full["argmax_cost"])
+    # two argmax figures, two names: metrics.csv prices the searched layers, summary.json the network
+    layers = float(rows[-1]["search/argmax_layers_latency_ms"])
+    assert lut.fixed_cost > 0 and layers + lut.fixed_cost == pytest.approx(full["argmax_cost"])
+    assert "search/argmax_latency_ms" not in rows[-1]
     # the weights' accuracy before the first theta step, the wall time and the final thetas
     log = (full_dir / "log.txt").read_text()
     assert f"warm-up done: train top1 {float(rows[0]['train_w/top1']):.2f}%" in log
@@ -99,6 +106,11 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path):
     entropy = [-sum(p * math.log(p) for p in row) for row in probs.tolist()]
     assert final["entropy"] == pytest.approx(entropy, abs=1e-4)
     assert final["entropy_uniform"] == pytest.approx(math.log(len(OPS)), abs=1e-4)
+    entropy_column = float(rows[-1]["search/thetas_normalised_entropy"])
+    uniform = math.log(len(OPS))
+    assert entropy_column == pytest.approx(sum(entropy) / len(entropy) / uniform, abs=1e-4)
+    assert entropy_column == pytest.approx(final["normalised_entropy"])
+    assert float(rows[0]["search/thetas_normalised_entropy"]) == 1  # uniform in the warm-up
     assert "final thetas: largest probability per layer" in log
 
     # same seed, a run stopped after 2 epochs: identical losses; resumed: identical to the end
@@ -166,7 +178,7 @@ def test_a_flops_table_drives_the_search_the_same_way(tmp_path):
     lut.save(path)
     out = run(_cfg(tmp_path, path, run_name="flops", epochs=2, stop_after_epoch=2))
     run_dir = Path(out["run_dir"])
-    assert "search/expected_flops" in _rows(run_dir)[0]
+    assert "search/expected_layers_flops" in _rows(run_dir)[0]
     (record,) = sample_and_save(run_dir, "by_flops", arch_dir=tmp_path / "archs")
     assert record["predicted_latency_ms"] is None  # not a latency table
     saved = json.loads(Path(record["path"]).read_text())["source"]
