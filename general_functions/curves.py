@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m general_functions.curves",
         description="Draw RUN_DIR/curves.png from RUN_DIR/metrics.csv (a search or a training run).",
+        allow_abbrev=False,
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     for run_dir in parser.parse_args(argv).run_dirs:
