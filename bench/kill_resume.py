@@ -66,7 +66,7 @@ def commands(work: Path, train_epochs: int, search_epochs: int) -> dict[str, lis
             *python,
             str(REPO / "architecture_main_file.py"),
             *("--preset", "smoke", "--architecture_name", str(arch), "--epochs", str(train_epochs)),
-            *("--batch_size", "32", "--train_limit", "160", "--test_limit", "64"),
+            *("--batch_size", "32", "--train_limit", "160", "--test_limit", "64", "--lr", "0.01"),
             *("--threads", "1", "--progress", "False", "--log_dir", str(work / "runs")),
         ],
         "search": [
