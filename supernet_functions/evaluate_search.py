@@ -140,13 +140,17 @@ def _trainings(plan, seeds: list[int], out: Path):
     return jobs, unique
 
 
-def _train_all(plan, unique: dict, out: Path, args, log, states: dict, only=None) -> dict:
+def _train_all(
+    plan, unique: dict, out: Path, args, log, states: dict, only=None, later: int = 0
+) -> dict:
     """Train the distinct trainings in ``unique`` (those of kind ``only`` if given) into ``states``:
-    finished ones skipped, unfinished ones resumed. Logs "k of N trainings" and the time left."""
+    finished ones skipped, unfinished ones resumed. Logs "k of N trainings" and the time the job has
+    left: this call's trainings not yet done, plus ``later`` ones the job does after it."""
     spent, trained = 0.0, 0
     total = len(unique)
+    todo = [key for key, (net, _, _) in unique.items() if not only or net["kind"] == only]
     for k, (key, (net, seed, folder)) in enumerate(unique.items(), 1):
-        if key in states or (only and net["kind"] != only):
+        if key in states or key not in todo:
             continue
         last = folder / "last.pth"
         state = load_checkpoint(last, stage="architecture") if last.is_file() else None
@@ -156,7 +160,8 @@ def _train_all(plan, unique: dict, out: Path, args, log, states: dict, only=None
             states[key] = state
             continue
         # the mean time of this call's trainings so far, times the trainings left (this one included)
-        eta = f"about {_eta(spent / trained * (total - k + 1))} left" if trained else "ETA later"
+        left = len(todo) - todo.index(key) + later
+        eta = f"about {_eta(spent / trained * left)} left" if trained else "ETA later"
         log.info("%s: %s (%s)", where, "training" if state is None else "resuming", eta)
         start = time.perf_counter()
         states[key] = _train(net, seed, last, plan, out, args)
@@ -361,7 +366,8 @@ def evaluate(args) -> dict[str, Any]:
         plan["recipe"],
     )
     jobs, unique = _trainings(plan, args.seeds, out)
-    states = _train_all(plan, unique, out, args, log, {}, only="random")
+    rest = 0 if args.check_proxy else sum(n["kind"] != "random" for n, _, _ in unique.values())
+    states = _train_all(plan, unique, out, args, log, {}, only="random", later=rest)
     check = _check_proxy(jobs, states, log)
     if args.check_proxy:
         atomic_write_json(out / "proxy_check.json", {"recipe": plan["recipe"], "anova": check})
