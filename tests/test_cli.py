@@ -96,7 +96,9 @@ def test_evaluate_search_help_explains_every_option(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for text in ("--progress BOOL tqdm progress bars", "auto: cuda when there is one, else cpu"):
         assert text in out, text
-    assert "cifar10 (the default: 3 epochs" in out and "shared/data" not in out
+    default = evaluate_search.PROXIES["cifar10"]  # the help states the default recipe as it is
+    assert f"cifar10 (the default: {default['epochs']} epochs" in out and "shared/data" not in out
+    assert f"batch {default['batch_size']}, SGD lr {default['lr']}" in out
     assert parser.parse_args(["--progress", "False"]).progress is False
     with pytest.raises(SystemExit):
         parser.parse_args(["--progress", "Flase"])  # not read as False
