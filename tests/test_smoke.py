@@ -233,6 +233,7 @@ def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
     assert seen == [argv]
 
 
+@pytest.mark.slow  # two smoke searches; tests/test_loss.py checks the hinge itself in the default suite
 def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_path):
     """The smoke preset with a table where skip is cheapest: seeded, so only the target differs."""
     rows = [{op: 0.3 if op == "skip" else 1.0 + 0.5 * j for j, op in enumerate(OPS)}] * 4
