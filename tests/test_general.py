@@ -195,10 +195,19 @@ def test_tensor_crop_is_a_shifted_window():
 
 def test_split_is_disjoint_80_20():
     data = make_fake_data(100, 10)
+
+    def keys(part) -> list[bytes]:  # every fake image is distinct: its bytes name it
+        return [img.numpy().tobytes() for img in part.images]
+
+    everything = keys(data.train)
+    assert len(set(everything)) == 100
     w, t = split_train(data.train, 0.8, seed=0)
     assert len(w) == 80 and len(t) == 20
-    w2, _ = split_train(data.train, 0.8, seed=0, limit=50)
-    assert len(w2) == 40
+    assert set(keys(w)).isdisjoint(keys(t)) and set(keys(w)) | set(keys(t)) == set(everything)
+    assert keys(split_train(data.train, 0.8, seed=0)[0]) == keys(w)  # the seed fixes the split
+    assert keys(split_train(data.train, 0.8, seed=1)[0]) != keys(w)
+    w2, t2 = split_train(data.train, 0.8, seed=0, limit=50)
+    assert len(w2) == 40 and len(t2) == 10 and set(keys(w2)).isdisjoint(keys(t2))
 
 
 def test_old_flag_names_still_work_with_one_warning(tmp_path, capsys):
