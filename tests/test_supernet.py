@@ -89,9 +89,16 @@ def test_gumbel_weights_are_distributions_and_softmax_is_deterministic():
 
 def test_per_sample_mixing_gives_one_latency_per_example():
     layer = MixedOperation([nn.Identity(), _Scale(2.0)], torch.tensor([1.0, 3.0]), per_sample=True)
-    out, latency = layer(torch.ones(3, 2), 1.0)
+    x = torch.randn(3, 2)
+    torch.manual_seed(4)
+    w = layer.mixing_weights(1.0, batch_size=3)
+    torch.manual_seed(4)
+    out, latency = layer(x, 1.0)
     assert out.shape == (3, 2) and latency.shape == (3,)
-    assert ((latency >= 1.0) & (latency <= 3.0)).all()
+    # each example mixes with its own weights: its output and its latency, computed by hand
+    assert torch.allclose(out, w[:, :1] * x + w[:, 1:] * 2.0 * x)
+    assert torch.allclose(latency, w[:, 0] * 1.0 + w[:, 1] * 3.0)
+    assert not torch.allclose(w[0], w[1])  # not one draw for the batch
 
 
 def test_bad_arguments_are_errors():
