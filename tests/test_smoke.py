@@ -1,7 +1,6 @@
 """End to end on synthetic data: search -> sample -> retrain, exact resume, same seed same losses."""
 
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -210,8 +209,6 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     saved = json.loads(Path(record["path"]).read_text())
     assert saved["source"]["run"].endswith("cli") and saved["source"]["epoch"] == 2
 
-    if importlib.util.find_spec("architecture_main_file") is None:
-        pytest.skip("architecture_main_file.py is not there yet")
     import architecture_main_file
 
     summary = architecture_main_file.main(
