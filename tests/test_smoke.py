@@ -231,6 +231,27 @@ def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
 
 
 @pytest.mark.slow  # two smoke searches; tests/test_loss.py checks the hinge itself in the default suite
+def test_the_search_keeps_the_epoch_with_the_best_held_out_top1_as_best_pth(
+    tmp_path, lut_path, monkeypatch
+):
+    """On 40 random images every epoch is at chance, so the held-out scores are scripted: 20, 35, 30."""
+    import supernet_functions.training_functions_supernet as search
+
+    scores, real = iter([20.0, 35.0, 30.0]), search.validate
+
+    def validate(*args, **kwargs):
+        return {**real(*args, **kwargs), "top1": next(scores)}
+
+    monkeypatch.setattr(search, "validate", validate)
+    out = run(_cfg(tmp_path, lut_path, run_name="best", val_fraction=0.2, save_checkpoints=True))
+    run_dir = Path(out["run_dir"])
+    assert [float(r["held_out/top1"]) for r in _rows(run_dir)] == [20.0, 35.0, 30.0]
+    best = torch.load(run_dir / "best.pth", weights_only=True)
+    last = torch.load(run_dir / "last.pth", weights_only=True)
+    assert (best["epoch"], best["best_top1"], last["epoch"]) == (1, 35.0, 2)
+    assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # epoch 1's
+
+
 def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_path):
     """The smoke preset with a table where skip is cheapest: seeded, so only the target differs."""
     rows = [{op: 0.3 if op == "skip" else 1.0 + 0.5 * j for j, op in enumerate(OPS)}] * 4
