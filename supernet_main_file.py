@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
 
     try:  # a bad table, name, checkpoint, device or data folder: one clear line, no traceback
         if mode in LUT_MODES:
-            from supernet_functions import lut_cli  # the latency-table tool reads the full argv
+            from supernet_functions.latency import (
+                cli as lut_cli,  # the latency-table tool reads the full argv
+            )
 
             return lut_cli.main(argv)
         groups, hidden = help_layout(mode)

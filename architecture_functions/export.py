@@ -9,7 +9,7 @@
    architecture and configuration, in eval mode, every BatchNorm folded into the conv before it
    (:func:`fold_batchnorm`), dropout removed, the conv weights channels_last (``--channels_last``).
    The input stays an ordinary NCHW tensor. Depthwise kernels stay whole: the trimmed kernels of
-   :mod:`.trim_kernels` speed up training batches, but they are chosen for one input size, which a
+   :mod:`fbnet_building_blocks.trim_kernels` speed up training batches, but they are chosen for one input size, which a
    traced file would freeze, and they slow a batch-1 pass down (docs/export.md has both measurements).
 2. **The file**, first written to a temporary file beside ``--out``: ``torch.export.export`` saved
    with ``torch.export.save`` (``exported_program``), ``torch.jit.trace`` (``torchscript``) or
@@ -22,7 +22,7 @@
    reported against the fp32 file's.
 5. **The latency**: the loaded file at batch 1, in interleaved rounds with the eager inference form,
    under ``torch.inference_mode`` with the latency table's thread count and allocator setting
-   (:func:`~supernet_functions.lut_validation.measure_latencies`), next to the table's prediction for
+   (:func:`~supernet_functions.latency.validate.measure_latencies`), next to the table's prediction for
    the architecture (paper Eq. 4: the sum of its ops' latencies plus the fixed parts).
 6. **Publishing**: ``os.replace`` moves the checked file to ``--out`` (an existing file is never
    replaced), the report goes to ``OUT.json``, and the last stdout line is a JSON summary.
@@ -56,14 +56,14 @@ from general_functions.config_utils import config_from_dict
 from general_functions.dataloaders import ImageSet, TensorImages, make_loader
 from general_functions.io_utils import atomic_write_json, new_file_mode
 from general_functions.logging_utils import get_logger
-from supernet_functions.latency_table import LatencyLookupTable, LUTError, default_lut_path
-from supernet_functions.lookup_table_builder import (
+from supernet_functions.latency.measure import (
     device_name,
     load_average,
     num_threads,
     use_allocator,
 )
-from supernet_functions.lut_validation import measure_latencies
+from supernet_functions.latency.table import LatencyLookupTable, LUTError, default_lut_path
+from supernet_functions.latency.validate import measure_latencies
 
 from .config_for_arch import ArchTrainConfig, ExportConfig
 from .run_state import STAGE

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
+from fbnet_building_blocks.trim_kernels import trim_depthwise_convs
 from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from general_functions.config_utils import ConfigError, config_to_dict
 from general_functions.curves import Curves
@@ -94,7 +95,6 @@ from .run_state import (
     checkpoint_state,
     summarize,
 )
-from .trim_kernels import trim_depthwise_convs
 
 __all__ = [
     "build_loaders",

@@ -7,10 +7,10 @@ Usage:
 Variants, all the exporter's inference form (eval, BN folded, no dropout; the same weights):
     nchw               full depthwise kernels, contiguous weights
     channels_last      full depthwise kernels, channels_last weights (the exporter's default)
-    trimmed            only the depthwise taps that touch the map (architecture_functions.trim_kernels)
+    trimmed            only the depthwise taps that touch the map (fbnet_building_blocks.trim_kernels)
     trimmed_cl         both
 
-Each variant's latency is its median over interleaved rounds (supernet_functions.lut_validation.
+Each variant's latency is its median over interleaved rounds (supernet_functions.latency.validate.
 measure_latencies, torch.inference_mode). The last stdout line is one JSON object.
 """
 
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from architecture_functions.config_for_arch import ArchTrainConfig  # noqa: E402
 from architecture_functions.export import inference_model  # noqa: E402
-from architecture_functions.trim_kernels import trim_depthwise_convs  # noqa: E402
 from fbnet_building_blocks.arch_specs import ArchSpec  # noqa: E402
+from fbnet_building_blocks.trim_kernels import trim_depthwise_convs  # noqa: E402
 from general_functions.checkpoint import load_checkpoint  # noqa: E402
 from general_functions.config_utils import config_from_dict  # noqa: E402
-from supernet_functions.lookup_table_builder import num_threads  # noqa: E402
-from supernet_functions.lut_validation import measure_latencies  # noqa: E402
+from supernet_functions.latency.measure import num_threads  # noqa: E402
+from supernet_functions.latency.validate import measure_latencies  # noqa: E402
 
 
 def main() -> None:

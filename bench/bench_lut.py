@@ -37,8 +37,8 @@ NAMED = ("fbnet_a", "fbnet_b", "fbnet_c")
 
 
 def bench_build(args: argparse.Namespace) -> dict:
-    from supernet_functions import lut_cli
-    from supernet_functions.latency_table import LatencyLookupTable
+    from supernet_functions.latency import cli as lut_cli
+    from supernet_functions.latency.table import LatencyLookupTable
 
     start = time.perf_counter()
     argv = ["--train_or_sample", "build_lut", "--lut_path", args.lut_path]
@@ -68,8 +68,8 @@ def _percent_apart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def bench_agree(args: argparse.Namespace) -> dict:
-    from supernet_functions.latency_table import LatencyLookupTable
-    from supernet_functions.lut_validation import named_archs, sample_archs
+    from supernet_functions.latency.table import LatencyLookupTable
+    from supernet_functions.latency.validate import named_archs, sample_archs
 
     a, b = LatencyLookupTable.load(args.lut_a), LatencyLookupTable.load(args.lut_b)
     a.check_compatible(b.meta["search_space"], b.meta["input_size"], list(b.layers[0]))
@@ -141,8 +141,8 @@ def _time_networks(job: dict) -> dict:
 
 def bench_independent(args: argparse.Namespace) -> dict:
     from fbnet_building_blocks.arch_specs import ARCHS
-    from supernet_functions.latency_table import LatencyLookupTable, LUTError
-    from supernet_functions.lut_validation import compare, sample_archs
+    from supernet_functions.latency.table import LatencyLookupTable, LUTError
+    from supernet_functions.latency.validate import compare, sample_archs
 
     try:
         lut = LatencyLookupTable.load(args.lut_path)

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from architecture_functions.trim_kernels import trim_depthwise_convs  # noqa: E402
 from fbnet_building_blocks.fbnet_builder import get_model  # noqa: E402
+from fbnet_building_blocks.trim_kernels import trim_depthwise_convs  # noqa: E402
 
 
 def step_seconds(

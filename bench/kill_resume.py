@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from fbnet_building_blocks.search_space import CANDIDATE_OPS  # noqa: E402
 from general_functions.checkpoint import load_checkpoint  # noqa: E402
-from supernet_functions.lookup_table_builder import LatencyLookupTable  # noqa: E402
+from supernet_functions.latency.table import LatencyLookupTable  # noqa: E402
 
 log = logging.getLogger("kill_resume")
 TICKS = os.sysconf("SC_CLK_TCK")  # /proc CPU times are in clock ticks

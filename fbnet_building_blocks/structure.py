@@ -5,7 +5,7 @@ depthwise conv carries BN + ReLU, and the network's on the head after the last b
 prices one such :class:`Structure`; the supernet builds its candidate ops with it, the trainer builds the
 trained network with it, and an export starts from that network. So the table prices what is trained:
 
-- :func:`~supernet_functions.lookup_table_builder.build_lut` records ``structure`` in the table's header;
+- :func:`~supernet_functions.latency.measure.build_lut` records ``structure`` in the table's header;
 - the search refuses a table that priced another structure (``LatencyLookupTable.check_compatible``);
 - ``evaluate_search`` trains and times every network with the table's structure.
 

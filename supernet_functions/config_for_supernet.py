@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from general_functions.config_utils import given_flags, opt
-
-from .lookup_table_builder import DEFAULT_TIME_BUDGET_S
+from supernet_functions.latency.cli import LUT_MODES
+from supernet_functions.latency.measure import DEFAULT_TIME_BUDGET_S
 
 __all__ = ["SupernetConfig", "PRESETS", "MODES", "LUT_MODES", "help_layout", "refuse_unread_flags"]
 
-# the latency-table modes, which supernet_functions.lut_cli runs with its own flags
-LUT_MODES = ("build_lut", "validate_lut")
 MODES = ("train", "sample", *LUT_MODES)
 _ORIG = "original reproduction"
 
@@ -30,7 +28,7 @@ class SupernetConfig:
     train_or_sample: str = opt(
         "train",
         "train: search; sample: turn a search's thetas into architectures; build_lut / "
-        "validate_lut: measure or check a latency table (supernet_functions.lut_cli)",
+        "validate_lut: measure or check a latency table (supernet_functions.latency.cli)",
         _ORIG,
         choices=MODES,
     )

@@ -27,8 +27,7 @@ from fbnet_building_blocks.fbnet_builder import init_weights, make_head
 from fbnet_building_blocks.registry import build_block, get_op_args
 from fbnet_building_blocks.search_space import SearchSpace, get_search_space
 from fbnet_building_blocks.structure import DEFAULT_STRUCTURE, Structure
-
-from .shared_ops import SharedInvertedResiduals, SharedOp
+from supernet_functions.shared_ops import SharedInvertedResiduals, SharedOp
 
 __all__ = ["MIXING_MODES", "MixedOperation", "StochasticSuperNet", "mix_outputs", "run_sampled"]
 
@@ -181,7 +180,7 @@ class StochasticSuperNet(nn.Module):
 
     Args:
         search_space: a name from ``SEARCH_SPACES`` or a :class:`SearchSpace`.
-        lut: a :class:`~supernet_functions.latency_table.LatencyLookupTable` for the layers'
+        lut: a :class:`~supernet_functions.latency.table.LatencyLookupTable` for the layers'
             costs, or ``None`` for zeros (no latency term).
         cnt_classes: classifier outputs.
         input_size: the side of the input images (sets the layers' input maps; default: the space's).

@@ -347,7 +347,7 @@ def _read_run_lut(run_dir: Path):
 
 def load_table(path: str | Path):
     """Read and check a cost table (:meth:`LatencyLookupTable.load`)."""
-    from .latency_table import LatencyLookupTable
+    from supernet_functions.latency.table import LatencyLookupTable
 
     return LatencyLookupTable.load(path)
 
@@ -360,7 +360,7 @@ def run_sampling(cfg) -> list[dict[str, Any]]:
     (``runs/*/<run>``), so ``sample`` finds what ``train --preset smoke`` wrote to
     ``runs/supernet_smoke`` as well as the default ``runs/supernet``.
     """
-    from .config_for_supernet import SupernetConfig
+    from supernet_functions.config_for_supernet import SupernetConfig
 
     default_log_dir = SupernetConfig.__dataclass_fields__["log_dir"].default
     latest_under = None

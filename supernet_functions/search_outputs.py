@@ -17,8 +17,7 @@ import torch
 from fbnet_building_blocks.search_space import get_search_space
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter
-
-from .sampling import THETAS_FILE, predicted_cost, sample_ops
+from supernet_functions.sampling import THETAS_FILE, predicted_cost, sample_ops
 
 __all__ = ["git_sha", "latency_summary", "log_thetas", "thetas_state", "write_arch"]
 

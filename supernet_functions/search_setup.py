@@ -20,13 +20,12 @@ from general_functions.dataloaders import EpochLoader, load_dataset, make_loader
 from general_functions.distributed import DistContext, broadcast_object, local_main_first
 from general_functions.run_folder import extend_cosine
 from general_functions.utils import get_rng_state, set_rng_state
-
-from .config_for_supernet import SupernetConfig
-from .loss import SupernetLoss, check_cost_table, loss_target
-from .model_supernet import StochasticSuperNet
-from .sampling import LUT_FILE, load_table
-from .search_outputs import git_sha
-from .speed import prepare_supernet
+from supernet_functions.config_for_supernet import SupernetConfig
+from supernet_functions.loss import SupernetLoss, check_cost_table, loss_target
+from supernet_functions.model_supernet import StochasticSuperNet
+from supernet_functions.sampling import LUT_FILE, load_table
+from supernet_functions.search_outputs import git_sha
+from supernet_functions.speed import prepare_supernet
 
 __all__ = [
     "STAGE",
@@ -230,7 +229,7 @@ def resolve_lut(
     cfg: SupernetConfig, space: SearchSpace, input_size: int, device, run_dir: Path, log=logger
 ):
     """The cost table of the search: ``--lut_path``, else the committed one, else measure one."""
-    from . import lookup_table_builder as ltb
+    from supernet_functions.latency import measure as ltb
 
     ops = list(space.candidate_ops)
     structure = Structure.from_config(cfg)

@@ -13,7 +13,7 @@ time goes, and each point below answers one finding:
   The arithmetic is the same; only the order of floating-point additions may differ.
 - **Kernels larger than the map.** A 5x5 depthwise kernel on a 1x1 or 2x2 map multiplies padding with
   most of its taps. :func:`prepare_supernet` swaps such convolutions for :class:`SmallMapDepthwiseConv2d`,
-  a :class:`~architecture_functions.trim_kernels.TrimmedConv2d` (same parameters, same values, only the
+  a :class:`~fbnet_building_blocks.trim_kernels.TrimmedConv2d` (same parameters, same values, only the
   taps that touch the map; the architecture trainer uses it for the same reason).
 - **Depthwise weight gradients on tiny maps.** After trimming, the largest cost left in a weight step
   was ``convolution_backward`` of depthwise convolutions with outputs of at most 2x2 pixels (10-20 ms a
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architecture_functions.trim_kernels import TrimmedConv2d, used_taps
+from fbnet_building_blocks.trim_kernels import TrimmedConv2d, used_taps
 
 __all__ = ["SmallMapDepthwiseConv2d", "prepare_supernet", "to_model_format"]
 
@@ -56,7 +56,7 @@ def prepare_supernet(
     """
     model.to(device)
     if trim_kernels:
-        from architecture_functions.trim_kernels import trim_depthwise_convs
+        from fbnet_building_blocks.trim_kernels import trim_depthwise_convs
 
         trim_depthwise_convs(model)
         for module in model.modules():

@@ -71,14 +71,19 @@ from general_functions.run_folder import (
     tidy_resumed_run,
 )
 from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
-
-from .config_for_supernet import SupernetConfig
-from .loss import SupernetLoss
-from .model_supernet import MixedOperation, StochasticSuperNet
-from .path_probe import probe_paths
-from .sampling import LUT_FILE, THETAS_FILE, describe_thetas, load_table, thetas_summary
-from .search_outputs import latency_summary, log_thetas, thetas_state, write_arch
-from .search_setup import (
+from supernet_functions.config_for_supernet import SupernetConfig
+from supernet_functions.loss import SupernetLoss
+from supernet_functions.model_supernet import MixedOperation, StochasticSuperNet
+from supernet_functions.path_probe import probe_paths
+from supernet_functions.sampling import (
+    LUT_FILE,
+    THETAS_FILE,
+    describe_thetas,
+    load_table,
+    thetas_summary,
+)
+from supernet_functions.search_outputs import latency_summary, log_thetas, thetas_state, write_arch
+from supernet_functions.search_setup import (
     STAGE,
     Progress,
     Search,

@@ -210,7 +210,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_trimmed_depthwise_conv_equals_full_conv(size, kernel, stride):
     """Skipping the taps that only see padding changes neither outputs nor gradients."""
-    from architecture_functions.trim_kernels import TrimmedConv2d
+    from fbnet_building_blocks.trim_kernels import TrimmedConv2d
 
     full = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6)
     trimmed = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6)
@@ -227,7 +227,7 @@ def test_trimmed_depthwise_conv_equals_full_conv(size, kernel, stride):
 
 
 def test_trim_depthwise_convs_keeps_the_model():
-    from architecture_functions.trim_kernels import TrimmedConv2d, trim_depthwise_convs
+    from fbnet_building_blocks.trim_kernels import TrimmedConv2d, trim_depthwise_convs
 
     torch.manual_seed(0)
     model = get_model("fbnet_a", cnt_classes=10, input_size=32).eval()

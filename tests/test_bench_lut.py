@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fbnet_building_blocks.arch_specs import ARCHS
-from supernet_functions.lookup_table_builder import build_cost_table, build_lut
-from supernet_functions.lut_validation import compare, sample_archs
+from supernet_functions.latency.measure import build_cost_table, build_lut
+from supernet_functions.latency.validate import compare, sample_archs
 
 ROOT = Path(__file__).resolve().parent.parent
 

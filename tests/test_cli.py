@@ -87,7 +87,7 @@ def test_help_of_every_mode_shows_that_modes_options(case, capsys):
 
 
 def test_evaluate_search_help_explains_every_option(capsys):
-    from supernet_functions import evaluate_search
+    from supernet_functions.experiments import evaluate_search
 
     parser = evaluate_search._parser()
     assert [a.dest for a in parser._actions if not a.help] == []
@@ -162,7 +162,7 @@ ABBREVIATED = {
     "architecture --epoch": ("architecture_main_file", ["--epoch", "2"]),
     "export --form": ("architecture_main_file", ["--export", "x.pth", "--form", "onnx"]),
     "evaluate_search --epoch": (
-        "supernet_functions.evaluate_search",
+        "supernet_functions.experiments.evaluate_search",
         ["--run", "r", "--epoch", "2"],
     ),
     "summary --search": ("fbnet_building_blocks.summary", ["--search", "tiny"]),

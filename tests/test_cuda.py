@@ -26,13 +26,13 @@ from general_functions.checkpoint import load_checkpoint
 from general_functions.config_utils import config_from_dict
 from general_functions.dataloaders import make_fake_data, make_loader
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
-from supernet_functions.lookup_table_builder import (
+from supernet_functions.latency.measure import (
     LatencyLookupTable,
     build_lut,
     network_parts,
     time_parts,
 )
-from supernet_functions.lut_validation import validate_lut
+from supernet_functions.latency.validate import validate_lut
 from supernet_functions.model_supernet import StochasticSuperNet
 from supernet_functions.speed import prepare_supernet
 from supernet_functions.training_functions_supernet import run as search

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from supernet_functions.darts_vs_fbnet import (
+from supernet_functions.experiments.darts_vs_fbnet import (
     CHOICES,
     BadBlock,
     GoodBlock,

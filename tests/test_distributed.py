@@ -255,7 +255,7 @@ def scenario_arch_run(ctx: DistContext, folder: Path) -> dict:
 # ---------------------------------------------------------------- supernet search
 def tiny_lut():
     from fbnet_building_blocks.search_space import get_search_space
-    from supernet_functions.lookup_table_builder import LatencyLookupTable
+    from supernet_functions.latency.table import LatencyLookupTable
 
     space = get_search_space("tiny")
     costs = [

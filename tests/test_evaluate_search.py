@@ -14,12 +14,12 @@ from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from general_functions.checkpoint import save_checkpoint
 from general_functions.config_utils import config_from_dict
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
-from supernet_functions.evaluate_search import main
-from supernet_functions.evaluation_figure import place_labels
-from supernet_functions.evaluation_stats import anova, network_stats, verdict
-from supernet_functions.heuristic_arch import most_params_within_latency
-from supernet_functions.lookup_table_builder import LatencyLookupTable
-from supernet_functions.lut_validation import compare
+from supernet_functions.experiments.evaluate_search import main
+from supernet_functions.experiments.evaluation_figure import place_labels
+from supernet_functions.experiments.evaluation_stats import anova, network_stats, verdict
+from supernet_functions.experiments.heuristic_arch import most_params_within_latency
+from supernet_functions.latency.table import LatencyLookupTable
+from supernet_functions.latency.validate import compare
 from supernet_functions.training_functions_supernet import run as search
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,7 +28,7 @@ from fbnet_building_blocks.fbnet_builder import get_model
 from general_functions.checkpoint import save_checkpoint
 from general_functions.config_utils import config_from_dict
 from general_functions.dataloaders import ORIGINAL_CIFAR10_STD, make_fake_data
-from supernet_functions.latency_table import LatencyLookupTable
+from supernet_functions.latency.table import LatencyLookupTable
 
 REPO = Path(__file__).resolve().parent.parent
 OPS = ["ir_k3_s2", "ir_k5_e3", "skip", "ir_k3_e1"]  # a grouped shuffle block and a residual one

@@ -246,7 +246,7 @@ def test_a_bad_config_file_gives_one_line(tmp_path, make, says, capsys):
 
 @pytest.mark.parametrize("make, says", [(_deep, "nested too deeply"), (_big, "at most 1000000")])
 def test_an_oversized_or_deep_table_or_thetas_file_gives_one_line(tmp_path, make, says):
-    from supernet_functions.lookup_table_builder import LatencyLookupTable
+    from supernet_functions.latency.table import LatencyLookupTable
     from supernet_functions.sampling import read_thetas
 
     table = make(tmp_path / "lut.json")
@@ -264,7 +264,7 @@ def test_an_oversized_or_deep_table_or_thetas_file_gives_one_line(tmp_path, make
 def _search_argv(tmp_path: Path, *extra: str) -> list[str]:
     """A search of the 4-layer space on 20 synthetic images with a made-up table: 1 step per phase."""
     from fbnet_building_blocks.search_space import CANDIDATE_OPS
-    from supernet_functions.lookup_table_builder import LatencyLookupTable
+    from supernet_functions.latency.table import LatencyLookupTable
 
     lut = tmp_path / "tiny_lut.json"
     rows = [{op: 0.2 + 0.1 * i + 0.03 * j for j, op in enumerate(CANDIDATE_OPS)} for i in range(4)]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from supernet_functions.lookup_table_builder import LatencyLookupTable
+from supernet_functions.latency.table import LatencyLookupTable
 from supernet_functions.loss import (
     SupernetLoss,
     check_cost_table,

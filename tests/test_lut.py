@@ -16,16 +16,16 @@ from fbnet_building_blocks.arch_specs import ARCHS, ArchSpec
 from fbnet_building_blocks.fbnet_builder import FBNet
 from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 from fbnet_building_blocks.summary import count_params, model_summary
-from supernet_functions.latency_table import LUT_DIR, LatencyLookupTable, LUTError, lut_key
-from supernet_functions.lookup_table_builder import (
+from supernet_functions.latency.cli import main as lut_main
+from supernet_functions.latency.measure import (
     build_cost_table,
     build_lut,
     network_parts,
     round_speed,
     use_allocator,
 )
-from supernet_functions.lut_cli import main as lut_main
-from supernet_functions.lut_validation import (
+from supernet_functions.latency.table import LUT_DIR, LatencyLookupTable, LUTError, lut_key
+from supernet_functions.latency.validate import (
     build_network,
     compare,
     kendall_tau,
@@ -367,7 +367,7 @@ def test_committed_tables_load_and_fit_the_paper_search_space():
 _FAULTS_SCRIPT = """
 import json, resource, torch
 from fbnet_building_blocks.registry import build_block
-from supernet_functions.lookup_table_builder import use_allocator
+from supernet_functions.latency.measure import use_allocator
 
 torch.set_num_threads(1)
 block = build_block("ir_k3_e6", 16, 24, 2).eval()  # expands to 96 x 112 x 112: 4.8 MB blocks
@@ -448,8 +448,8 @@ def test_default_build_uses_the_default_allocator_and_validation_follows_the_tab
 
 _KEEP_HEAP_SCRIPT = """
 import json
-from supernet_functions.lookup_table_builder import build_lut
-from supernet_functions.lut_validation import validate_lut
+from supernet_functions.latency.measure import build_lut
+from supernet_functions.latency.validate import validate_lut
 
 lut = build_lut("tiny", rounds=1, reps=1, warmup=0, threads=1, allocator="keep_heap", progress=False)
 report = validate_lut(lut, num_archs=3, rounds=1, reps=1, allocator="default", progress=False)
@@ -493,8 +493,8 @@ def test_cli_build_refuses_an_existing_table_and_keeps_its_log(tmp_path):
 
 def test_every_table_mode_the_help_lists_is_run(monkeypatch, capsys):
     import supernet_main_file
-    from supernet_functions import lut_cli
     from supernet_functions.config_for_supernet import MODES
+    from supernet_functions.latency import cli as lut_cli
 
     with pytest.raises(SystemExit) as done:
         supernet_main_file.main(["--train_or_sample", "build_lut", "--help"])

@@ -5,14 +5,14 @@ import itertools
 import numpy as np
 import pytest
 
-from supernet_functions.lookup_table_builder import LatencyLookupTable
-from supernet_functions.random_archs import (
+from supernet_functions.latency.random_archs import (
     _tilted,
     cost_matrix,
     sample_within_latency,
     tilt_for_mean,
     window_draws,
 )
+from supernet_functions.latency.table import LatencyLookupTable
 
 OPS = ["a", "b", "c"]
 # 4 layers x 3 ops: 81 architectures; costs differ per layer so most sums are distinct

@@ -114,7 +114,7 @@ def _train_args(tmp_path: Path, *extra: str, name: str = "r") -> list[str]:
 def _search_args(tmp_path: Path, *extra: str, name: str = "s") -> list[str]:
     """supernet_main_file.py flags of a search of the 4-layer space on 40 images: warm-up + 1 epoch."""
     from fbnet_building_blocks.search_space import CANDIDATE_OPS
-    from supernet_functions.lookup_table_builder import LatencyLookupTable
+    from supernet_functions.latency.table import LatencyLookupTable
 
     lut = tmp_path / "tiny_lut.json"
     rows = [{op: 0.2 + 0.1 * i + 0.03 * j for j, op in enumerate(CANDIDATE_OPS)} for i in range(4)]

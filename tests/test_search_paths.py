@@ -18,8 +18,8 @@ from fbnet_building_blocks.structure import (
     structure_of_table,
 )
 from supernet_functions.config_for_supernet import SupernetConfig
-from supernet_functions.latency_table import LatencyLookupTable, LUTError
-from supernet_functions.lookup_table_builder import build_cost_table
+from supernet_functions.latency.measure import build_cost_table
+from supernet_functions.latency.table import LatencyLookupTable, LUTError
 from supernet_functions.model_supernet import StochasticSuperNet
 from supernet_functions.path_probe import probe_paths, sample_paths
 from supernet_functions.shared_ops import SharedOp

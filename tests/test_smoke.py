@@ -12,7 +12,7 @@ import torch
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from general_functions.config_utils import config_from_dict
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
-from supernet_functions.lookup_table_builder import LatencyLookupTable
+from supernet_functions.latency.table import LatencyLookupTable
 from supernet_functions.training_functions_supernet import run
 
 OPS = list(CANDIDATE_OPS)
@@ -221,7 +221,7 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("mode", ["build_lut", "validate_lut"])
 def test_table_commands_go_to_lut_cli_with_the_full_argv(mode, monkeypatch):
     import supernet_main_file
-    from supernet_functions import lut_cli
+    from supernet_functions.latency import cli as lut_cli
 
     seen = []
     monkeypatch.setattr(lut_cli, "main", lambda argv: seen.append(argv) or {})
@@ -269,8 +269,8 @@ def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_pa
 
 def test_the_cpu_cifar10_preset_uses_a_committed_32x32_table_and_spans_the_temperatures():
     from fbnet_building_blocks.structure import Structure
-    from supernet_functions import lookup_table_builder as ltb
-    from supernet_functions.latency_table import LatencyLookupTable
+    from supernet_functions.latency import measure as ltb
+    from supernet_functions.latency.table import LatencyLookupTable
     from supernet_functions.training_functions_supernet import temperature_at
 
     cfg = config_from_dict(SupernetConfig, PRESETS["cpu_cifar10"])

@@ -9,7 +9,7 @@ from torch import nn
 from fbnet_building_blocks.arch_specs import load_arch
 from fbnet_building_blocks.search_space import CANDIDATE_OPS, get_search_space
 from supernet_functions.config_for_supernet import SupernetConfig
-from supernet_functions.lookup_table_builder import LatencyLookupTable
+from supernet_functions.latency.table import LatencyLookupTable
 from supernet_functions.loss import SupernetLoss
 from supernet_functions.model_supernet import MixedOperation, StochasticSuperNet
 from supernet_functions.sampling import sample_and_save, sample_ops

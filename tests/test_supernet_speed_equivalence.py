@@ -61,7 +61,7 @@ def _named_grads(model, names):
 
 
 def test_prepared_supernet_uses_trimmed_kernels_and_channels_last():
-    from architecture_functions.trim_kernels import TrimmedConv2d
+    from fbnet_building_blocks.trim_kernels import TrimmedConv2d
 
     _, fast = _pair()
     assert any(isinstance(m, TrimmedConv2d) for m in fast.modules())

@@ -5,7 +5,7 @@ latency budget on capacity, i.e. pick, among the architectures whose predicted l
 paper Eq. 4, plus the fixed parts) is at most ``budget``, the one with the most parameters.
 
 Parameters, like the table's latencies, add up over layers: a network's count is the sum of its ops'
-counts plus the fixed parts (a parameter table, :func:`~supernet_functions.lookup_table_builder.
+counts plus the fixed parts (a parameter table, :func:`~supernet_functions.latency.measure.
 build_cost_table` ``("params", ...)``, for the same search space, input size and structure). So the
 choice is a multiple-choice knapsack, solved exactly by dynamic programming over layers on the Pareto
 front of (latency, parameters) partial sums: after each layer only the partial architectures that no
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .random_archs import cost_matrix
+from supernet_functions.latency.random_archs import cost_matrix
 
 __all__ = ["most_params_within_latency", "pareto_partial_sums"]
 

@@ -2,7 +2,7 @@
 
     python supernet_main_file.py --train_or_sample build_lut --lut_path luts/my_cpu.json --threads 2
     python supernet_main_file.py --train_or_sample validate_lut --lut_path luts/my_cpu.json --num_archs 20
-    python -m supernet_functions.lut_cli --train_or_sample build_lut --cost flops --lut_path luts/f.json
+    python -m supernet_functions.latency.cli --train_or_sample build_lut --cost flops --lut_path luts/f.json
 
 ``build_lut`` writes the table and appends to ``<path stem>.build.log``; it refuses an existing table
 unless ``--overwrite``. ``validate_lut`` measures random and named architectures end to end, writes
@@ -22,13 +22,24 @@ from pathlib import Path
 from fbnet_building_blocks.structure import Structure
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.logging_utils import get_logger
-
-from .config_for_supernet import LUT_MODES
-from .latency_table import COSTS, LatencyLookupTable, LUTError
-from .lookup_table_builder import ALLOCATORS, DEFAULT_TIME_BUDGET_S, build_cost_table, build_lut
-from .lut_validation import DEFAULT_VAL_ROUNDS, plot_report, save_report, validate_lut
+from supernet_functions.latency.measure import (
+    ALLOCATORS,
+    DEFAULT_TIME_BUDGET_S,
+    build_cost_table,
+    build_lut,
+)
+from supernet_functions.latency.table import COSTS, LatencyLookupTable, LUTError
+from supernet_functions.latency.validate import (
+    DEFAULT_VAL_ROUNDS,
+    plot_report,
+    save_report,
+    validate_lut,
+)
 
 __all__ = ["LUTConfig", "main", "report_paths"]
+
+# the modes of supernet_main_file.py that this tool runs, with its own flags
+LUT_MODES = ("build_lut", "validate_lut")
 
 
 @dataclass

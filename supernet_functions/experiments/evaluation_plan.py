@@ -1,12 +1,12 @@
-"""The runs and the networks of a search-vs-random evaluation (:mod:`supernet_functions.evaluate_search`).
+"""The runs and the networks of a search-vs-random evaluation (:mod:`supernet_functions.experiments.evaluate_search`).
 
 :func:`read_runs` reads and checks the search runs of one evaluation: each is a complete run folder
 (``thetas.json``, ``lut.json``, ``config.json``) whose table priced the structure and input size it
 searched with, and all share one table, search space and latency target. :func:`make_plan` picks the
 networks: every run's argmax ("searched"); random architectures uniform within a window of the
-argmaxes' mean predicted latency, the centre (:func:`~supernet_functions.random_archs.
+argmaxes' mean predicted latency, the centre (:func:`~supernet_functions.latency.random_archs.
 sample_within_latency`); the architecture with the most parameters predicted at or below the centre
-("heuristic", :func:`~supernet_functions.heuristic_arch.most_params_within_latency`, with a parameter
+("heuristic", :func:`~supernet_functions.experiments.heuristic_arch.most_params_within_latency`, with a parameter
 table of the same search space, input size and structure); FBNet-A/B/C where they fit the table.
 """
 
@@ -19,12 +19,11 @@ from typing import Any
 
 from fbnet_building_blocks.arch_specs import ARCHS
 from fbnet_building_blocks.structure import Structure
-
-from .heuristic_arch import most_params_within_latency
-from .latency_table import LatencyLookupTable, LUTError, default_cnt_classes
-from .lookup_table_builder import build_cost_table
-from .random_archs import cost_matrix, sample_within_latency
-from .sampling import LUT_FILE, THETAS_FILE, read_thetas
+from supernet_functions.experiments.heuristic_arch import most_params_within_latency
+from supernet_functions.latency.measure import build_cost_table
+from supernet_functions.latency.random_archs import cost_matrix, sample_within_latency
+from supernet_functions.latency.table import LatencyLookupTable, LUTError, default_cnt_classes
+from supernet_functions.sampling import LUT_FILE, THETAS_FILE, read_thetas
 
 __all__ = ["CONFIG_FILE", "NAMED", "SearchRun", "cheapest_latency", "make_plan", "read_runs"]
 

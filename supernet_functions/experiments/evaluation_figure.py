@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from general_functions.io_utils import atomic_write
-
-from .evaluation_stats import pareto_front
+from supernet_functions.experiments.evaluation_stats import pareto_front
 
 __all__ = ["MARKERS", "place_labels", "plot_evaluations"]
 

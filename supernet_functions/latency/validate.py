@@ -8,7 +8,7 @@ that fit it), builds each as a real :class:`FBNet`, and measures it:
   build's statistics: the architectures are measured in interleaved rounds (every architecture once
   per round, in a fresh random order, one untimed pass then the fastest of ``reps`` timed passes),
   each round scaled to the typical round's speed (the work is the same every round;
-  :func:`~supernet_functions.lookup_table_builder.round_speed`), and a network's latency is its
+  :func:`~supernet_functions.latency.measure.round_speed`), and a network's latency is its
   median over rounds;
 - FLOPs / parameters: counted on the whole network with ``torch.utils.flop_counter``.
 
@@ -36,9 +36,14 @@ from fbnet_building_blocks.search_space import get_search_space
 from fbnet_building_blocks.summary import count_params
 from general_functions.io_utils import atomic_write, atomic_write_json
 from general_functions.utils import resolve_device
-
-from .latency_table import LatencyLookupTable, LUTError
-from .lookup_table_builder import load_average, num_threads, round_speed, time_parts, use_allocator
+from supernet_functions.latency.measure import (
+    load_average,
+    num_threads,
+    round_speed,
+    time_parts,
+    use_allocator,
+)
+from supernet_functions.latency.table import LatencyLookupTable, LUTError
 
 __all__ = [
     "DEFAULT_VAL_ROUNDS",

@@ -3,7 +3,7 @@
 FBNet predicts a network's latency as the sum of its ops' latencies (paper Eq. 4):
 ``LAT(a) = sum_l LAT(op chosen at layer l)``. A table holds that cost of every candidate op at every
 searched layer, plus the fixed parts (stem, head, pool, classifier), so a sum predicts a whole network.
-:mod:`supernet_functions.lookup_table_builder` measures (or counts) one; this module reads, checks,
+:mod:`supernet_functions.latency.measure` measures (or counts) one; this module reads, checks,
 queries and writes it.
 
 JSON layout (``format_version`` 1)::
@@ -56,7 +56,7 @@ COSTS: dict[str, str] = {"latency": "ms", "flops": "M multiply-adds", "params": 
 # The largest value an entry may hold, in the cost's unit: one hour per op, or 10^15 multiply-adds or
 # parameters. Anything above is a corrupt or hand-edited file (1e308 overflows the loss to inf).
 MAX_VALUE: dict[str, float] = {"latency": 3.6e6, "flops": 1e9, "params": 1e9}
-LUT_DIR = Path(__file__).resolve().parent.parent / "luts"
+LUT_DIR = Path(__file__).resolve().parents[2] / "luts"
 
 
 class LUTError(ValueError):

@@ -18,13 +18,13 @@ How latency is measured (:func:`build_lut`), and why:
   its kernels on first use), each network run ``warmup`` times untimed and ``reps`` times timed (the
   fastest rep of each part is kept: other load on the machine only ever adds time); on CUDA, events
   between the parts and one synchronisation per pass (:func:`time_parts`). The validation times whole
-  networks with the same statistics (:mod:`supernet_functions.lut_validation`).
+  networks with the same statistics (:mod:`supernet_functions.latency.validate`).
 - **The user's process.** By default the C allocator is left as it is, so the table predicts what
   ``get_model(...)(x)`` costs in an ordinary Python process, page faults of freed activations included;
   ``allocator="keep_heap"`` (:func:`use_allocator`) measures a process that keeps freed memory in its
   heap, as a deployment runtime's arena does. The table records the setting and its validation uses it.
 
-The table itself (file format, checks, queries) is :mod:`supernet_functions.latency_table`.
+The table itself (file format, checks, queries) is :mod:`supernet_functions.latency.table`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from general_functions.utils import resolve_device
 
 # LatencyLookupTable, LUTError and default_lut_path are re-exported for the callers that import them
 # from here.
-from .latency_table import (
+from supernet_functions.latency.table import (
     COSTS,
     FIXED_PARTS,
     FORMAT_VERSION,
