@@ -3,8 +3,7 @@
 With the ``fbnet`` macro on 32x32 images the last stages run 5x5 depthwise convolutions (padding 2) on 2x2
 and 1x1 maps. Every kernel tap outside the central ``(min(k, ...))`` window only ever multiplies zero
 padding, yet CPU convolution kernels still pay for all 25 taps, and oneDNN's depthwise kernels are slow
-at these shapes: at batch 100 on this CPU, the three 1104-channel 5x5 convolutions on 1x1 maps took
-about a third of a training step.
+at these shapes (docs/performance.md measures the step with and without trimming).
 
 :class:`TrimmedConv2d` computes the same convolution with only the taps that can touch the input: the
 kernel is sliced at run time (``weight[..., lo:hi]``) and the padding reduced to match, so the parameters,

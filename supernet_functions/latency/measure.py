@@ -121,10 +121,9 @@ def use_allocator(name: str) -> str:
 
     ``"default"`` (the build's default) leaves glibc as it is, as in a user's ordinary process: large
     freed blocks go back to the OS, so an eager forward pass at 224x224 maps and faults in its
-    activations again op after op (1,300-3,700 page faults per FBNet pass on this project's 2-core
-    VM), and the table includes that cost. ``"keep_heap"`` sets glibc's mmap and trim thresholds to
+    activations again op after op, and the table includes that cost. ``"keep_heap"`` sets glibc's mmap and trim thresholds to
     1 GiB (``mallopt``), so freed blocks stay in the heap for reuse, as a deployment runtime's memory
-    arena does (0-24 faults per pass there; docs/latency_tables.md). It cannot be undone within a
+    arena does (page faults per pass with each setting: docs/latency_tables.md). It cannot be undone within a
     process: ``"default"`` afterwards warns and returns ``"keep_heap"``. Without glibc nothing changes
     and the result is ``"default"``.
     """

@@ -60,9 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Interleaved rounds of a validation: about 2 minutes for 27 networks at 224x224 on a 2-core CPU; twice
-# as many rounds as 15 halve how far a network's latency relative to the others moves between two
-# back-to-back validations (docs/latency_tables.md).
+# Interleaved rounds of a validation; 30 rather than 15 halve how far a network's latency relative to the
+# others moves between two back-to-back validations (docs/latency_tables.md).
 DEFAULT_VAL_ROUNDS = 30
 
 
