@@ -265,7 +265,9 @@ def tiny_lut():
     return LatencyLookupTable.from_latencies("tiny", costs)
 
 
-def scenario_supernet_steps(ctx: DistContext, frozen_bn: bool = True, steps: int = 3) -> dict:
+def scenario_supernet_steps(
+    ctx: DistContext, frozen_bn: bool = True, steps: int = 3, mixing: str = "gumbel"
+) -> dict:
     """Alternating weight and theta steps through the trainer's phase functions, one batch each."""
     from supernet_functions.loss import SupernetLoss
     from supernet_functions.model_supernet import StochasticSuperNet
@@ -276,7 +278,7 @@ def scenario_supernet_steps(ctx: DistContext, frozen_bn: bool = True, steps: int
 
     torch.manual_seed(ctx.rank)  # different weights and thetas: rank 0's must reach every rank
     ops = ("ir_k3_e1", "ir_k5_e3", "ir_k3_s2", "skip")  # a few candidates keep the test short
-    net = StochasticSuperNet("tiny", tiny_lut(), 10, 16, candidate_ops=ops)
+    net = StochasticSuperNet("tiny", tiny_lut(), 10, 16, candidate_ops=ops, mixing=mixing)
     with torch.no_grad():
         for thetas in net.arch_parameters():
             thetas.normal_()
@@ -287,7 +289,9 @@ def scenario_supernet_steps(ctx: DistContext, frozen_bn: bool = True, steps: int
     shard = {"rank": ctx.rank, "world_size": ctx.world_size}
     w_loader = make_loader(w_data, 16, True, seed=0, **shard)
     t_loader = make_loader(t_data, 16, True, seed=1, **shard)
-    ddp = wrap_model(net, ctx, ignore=list(net.arch_parameters()))
+    # hard Gumbel runs the drawn op only: the others' weights get no gradient in a step
+    unused = mixing == "hard_gumbel"
+    ddp = wrap_model(net, ctx, ignore=list(net.arch_parameters()), find_unused_parameters=unused)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     t_opt = torch.optim.Adam(net.arch_parameters(), lr=0.01, weight_decay=5e-4)
     criterion = SupernetLoss()
@@ -358,6 +362,7 @@ SCENARIOS = {
     "arch_run": scenario_arch_run,
     "supernet_frozen_bn": lambda ctx: scenario_supernet_steps(ctx, frozen_bn=True),
     "supernet_train_bn": lambda ctx: scenario_supernet_steps(ctx, frozen_bn=False),
+    "supernet_hard": lambda ctx: scenario_supernet_steps(ctx, frozen_bn=True, mixing="hard_gumbel"),
     "supernet_run": scenario_supernet_run,
 }
 
@@ -530,7 +535,7 @@ def test_architecture_run_resumed_under_ddp_matches_one_process(ranks, tmp_path)
         assert two[key] == pytest.approx(one[key], abs=1e-2)
 
 
-@pytest.mark.parametrize("scenario", ["supernet_frozen_bn", "supernet_train_bn"])
+@pytest.mark.parametrize("scenario", ["supernet_frozen_bn", "supernet_train_bn", "supernet_hard"])
 def test_supernet_steps_ranks_stay_identical(ranks, scenario):
     """(a) after every weight step and every theta step both ranks hold the same weights and
     thetas, and both see the same expected latency on their own images (the same Gumbel sample)."""
@@ -562,6 +567,23 @@ def test_supernet_steps_match_one_process(ranks):
         assert torch.equal(two["weights"][2 * k + 1], two["weights"][2 * k])
         if k:
             assert torch.equal(two["thetas"][2 * k], two["thetas"][2 * k - 1])
+
+
+def test_hard_gumbel_steps_under_ddp_match_one_process(ranks):
+    """Hard Gumbel (one drawn op per layer, straight-through gradient): both ranks draw the same op,
+    so the ops that did not run get no gradient on either rank, and the steps equal one process's."""
+    one = scenario_supernet_steps(DistContext(), frozen_bn=True, mixing="hard_gumbel")
+    two = ranks[0]["supernet_hard"]
+    for key in ("weights", "thetas"):
+        for a, b in zip(one[key], two[key]):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL)
+    assert two["probe_latency"] == pytest.approx(one["probe_latency"], rel=1e-5)
+    for s1, s2 in zip(one["stats"], two["stats"]):
+        assert s2 == pytest.approx(s1, rel=1e-4, abs=1e-4)
+    # a weight step moved some weights and left those of the ops not drawn as they were
+    step = two["weights"][2] - two["weights"][1]
+    assert 0 < int((step != 0).sum()) < step.numel()
+    assert (one["thetas"][-1] - one["thetas"][0]).abs().max() > 1e-3
 
 
 def test_supernet_run_resumed_under_ddp_matches_one_process(ranks, tmp_path):
