@@ -7,19 +7,19 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.search_space import get_search_space
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter
-from supernet_functions.sampling import THETAS_FILE, predicted_cost, sample_ops
+from supernet_functions.sampling import predicted_cost, sample_ops
 
-__all__ = ["git_sha", "latency_summary", "log_thetas", "thetas_state", "write_arch"]
+__all__ = ["argmax_spec", "git_sha", "latency_summary", "log_thetas", "thetas_state", "write_arch"]
 
 
 def _heatmap(probs: torch.Tensor, ops: list[str], title: str):
@@ -82,10 +82,8 @@ def thetas_state(model, epoch, temperature, lut, lut_source, run_dir) -> dict[st
     }
 
 
-def latency_summary(run_dir: Path, lut) -> dict[str, float]:
-    """Whole-network predictions of the last thetas: argmax, expected, and uniform-thetas expected."""
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
+def latency_summary(state: dict[str, Any], lut) -> dict[str, float]:
+    """Whole-network predictions of a ``thetas.json`` state: argmax, expected, uniform-thetas expected."""
     return {
         "argmax_cost": state["argmax_cost"]["predicted_cost"],
         "expected_cost": state["expected_layers_cost"] + lut.fixed_cost,
@@ -104,19 +102,15 @@ def log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
     writer.tb.flush()
 
 
-def write_arch(run_dir: Path) -> None:
-    """``arch.json``: the argmax architecture of the last thetas, as an architecture file."""
-
-    state = json.loads((run_dir / THETAS_FILE).read_text())
+def argmax_spec(state: dict[str, Any], run_dir: Path) -> ArchSpec:
+    """The argmax architecture of a ``thetas.json`` state, with where it came from."""
     space = get_search_space(state["search_space"])
-    spec = {
-        "name": f"{run_dir.name}_argmax",
-        "ops": state["argmax_ops"],
-        "search_space": state["search_space"],
-        "head_channels": None,
-        "width_mult": 1.0,
-        "input_size": None if state["input_size"] == space.input_size else state["input_size"],
-        "source": {
+    return ArchSpec(
+        name=f"{run_dir.name}_argmax",
+        ops=state["argmax_ops"],
+        search_space=state["search_space"],
+        input_size=None if state["input_size"] == space.input_size else state["input_size"],
+        source={
             "run": str(run_dir),
             "epoch": state["epoch"],
             "sampling": "argmax",
@@ -124,5 +118,9 @@ def write_arch(run_dir: Path) -> None:
             "lut_device": state["lut_device"],
             **state["argmax_cost"],
         },
-    }
-    atomic_write_json(run_dir / "arch.json", spec)
+    )
+
+
+def write_arch(run_dir: Path, state: dict[str, Any]) -> None:
+    """``arch.json``: the argmax architecture of ``state`` (the last thetas), as an architecture file."""
+    atomic_write_json(run_dir / "arch.json", argmax_spec(state, run_dir).to_dict())

@@ -89,6 +89,7 @@ class Progress:
     wall_s: float = 0.0  # the search's wall time over all its processes so far
     warmup_top1: float | None = None  # the weights' train top-1 in the last warm-up epoch
     paths: list[dict[str, float]] = field(default_factory=list)  # the path diagnostic per epoch
+    thetas: dict[str, Any] | None = None  # the last epoch's thetas.json state (not checkpointed)
 
 
 def build_search_loaders(cfg: SupernetConfig, ctx: DistContext, log) -> SearchLoaders:

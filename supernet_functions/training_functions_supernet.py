@@ -47,7 +47,6 @@ from general_functions.dataloaders import DataError
 from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
-    broadcast_object,
     env_rank,
     reduce_meters,
     run_in_context,
@@ -80,6 +79,7 @@ from supernet_functions.sampling import (
     THETAS_FILE,
     describe_thetas,
     load_table,
+    read_thetas,
     thetas_summary,
 )
 from supernet_functions.search_outputs import latency_summary, log_thetas, thetas_state, write_arch
@@ -336,7 +336,7 @@ def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict 
     done = {"epoch": progress.epoch, **progress.last}  # epochs done: the log's last "epoch N/M"
     done.update(warmup_train_top1=progress.warmup_top1, wall_s=round(progress.wall_s, 1))
     done["path_probe"] = progress.paths
-    return _finish(run_dir, search.lut, done, log, ctx)
+    return _finish(run_dir, search.lut, done, log, ctx, progress.thetas)
 
 
 def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
@@ -400,7 +400,8 @@ def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]
         warmup_train_top1=ckpt.get("warmup_train_top1"), wall_s=round(ckpt.get("wall_s", 0.0), 1)
     )
     done["path_probe"] = list(ckpt.get("path_probe", []))
-    return _finish(run_dir, lut, done, log, ctx)
+    thetas = run_on_main(ctx, lambda: read_thetas(run_dir))  # the last epoch's, as it wrote them
+    return _finish(run_dir, lut, done, log, ctx, thetas)
 
 
 def _search_epoch(
@@ -457,6 +458,7 @@ def _search_epoch(
     # the wall time goes to the metrics only: the returned values are the run's, equal on a resume
     writer.scalars(epoch, {**values, "time/wall_s": progress.wall_s})
     log_thetas(writer, model, epoch, list(model.candidate_ops))
+    progress.thetas = state
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
     log.info(
@@ -512,34 +514,25 @@ def _end_of_epoch(epoch, values, held, search: Search, progress: Progress, cfg, 
         save_checkpoint(run_dir / "best.pth", state)
 
 
-def _finish(run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext) -> dict[str, Any]:
-    """Write arch.json, add the latency predictions; log, print (rank 0) and return the summary."""
-    wrote = ctx.is_main and (run_dir / THETAS_FILE).is_file()
-    if wrote:
-        write_arch(run_dir)
-    latency = broadcast_object(latency_summary(run_dir, lut) if wrote else None)  # to every rank
-    if latency:
-        summary.update(latency)
-        log.info(
-            "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
-            "softmax(thetas) %.5g; expected under uniform thetas %.5g",
-            lut.meta.get("unit", "ms"),
-            summary["argmax_cost"],
-            summary["expected_cost"],
-            summary["uniform_cost"],
-        )
-    final = (
-        None  # how far the final thetas are from uniform (rank 0 reads them, every rank gets it)
+def _finish(
+    run_dir: Path, lut, summary: dict[str, Any], log, ctx: DistContext, thetas: dict[str, Any]
+) -> dict[str, Any]:
+    """Write arch.json from the last epoch's ``thetas`` (the state thetas.json holds), add the
+    latency predictions and how far the thetas are from uniform; log, print (rank 0), return."""
+    if ctx.is_main:
+        write_arch(run_dir, thetas)
+    summary.update(latency_summary(thetas, lut))
+    log.info(
+        "predicted latency (whole network, %s): argmax architecture %.5g; expected under "
+        "softmax(thetas) %.5g; expected under uniform thetas %.5g",
+        lut.meta.get("unit", "ms"),
+        summary["argmax_cost"],
+        summary["expected_cost"],
+        summary["uniform_cost"],
     )
-    if wrote:
-        final = thetas_summary(
-            torch.tensor(json.loads((run_dir / THETAS_FILE).read_text())["thetas"])
-        )
-    final = broadcast_object(final)
-    if final:
-        summary["final_thetas"] = final
-        for line in describe_thetas(final):
-            log.info(line)
+    summary["final_thetas"] = final = thetas_summary(torch.tensor(thetas["thetas"]))
+    for line in describe_thetas(final):
+        log.info(line)
     log.info("done: %s (wall time %.1f min)", run_dir, summary.get("wall_s", 0.0) / 60)
     summary = {"run_dir": str(run_dir), **summary}
     if ctx.is_main:  # the final JSON: on stdout and in the run folder
