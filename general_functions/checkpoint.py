@@ -1,9 +1,13 @@
 """Checkpoints: one dict, written atomically, loaded with ``weights_only=True`` onto the CPU.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
     {"format_version", "stage", "epoch", "model", "optimizers", "schedulers", "config",
-     "arch_spec" | "lut_meta", "best_top1", "rng", ...}
+     "arch_spec" | "lut_meta", "best_top1", "best_epoch", "rng", ...}
+
+``epoch`` is the number of epochs done and ``best_epoch`` counts from 1, in both stages. Format 1
+differed in one point: a search ("supernet") checkpoint held the last epoch counted from 0 (and its
+``best_epoch`` too); loading one gives it in format 2's terms.
 
 Each checkpoint ``NAME`` gets a sidecar ``NAME.sha256`` (``sha256sum`` format) holding the digest of
 its bytes, and loading checks it, so a file damaged after it was written (flipped bytes would still
@@ -36,7 +40,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -106,15 +110,27 @@ def load_checkpoint(path: str | os.PathLike, stage: str | None = None) -> dict[s
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a checkpoint ({_short_reason(err)})"
         ) from None
+    if isinstance(state, dict) and state.get("format_version") == 1:
+        state = _from_format_1(state)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {state.get('format_version') if isinstance(state, dict) else None!r}; "
-            f"this code reads format {FORMAT_VERSION}"
+            f"this code reads formats 1 and {FORMAT_VERSION}"
         )
     if stage is not None and state.get("stage") != stage:
         raise CheckpointError(
             f"checkpoint {path} is a {state.get('stage')!r} checkpoint, not a {stage!r} one"
         )
+    return state
+
+
+def _from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint in format 2's terms (module docstring)."""
+    state = {**state, "format_version": 2}
+    if state.get("stage") == "supernet" and isinstance(state.get("epoch"), int):
+        state["epoch"] += 1
+        if isinstance(state.get("best_epoch"), int):
+            state["best_epoch"] += 1
     return state
 
 

@@ -126,7 +126,8 @@ def draw_curves(rows: Sequence[dict[str, Any]], path: str | Path, figure=None) -
 
     columns = {c for r in rows for c in r}
     panels = _panels(columns)
-    offset = 1 if "train_w/loss" in columns else 0  # a search logs epoch e at step e - 1
+    # epoch e is logged at step e; searches written with checkpoint format 1 logged it at e - 1
+    offset = 1 if rows and int(float(rows[0]["step"])) == 0 else 0
     warmup_end = _series(rows, "warmup/train_top1", offset)[0]  # logged in its last epoch only
     epochs = [int(float(r["step"])) + offset for r in rows]
     grid = (len(panels) + 1) // 2, 2

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import csv
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -36,6 +38,7 @@ from .config_utils import ConfigError, config_from_dict, given_fields
 from .curves import CURVES_FILE
 from .distributed import DistContext, run_on_main
 from .interrupts import Interrupted
+from .io_utils import atomic_write_text
 from .logging_utils import close_log_files
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "resume_config",
     "resume_run",
     "start_run_dir",
+    "steps_from_one",
     "tidy_resumed_run",
 ]
 
@@ -445,9 +449,33 @@ def new_run_dir(cfg: Any, ctx: DistContext, prefix: str) -> Path:
 
 
 def tidy_resumed_run(run_dir: Path, state: dict[str, Any], log: logging.Logger) -> None:
-    """What a kill may have left: temporary files, and a best.pth older than last.pth says."""
+    """What a kill may have left: temporary files, and a best.pth older than last.pth says; and the
+    metrics.csv of a search begun by code that counted its steps from 0."""
     remove_stale_temp_files(run_dir, log)
     repair_best(run_dir, state, log)
+    steps_from_one(run_dir / "metrics.csv", log)
+
+
+def steps_from_one(path: Path, log: logging.Logger = logger) -> bool:
+    """Renumber a metrics.csv whose steps start at 0 (searches written with checkpoint format 1) so
+    that step N is the N-th epoch, as the run goes on writing it; a file starting at 1 is left alone.
+    TensorBoard's event files keep their old steps."""
+    if not path.is_file():
+        return False
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), reader.fieldnames or []
+    if not rows or "step" not in columns or int(float(rows[0]["step"])) != 0:
+        return False
+    for row in rows:
+        row["step"] = str(int(float(row["step"])) + 1)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+    log.info("%s: steps renumbered from 1 (epochs done), as this code writes them", path)
+    return True
 
 
 def extend_cosine(scheduler, epochs: int) -> None:

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("argmax", "sample")
 THETAS_FILE = "thetas.json"
+# thetas.json's format: 2 gives "epoch" as epochs done; files without "format" counted from 0
+THETAS_FORMAT = 2
 LUT_FILE = "lut.json"
 
 
@@ -192,6 +194,8 @@ def read_thetas(run_dir: str | Path) -> dict[str, Any]:
         _ = state["thetas"], state["candidate_ops"], state["search_space"], state["epoch"]
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a thetas file of a search run: {err}") from None
+    if "format" not in state and isinstance(state["epoch"], int):  # written counting from 0
+        state = {**state, "format": THETAS_FORMAT, "epoch": state["epoch"] + 1}
     return state
 
 
@@ -239,7 +243,7 @@ def describe_run(run_dir: Path, latest_under: Path | None = None) -> str:
     else:
         why = f"the newest real search under {latest_under}"
     return (
-        f"sampling {run_dir} ({why}): thetas after epoch {state['epoch'] + 1}, "
+        f"sampling {run_dir} ({why}): thetas after epoch {state['epoch']}, "
         f"search space {state['search_space']}"
     )
 

@@ -17,7 +17,7 @@ from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.search_space import get_search_space
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter
-from supernet_functions.sampling import predicted_cost, sample_ops
+from supernet_functions.sampling import THETAS_FORMAT, predicted_cost, sample_ops
 
 __all__ = ["argmax_spec", "git_sha", "latency_summary", "log_thetas", "thetas_state", "write_arch"]
 
@@ -60,10 +60,12 @@ def git_sha() -> str:
 
 
 def thetas_state(model, epoch, temperature, lut, lut_source, run_dir) -> dict[str, Any]:
+    """What ``thetas.json`` holds after ``epoch`` (epochs done): thetas, softmax, the table's sums."""
     probs = model.probabilities()
     latency = model.latency_matrix()
     argmax_ops = sample_ops(model.thetas_matrix(), model.candidate_ops, "argmax")
     return {
+        "format": THETAS_FORMAT,
         "run": run_dir.name,
         "epoch": epoch,
         "search_space": model.space.name,
@@ -92,12 +94,13 @@ def latency_summary(state: dict[str, Any], lut) -> dict[str, float]:
 
 
 def log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
+    """softmax(thetas) after ``epoch`` (epochs done) to TensorBoard: per-layer histograms, a heatmap."""
     if writer.tb is None:
         return
     probs = model.probabilities()
     for i, row in enumerate(probs):
         writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
-    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch + 1}")
+    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch}")
     writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
     writer.tb.flush()
 

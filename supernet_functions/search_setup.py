@@ -82,9 +82,9 @@ class Search:
 class Progress:
     """Where a search stands: epochs done, the best held-out top-1 and its epoch, the last metrics."""
 
-    epoch: int = 0
+    epoch: int = 0  # epochs done
     best_top1: float = -math.inf
-    best_epoch: int | None = None
+    best_epoch: int | None = None  # 1-based, as epochs are counted in the log and metrics.csv
     last: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0  # the search's wall time over all its processes so far
     warmup_top1: float | None = None  # the weights' train top-1 in the last warm-up epoch
@@ -279,7 +279,7 @@ def restore_search(search: Search, ckpt: dict[str, Any], cfg: SupernetConfig, lo
     extend_cosine(search.w_scheduler, cfg.epochs)
     set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
     progress = Progress(
-        ckpt["epoch"] + 1,
+        ckpt["epoch"],
         ckpt["best_top1"],
         ckpt.get("best_epoch"),
         ckpt.get("last_metrics", {}),
@@ -291,11 +291,11 @@ def restore_search(search: Search, ckpt: dict[str, Any], cfg: SupernetConfig, lo
     return progress
 
 
-def checkpoint_state(search: Search, progress: Progress, epoch: int, cfg) -> dict[str, Any]:
-    """The checkpoint of ``search`` at the end of ``epoch`` (0-based), recorded in ``progress``."""
+def checkpoint_state(search: Search, progress: Progress, cfg) -> dict[str, Any]:
+    """The checkpoint of ``search`` where ``progress`` stands (``epoch``: epochs done)."""
     return {
         "stage": STAGE,
-        "epoch": epoch,
+        "epoch": progress.epoch,
         "model": search.model.state_dict(),
         "optimizers": {
             "w": search.w_optimizer.state_dict(),

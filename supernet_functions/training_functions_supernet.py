@@ -324,7 +324,7 @@ def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict 
     log.info("run folder %s, device %s", run_dir, ctx.device)
     if ckpt is not None:
         run_on_main(ctx, lambda: tidy_resumed_run(run_dir, ckpt, log))
-        if ckpt["epoch"] + 1 >= _end_epoch(cfg):  # finished (or stopped where asked)
+        if ckpt["epoch"] >= _end_epoch(cfg):  # finished (or stopped where asked)
             return _finished(cfg, ckpt, run_dir, log, ctx)
     # the same seed on every rank: the shared Gumbel sample comes from this stream
     set_seed(cfg.seed, cfg.deterministic)
@@ -357,7 +357,7 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
     """Search the epochs from ``progress.epoch`` on; config, metrics and checkpoints to ``run_dir``."""
     if ctx.is_main:
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-    resume_step = progress.epoch - 1 if resumed else None
+    resume_step = progress.epoch if resumed else None
     writer = MetricWriter(run_dir, resume_step=resume_step, enabled=ctx.is_main)
     curves = Curves(run_dir, log, enabled=ctx.is_main)
     wall_before, start = progress.wall_s, time.perf_counter()
@@ -392,7 +392,7 @@ def _wrap_for_ddp(search: Search, cfg: SupernetConfig, ctx: DistContext, log) ->
 
 def _finished(cfg, ckpt, run_dir: Path, log, ctx: DistContext) -> dict[str, Any]:
     """The summary of a run that has nothing left to train, from its checkpoint."""
-    epochs_done = ckpt["epoch"] + 1  # the checkpoint's epoch counts from 0
+    epochs_done = ckpt["epoch"]
     log.info("%s is at epoch %d of %d: nothing to train", cfg.resume, epochs_done, cfg.epochs)
     lut = run_on_main(ctx, lambda: load_table(run_dir / LUT_FILE))
     done = {"epoch": epochs_done, **ckpt.get("last_metrics", {})}
@@ -438,7 +438,7 @@ def _search_epoch(
         paths = probe_paths(model, loaders.probe, cfg.probe_samples, seed=cfg.seed * 7919 + epoch)
         values.update({f"paths/{k}": v for k, v in paths.items()})
         progress.paths.append({"epoch": epoch + 1, **{k: round(v, 3) for k, v in paths.items()}})
-    state = thetas_state(model, epoch, temperature, search.lut, search.lut_source, run_dir)
+    state = thetas_state(model, epoch + 1, temperature, search.lut, search.lut_source, run_dir)
     # the searched layers only, as the loss's LAT; the summary's *_cost add the stem and head
     tag = search.cost_tag
     values.update(
@@ -456,8 +456,8 @@ def _search_epoch(
     if epoch == cfg.warmup_epochs - 1:  # the weights' accuracy before the first theta step
         values["warmup/train_top1"] = progress.warmup_top1 = w_stats["top1"]
     # the wall time goes to the metrics only: the returned values are the run's, equal on a resume
-    writer.scalars(epoch, {**values, "time/wall_s": progress.wall_s})
-    log_thetas(writer, model, epoch, list(model.candidate_ops))
+    writer.scalars(epoch + 1, {**values, "time/wall_s": progress.wall_s})  # step: epochs done
+    log_thetas(writer, model, epoch + 1, list(model.candidate_ops))
     progress.thetas = state
     if ctx.is_main:
         atomic_write_json(run_dir / THETAS_FILE, state)
@@ -504,11 +504,11 @@ def _end_of_epoch(epoch, values, held, search: Search, progress: Progress, cfg, 
     """Record the epoch in ``progress``; rank 0 writes last.pth, then best.pth on a new best."""
     improved = held is not None and held["top1"] > progress.best_top1
     if improved:
-        progress.best_top1, progress.best_epoch = held["top1"], epoch
+        progress.best_top1, progress.best_epoch = held["top1"], epoch + 1
     progress.epoch, progress.last = epoch + 1, values
     if not (cfg.save_checkpoints and ctx.is_main):
         return
-    state = checkpoint_state(search, progress, epoch, cfg)
+    state = checkpoint_state(search, progress, cfg)
     save_checkpoint(run_dir / "last.pth", state)
     if improved:
         save_checkpoint(run_dir / "best.pth", state)

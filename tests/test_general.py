@@ -134,6 +134,29 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_checkpoint(tmp_path / "none.pth")
 
 
+def test_a_format_1_search_checkpoint_loads_in_epochs_done(tmp_path):
+    """Format 1 counted a search's epochs from 0; loading gives epochs done (training's count already)."""
+    for stage, epoch, best, want in (("supernet", 4, 2, (5, 3)), ("architecture", 4, 2, (4, 2))):
+        path = tmp_path / f"{stage}.pth"
+        torch.save({"format_version": 1, "stage": stage, "epoch": epoch, "best_epoch": best}, path)
+        state = load_checkpoint(path, stage)
+        assert (state["epoch"], state["best_epoch"], state["format_version"]) == (*want, 2)
+    torch.save({"format_version": 3, "stage": "supernet", "epoch": 1}, tmp_path / "new.pth")
+    with pytest.raises(CheckpointError, match="format 3"):
+        load_checkpoint(tmp_path / "new.pth")
+
+
+def test_metrics_of_a_format_1_search_are_renumbered_from_one(tmp_path):
+    from general_functions.run_folder import steps_from_one
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss\n0,2.5\n1,2.0\n")
+    assert steps_from_one(path)
+    assert path.read_text().splitlines() == ["step,loss", "1,2.5", "2,2.0"]
+    assert not steps_from_one(path)  # from 1 already: left alone, so a second resume changes nothing
+    assert path.read_text().splitlines() == ["step,loss", "1,2.5", "2,2.0"]
+
+
 def test_rng_state_restores_every_generator():
     import random
 

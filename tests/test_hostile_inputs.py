@@ -367,7 +367,7 @@ def test_a_nan_loss_stops_the_run_with_one_line_naming_where_and_how_to_resume(
         "error: stopped at epoch 2: weights: the loss is nan at step 0; "
         f"continue with --resume {run_dir}/last.pth"
     )
-    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 0
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1  # epochs done: the first
 
 
 # ----------------------------------------------------------------------------------- item 5: signals
@@ -516,7 +516,7 @@ def test_a_full_disk_gives_one_line_and_keeps_the_previous_files(tmp_path, monke
     assert message.startswith(
         f"error: no space left on the device to write {run_dir / 'thetas.json'}"
     )
-    assert json.loads((run_dir / "thetas.json").read_text())["epoch"] == 0
+    assert json.loads((run_dir / "thetas.json").read_text())["epoch"] == 1  # the first epoch's, kept
 
 
 def test_a_full_disk_while_appending_to_metrics_csv_gives_one_line(tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path, monkeypa
         assert tags[tag] == "simple_value", tag
     assert tags["search/expected_layers_latency_ms"] == tags["sched/w_lr"] == "simple_value"
     rows = _rows(full_dir)
-    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]  # epochs done, as in training
     assert rows[0]["train_thetas/loss"] == ""  # warm-up: weights only
     assert float(rows[2]["sched/temperature"]) < float(rows[1]["sched/temperature"])
     arch = json.loads((full_dir / "arch.json").read_text())
@@ -120,7 +120,7 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path, monkeypa
     assert _rows(part_dir) == rows
     a = json.loads((full_dir / "thetas.json").read_text())
     b = json.loads((part_dir / "thetas.json").read_text())
-    assert a["thetas"] == b["thetas"] and a["epoch"] == b["epoch"] == 2
+    assert a["thetas"] == b["thetas"] and a["epoch"] == b["epoch"] == 3
     # the path diagnostic: every epoch, in metrics.csv, TensorBoard and summary.json, unchanged by a
     # resume (it draws its paths with a generator of its own)
     assert [p["epoch"] for p in full["path_probe"]] == [1, 2, 3]
@@ -207,7 +207,7 @@ def test_cli_search_sample_and_retrain(tmp_path, monkeypatch, capsys):
     assert record["name"] == "smoke_net" and len(record["ops"]) == 4
     assert record["predicted_latency_ms"] > 0 and Path(record["path"]).is_file()
     saved = json.loads(Path(record["path"]).read_text())
-    assert saved["source"]["run"].endswith("cli") and saved["source"]["epoch"] == 2
+    assert saved["source"]["run"].endswith("cli") and saved["source"]["epoch"] == 3
 
     import architecture_main_file
 
@@ -248,7 +248,7 @@ def test_the_search_keeps_the_epoch_with_the_best_held_out_top1_as_best_pth(
     assert [float(r["held_out/top1"]) for r in _rows(run_dir)] == [20.0, 35.0, 30.0]
     best = torch.load(run_dir / "best.pth", weights_only=True)
     last = torch.load(run_dir / "last.pth", weights_only=True)
-    assert (best["epoch"], best["best_top1"], last["epoch"]) == (1, 35.0, 2)
+    assert (best["epoch"], best["best_top1"], last["epoch"]) == (2, 35.0, 3)  # epochs done
     assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # epoch 1's
 
 

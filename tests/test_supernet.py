@@ -1,5 +1,6 @@
 """The stochastic supernet: mixing, expected latency, the two parameter sets, alternating updates."""
 
+import json
 import math
 
 import pytest
@@ -215,11 +216,22 @@ def _fake_run(tmp_path, lut):
     run.mkdir(parents=True)
     thetas = torch.zeros(lut.num_layers, len(OPS))
     thetas[:, OPS.index("skip")] = 1.0
-    state = {"epoch": 4, "search_space": "tiny", "input_size": 32, "candidate_ops": OPS}
+    state = {"format": 2, "epoch": 4, "search_space": "tiny", "input_size": 32, "candidate_ops": OPS}
     state.update(thetas=thetas.tolist(), lut_path="x.json", lut_device="cpu")
     (run / "thetas.json").write_text(json.dumps(state))
     lut.save(run / "lut.json")
     return run
+
+
+def test_a_thetas_file_without_format_counted_epochs_from_0(tmp_path):
+    from supernet_functions.sampling import read_thetas
+
+    run = _fake_run(tmp_path, _lut("tiny"))
+    assert read_thetas(run)["epoch"] == 4
+    state = json.loads((run / "thetas.json").read_text())
+    del state["format"]
+    (run / "thetas.json").write_text(json.dumps(state))
+    assert read_thetas(run)["epoch"] == 5  # epochs done
 
 
 def test_sampled_architectures_are_saved_never_overwritten_and_load_by_name(tmp_path):
