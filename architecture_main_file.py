@@ -33,7 +33,8 @@ def _exporting(argv: list[str] | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from architecture_functions.training_functions import USER_ERRORS, run
+    from architecture_functions.training_functions import run
+    from general_functions.run_folder import USER_ERRORS
 
     try:  # bad data folder, checkpoint, architecture name, output file...: one line, no traceback
         if _exporting(argv):

@@ -36,15 +36,14 @@ def main(argv: list[str] | None = None):  # None: sys.argv[1:]
     mode = _mode(argv)
     if mode not in (None, "train") and env_rank() != 0:
         return None  # sampling and tables are one process's work: under torchrun rank 0 does it
-    from supernet_functions.training_functions_supernet import USER_ERRORS, run
+    from general_functions.run_folder import USER_ERRORS
+    from supernet_functions.training_functions_supernet import run
 
     try:  # a bad table, name, checkpoint, device or data folder: one clear line, no traceback
         if mode in LUT_MODES:
-            from supernet_functions.latency import (
-                cli as lut_cli,  # the latency-table tool reads the full argv
-            )
+            from supernet_functions.latency import cli as lut_cli
 
-            return lut_cli.main(argv)
+            return lut_cli.main(argv)  # the latency-table tool reads the full argv
         groups, hidden = help_layout(mode)
         cfg = parse_config(SupernetConfig, argv, __doc__, PRESETS, groups, hidden)
         refuse_unread_flags(cfg)

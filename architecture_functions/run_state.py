@@ -8,14 +8,13 @@ architecture without reading any file the user may since have changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from fbnet_building_blocks.arch_specs import ArchSpec, load_arch
 from general_functions.checkpoint import CheckpointError
 from general_functions.config_utils import config_to_dict, given_fields
 from general_functions.distributed import unwrap
-from general_functions.run_folder import ONE_INVOCATION
+from general_functions.run_folder import ONE_INVOCATION, Progress
 from general_functions.utils import get_rng_state
 
 from .config_for_arch import ArchTrainConfig
@@ -42,28 +41,6 @@ def _spec_identity(spec: dict[str, Any], search_space: str) -> dict[str, Any]:
         "head_channels": spec.get("head_channels"),
         "width_mult": spec.get("width_mult", 1.0),
     }
-
-
-@dataclass
-class Progress:
-    """Where a run stands: epochs done, the best test top-1 and its epoch, the last epoch's metrics,
-    and the wall time spent so far (all processes that worked on the run)."""
-
-    epoch: int = 0
-    best_top1: float = -1.0
-    best_epoch: int = 0
-    last: dict[str, float] | None = None
-    wall_s: float = 0.0
-
-    @classmethod
-    def of(cls, state: dict[str, Any]) -> Progress:
-        return cls(
-            state["epoch"],
-            state["best_top1"],
-            state["best_epoch"],
-            state.get("last_metrics"),
-            state.get("wall_s", 0.0),
-        )
 
 
 def summarize(metrics: dict[str, float], best_top1, best_epoch, epoch, wall_s, run_dir, spec):

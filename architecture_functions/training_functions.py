@@ -36,13 +36,12 @@ from tqdm import tqdm
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.fbnet_builder import get_model
 from fbnet_building_blocks.trim_kernels import trim_depthwise_convs
-from general_functions.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from general_functions.config_utils import ConfigError, config_to_dict
+from general_functions.checkpoint import load_checkpoint, save_checkpoint
+from general_functions.config_utils import config_to_dict
 from general_functions.curves import Curves
 from general_functions.dataloaders import (
     EXACT_MASK_FILE,
     ORIGINAL_CIFAR10_STD,
-    DataError,
     EpochLoader,
     ImageSet,
     TensorImages,
@@ -63,10 +62,10 @@ from general_functions.distributed import (
     wrap_model,
 )
 from general_functions.interrupts import check_stop, stop_on_signals
-from general_functions.io_utils import DiskFullError, atomic_write_json
+from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
-    RunStopped,
+    end_epoch,
     extend_cosine,
     lock_run_dir,
     new_run_dir,
@@ -110,19 +109,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-# Errors caused by what the user asked for (or a full disk); the entry script prints their message
-# without a traceback.
-USER_ERRORS = (
-    DataError,
-    CheckpointError,
-    DiskFullError,
-    ConfigError,
-    KeyError,
-    FileExistsError,
-    FileNotFoundError,
-    RunStopped,
-    ValueError,
-)
 
 
 # ----------------------------------------------------------------------------------- one epoch
@@ -429,7 +415,7 @@ def _train_in(run_dir: Path, spec: ArchSpec, cfg, ctx: DistContext, state: dict 
     if state is not None:
         run_on_main(ctx, lambda: tidy_resumed_run(run_dir, state, log))
         progress = Progress.of(state)
-        if progress.epoch >= _end_epoch(cfg):  # finished (or stopped where asked): its summary
+        if progress.epoch >= end_epoch(cfg):  # finished (or stopped where asked): its summary
             log.info("%s is at epoch %d: nothing to train", cfg.resume, progress.epoch)
             return _finish(cfg, spec, run_dir, log, ctx, progress)
     parts = _build(cfg, spec, ctx)
@@ -442,11 +428,6 @@ def _train_in(run_dir: Path, spec: ArchSpec, cfg, ctx: DistContext, state: dict 
     return _finish(cfg, spec, run_dir, log, ctx, progress)
 
 
-def _end_epoch(cfg: ArchTrainConfig) -> int:
-    """The epoch this invocation stops after."""
-    return min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
-
-
 def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed: bool) -> None:
     """Train the epochs after ``progress.epoch``; config, metrics and checkpoints go to ``run_dir``."""
     if ctx.is_main:
@@ -457,7 +438,7 @@ def _epoch_loop(parts, progress: Progress, cfg, spec, ctx, run_dir, log, resumed
     curves = Curves(run_dir, log, enabled=ctx.is_main)
     start, wall_before = time.perf_counter(), progress.wall_s
     try:
-        for epoch in range(progress.epoch + 1, _end_epoch(cfg) + 1):
+        for epoch in range(progress.epoch + 1, end_epoch(cfg) + 1):
             with stops_in_one_line(run_dir, epoch):
                 is_best = _train_epoch(epoch, parts, progress, cfg, ctx.device, writer, log)
             progress.wall_s = wall_before + time.perf_counter() - start

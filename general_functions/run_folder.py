@@ -12,6 +12,8 @@
 - :func:`remove_stale_temp_files` deletes what a kill during an atomic write left behind.
 - :func:`removed_if_unstarted` deletes a run folder whose start failed (no data, a refused table) when
   this process made it and it holds nothing but its log and lock: no empty folders are left behind.
+- :class:`Progress` is where a run stands (what its checkpoint records of it), :func:`end_epoch`
+  where this invocation stops, :data:`USER_ERRORS` the errors an entry script reports in one line.
 - :func:`repair_best` makes ``best.pth`` agree with ``last.pth``: ``last.pth`` is written first and
   records the best epoch, so a kill while ``best.pth`` was being written leaves a ``last.pth`` that is
   itself the best checkpoint, and the resumed run copies it.
@@ -25,6 +27,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -36,18 +39,22 @@ from typing import Any, TypeVar
 from .checkpoint import CheckpointError, copy_checkpoint, load_checkpoint
 from .config_utils import ConfigError, config_from_dict, given_fields
 from .curves import CURVES_FILE
+from .dataloaders import DataError
 from .distributed import DistContext, run_on_main
 from .interrupts import Interrupted
-from .io_utils import atomic_write_text
+from .io_utils import DiskFullError, atomic_write_text
 from .logging_utils import close_log_files
 
 __all__ = [
     "HOW_TO_RUN",
     "ONE_INVOCATION",
+    "USER_ERRORS",
+    "Progress",
     "RunExistsError",
     "RunLockedError",
     "RunStopped",
     "check_run_name",
+    "end_epoch",
     "extend_cosine",
     "lock_run_dir",
     "new_run_dir",
@@ -83,6 +90,50 @@ class RunExistsError(FileExistsError):
 
 class RunStopped(RuntimeError):
     """A run that cannot go on (a non-finite loss); the message says where and how to resume."""
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: epochs done, the best top-1 so far and its epoch (counted from 1), the last
+    epoch's metrics, and the wall time of every process that worked on the run."""
+
+    epoch: int = 0
+    best_top1: float = -math.inf
+    best_epoch: int | None = None
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @classmethod
+    def of(cls, state: dict[str, Any], **more: Any) -> Progress:
+        """The progress a checkpoint records (``more``: a subclass's own fields)."""
+        return cls(
+            state["epoch"],
+            state["best_top1"],
+            state.get("best_epoch"),
+            dict(state.get("last_metrics") or {}),
+            state.get("wall_s", 0.0),
+            **more,
+        )
+
+
+def end_epoch(cfg: Any) -> int:
+    """The epoch this invocation stops after: ``--epochs``, or ``--stop_after_epoch`` when sooner."""
+    return min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
+
+
+# Errors that come from what the user passed (files, names, settings) or a full disk: the entry
+# scripts print their message in one line, without a traceback.
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DiskFullError,
+    FileExistsError,
+    FileNotFoundError,
+    KeyError,
+    RunStopped,
+    ValueError,
+)
 
 
 def resume_hint(run_dir: str | Path) -> str:

@@ -5,7 +5,6 @@ optimizers, and restoring them from a checkpoint (:mod:`.training_functions_supe
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from fbnet_building_blocks.structure import Structure
 from general_functions.config_utils import config_to_dict
 from general_functions.dataloaders import EpochLoader, load_dataset, make_loader, split_train
 from general_functions.distributed import DistContext, broadcast_object, local_main_first
+from general_functions.run_folder import Progress as RunProgress
 from general_functions.run_folder import extend_cosine
 from general_functions.utils import get_rng_state, set_rng_state
 from supernet_functions.config_for_supernet import SupernetConfig
@@ -79,14 +79,9 @@ class Search:
 
 
 @dataclass
-class Progress:
-    """Where a search stands: epochs done, the best held-out top-1 and its epoch, the last metrics."""
+class Progress(RunProgress):
+    """Where a search stands: a run's progress (best: held-out top-1), and the search's own records."""
 
-    epoch: int = 0  # epochs done
-    best_top1: float = -math.inf
-    best_epoch: int | None = None  # 1-based, as epochs are counted in the log and metrics.csv
-    last: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0  # the search's wall time over all its processes so far
     warmup_top1: float | None = None  # the weights' train top-1 in the last warm-up epoch
     paths: list[dict[str, float]] = field(default_factory=list)  # the path diagnostic per epoch
     thetas: dict[str, Any] | None = None  # the last epoch's thetas.json state (not checkpointed)
@@ -278,14 +273,8 @@ def restore_search(search: Search, ckpt: dict[str, Any], cfg: SupernetConfig, lo
     search.w_scheduler.load_state_dict(ckpt["schedulers"]["w"])
     extend_cosine(search.w_scheduler, cfg.epochs)
     set_rng_state(ckpt["rng"])  # rank 0's: every phase starts from rank 0's state anyway
-    progress = Progress(
-        ckpt["epoch"],
-        ckpt["best_top1"],
-        ckpt.get("best_epoch"),
-        ckpt.get("last_metrics", {}),
-        ckpt.get("wall_s", 0.0),
-        ckpt.get("warmup_train_top1"),
-        list(ckpt.get("path_probe", [])),
+    progress = Progress.of(
+        ckpt, warmup_top1=ckpt.get("warmup_train_top1"), paths=list(ckpt.get("path_probe", []))
     )
     log.info("resumed from %s at epoch %d", cfg.resume, progress.epoch)
     return progress

@@ -40,10 +40,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from general_functions.checkpoint import CheckpointError, save_checkpoint
+from general_functions.checkpoint import save_checkpoint
 from general_functions.config_utils import config_to_dict
 from general_functions.curves import ENTROPY, Curves
-from general_functions.dataloaders import DataError
 from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
@@ -57,10 +56,10 @@ from general_functions.distributed import (
     wrap_model,
 )
 from general_functions.interrupts import check_stop, stop_on_signals
-from general_functions.io_utils import DiskFullError, atomic_write_json
+from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
 from general_functions.run_folder import (
-    RunStopped,
+    end_epoch,
     lock_run_dir,
     new_run_dir,
     release_run_locks,
@@ -96,7 +95,6 @@ from supernet_functions.search_setup import (
 )
 
 __all__ = [
-    "USER_ERRORS",
     "fit_warmup",
     "temperature_at",
     "train_weights_epoch",
@@ -108,17 +106,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Errors that come from what the user passed (files, names, settings): reported without a traceback.
-USER_ERRORS = (
-    CheckpointError,
-    DataError,
-    DiskFullError,
-    FileExistsError,
-    FileNotFoundError,
-    KeyError,
-    RunStopped,
-    ValueError,
-)
 # Fields a resumed search may set anew besides run_folder.HOW_TO_RUN (and the sampling fields,
 # which a search does not read).
 _PER_RUN = (
@@ -324,7 +311,7 @@ def _search_in(run_dir: Path, cfg: SupernetConfig, ctx: DistContext, ckpt: dict 
     log.info("run folder %s, device %s", run_dir, ctx.device)
     if ckpt is not None:
         run_on_main(ctx, lambda: tidy_resumed_run(run_dir, ckpt, log))
-        if ckpt["epoch"] >= _end_epoch(cfg):  # finished (or stopped where asked)
+        if ckpt["epoch"] >= end_epoch(cfg):  # finished (or stopped where asked)
             return _finished(cfg, ckpt, run_dir, log, ctx)
     # the same seed on every rank: the shared Gumbel sample comes from this stream
     set_seed(cfg.seed, cfg.deterministic)
@@ -348,11 +335,6 @@ def _open_run(cfg: SupernetConfig, ckpt: dict | None, ctx: DistContext) -> Path:
     return new_run_dir(cfg, ctx, prefix="supernet")
 
 
-def _end_epoch(cfg: SupernetConfig) -> int:
-    """How many epochs this invocation runs to."""
-    return min(cfg.epochs, cfg.stop_after_epoch) if cfg.stop_after_epoch else cfg.epochs
-
-
 def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, resumed: bool) -> None:
     """Search the epochs from ``progress.epoch`` on; config, metrics and checkpoints to ``run_dir``."""
     if ctx.is_main:
@@ -362,7 +344,7 @@ def _epoch_loop(search, loaders, progress: Progress, cfg, ctx, run_dir, log, res
     curves = Curves(run_dir, log, enabled=ctx.is_main)
     wall_before, start = progress.wall_s, time.perf_counter()
     try:
-        for epoch in range(progress.epoch, _end_epoch(cfg)):
+        for epoch in range(progress.epoch, end_epoch(cfg)):
             progress.wall_s = wall_before + time.perf_counter() - start  # before the metrics
             with stops_in_one_line(run_dir, epoch + 1, where=f" at epoch {epoch + 1}"):
                 values, held = _search_epoch(

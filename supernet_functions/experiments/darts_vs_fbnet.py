@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from fbnet_building_blocks.blocks import ConvBNReLU
 from fbnet_building_blocks.fbnet_builder import init_weights
+from fbnet_building_blocks.summary import count_params
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.dataloaders import load_dataset, make_loader, split_train
 from general_functions.io_utils import atomic_write_text
@@ -218,10 +219,6 @@ class OneChoiceNet(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # ------------------------------------------------------------------------------------ training

@@ -517,7 +517,7 @@ def _check_args(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | Path | None:
-    from architecture_functions.training_functions import USER_ERRORS
+    from general_functions.run_folder import USER_ERRORS
 
     args = _parser().parse_args(argv)
     problem = _check_args(args)
