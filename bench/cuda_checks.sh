@@ -15,14 +15,14 @@ python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device
 python -m pytest -q -m gpu tests/test_cuda.py 2>&1 | tee "$out/gpu_tests.txt"
 lut="$out/fbnet_224_cuda.json"
 python supernet_main_file.py --train_or_sample build_lut --lut_path "$lut" --search_space fbnet \
-    --input_size 224 --device cuda --time_budget_s "$budget" --progress False || exit 1
+    --input_size 224 --device cuda --lut_time_budget_s "$budget" --progress False || exit 1
 for i in 1 2 3; do
     python supernet_main_file.py --train_or_sample validate_lut --lut_path "$lut" --num_archs 20 \
         --report_path "$out/fbnet_224_cuda.validation_$i.json" --progress False | tail -n 1 \
         | tee -a "$out/fbnet_224_cuda.validations.jsonl"
 done
 python supernet_main_file.py --train_or_sample build_lut --lut_path "$out/fbnet_224_cuda.build2.json" \
-    --search_space fbnet --input_size 224 --device cuda --time_budget_s "$budget" --seed 1 \
+    --search_space fbnet --input_size 224 --device cuda --lut_time_budget_s "$budget" --seed 1 \
     --progress False | tail -n 1
 python bench/bench_lut.py agree --lut_a "$lut" --lut_b "$out/fbnet_224_cuda.build2.json" \
     | tee "$out/fbnet_224_cuda.agreement.json"

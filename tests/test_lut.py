@@ -472,7 +472,7 @@ def test_keep_heap_is_an_option_the_table_records():
 
 def _build_argv(path, *extra):
     argv = ["--train_or_sample", "build_lut", "--lut_path", str(path), "--search_space", "tiny"]
-    return argv + ["--rounds", "1", "--reps", "1", "--threads", "1", "--progress", "False", *extra]
+    return argv + ["--lut_rounds", "1", "--reps", "1", "--threads", "1", "--progress", "False", *extra]
 
 
 def test_cli_build_refuses_an_existing_table_and_keeps_its_log(tmp_path):
@@ -489,6 +489,20 @@ def test_cli_build_refuses_an_existing_table_and_keeps_its_log(tmp_path):
     assert LatencyLookupTable.load(path).meta["seed"] == 2
     both = log.read_text()
     assert both.startswith(first_log) and both.count("build_lut config") == 2
+
+
+def test_the_table_tool_takes_the_searchs_names_and_its_old_ones_with_a_warning(tmp_path, capsys):
+    argv = _build_argv(tmp_path / "new.json", "--lut_batch_size", "2")
+    assert LatencyLookupTable.load(lut_main(argv)["lut_path"]).meta["batch_size"] == 2
+    assert "deprecated" not in capsys.readouterr().err
+    old = [a.replace("--lut_rounds", "--rounds") for a in _build_argv(tmp_path / "old.json")]
+    meta = LatencyLookupTable.load(lut_main([*old, "--batch_size", "2"])["lut_path"]).meta
+    assert (meta["rounds"], meta["batch_size"]) == (1, 2)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert warnings == [
+        "warning: --rounds is deprecated and will be removed; use --lut_rounds",
+        "warning: --batch_size is deprecated and will be removed; use --lut_batch_size",
+    ]
 
 
 def test_every_table_mode_the_help_lists_is_run(monkeypatch, capsys):

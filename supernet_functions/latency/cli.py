@@ -18,6 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fbnet_building_blocks.structure import Structure
 from general_functions.config_utils import config_to_dict, opt, parse_config
@@ -50,7 +51,7 @@ class LUTConfig:
     cost: str = opt("latency", "what the table holds", choices=tuple(COSTS))
     search_space: str = opt("fbnet", "search space: fbnet | fbnet_cifar | tiny")
     input_size: int = opt(0, "input side in pixels; 0 = the search space's default")
-    batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
+    lut_batch_size: int = opt(1, "batch size the latency is measured at", "paper: batch 1")
     cnt_classes: int = opt(0, "classifier width; 0 = 10 for inputs up to 64 px, else 1000")
     dw_bn_relu: bool = opt(
         False,
@@ -73,10 +74,12 @@ class LUTConfig:
         "CPU threads for measuring, recorded in the table; 0 = build: every core, validate: the table's",
     )
     seed: int = opt(0, "seed of the build's permutations and of the sampled architectures")
-    time_budget_s: float = opt(
-        DEFAULT_TIME_BUDGET_S, "build: seconds of measuring when --rounds is 0"
+    lut_time_budget_s: float = opt(
+        DEFAULT_TIME_BUDGET_S, "build: seconds of measuring when --lut_rounds is 0"
     )
-    rounds: int = opt(0, "build: measuring rounds (every entry once each); 0 = from the budget")
+    lut_rounds: int = opt(
+        0, "build: measuring rounds (every entry once each); 0 = from the budget"
+    )
     reps: int = opt(3, "build and validation: timed passes per network per round")
     normalize_rounds: bool = opt(True, "scale each round to the median round's machine speed")
     allocator: str = opt(
@@ -91,6 +94,14 @@ class LUTConfig:
     val_rounds: int = opt(DEFAULT_VAL_ROUNDS, "validation: interleaved measuring rounds")
     report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
     progress: bool = opt(True, "show progress bars")
+
+    # the names the search uses for the same settings of a table it measures (--batch_size there is
+    # the search's); the old names here keep working, with one warning
+    DEPRECATED_NAMES: ClassVar[dict[str, str]] = {
+        "batch_size": "lut_batch_size",
+        "time_budget_s": "lut_time_budget_s",
+        "rounds": "lut_rounds",
+    }
 
 
 def report_paths(cfg: LUTConfig) -> tuple[Path, Path]:
@@ -123,7 +134,7 @@ def _build(cfg: LUTConfig, argv: list[str]) -> dict:
         shape = dict(
             search_space=cfg.search_space,
             input_size=cfg.input_size or None,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.lut_batch_size,
             cnt_classes=cfg.cnt_classes or None,
             structure=Structure.from_config(cfg),
         )
@@ -133,8 +144,8 @@ def _build(cfg: LUTConfig, argv: list[str]) -> dict:
             lut = build_lut(
                 device=cfg.device or "cpu",
                 threads=cfg.threads or os.cpu_count() or 1,
-                rounds=cfg.rounds,
-                time_budget_s=cfg.time_budget_s,
+                rounds=cfg.lut_rounds,
+                time_budget_s=cfg.lut_time_budget_s,
                 reps=cfg.reps,
                 normalize_rounds=cfg.normalize_rounds,
                 seed=cfg.seed,
