@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from general_functions.checkpoint import save_checkpoint
-from general_functions.config_utils import config_to_dict
+from general_functions.config_utils import check_bounds, config_to_dict
 from general_functions.curves import ENTROPY, Curves
 from general_functions.distributed import (
     DistContext,
@@ -542,18 +542,10 @@ def fit_warmup(cfg: SupernetConfig) -> SupernetConfig:
 
 
 def _check_config(cfg: SupernetConfig) -> None:
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"--epochs must be at least 1 (got {cfg.epochs})")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        problems.append(f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs})")
-    if not 0 < cfg.w_share < 1:
-        problems.append(f"--w_share must lie in (0, 1) (got {cfg.w_share})")
-    if not 0 <= cfg.val_fraction < 1:
-        problems.append(f"--val_fraction must lie in [0, 1) (got {cfg.val_fraction})")
-    if cfg.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1 (got {cfg.batch_size})")
-    if cfg.init_temperature <= 0 or cfg.temperature_decay <= 0:
-        problems.append("--init_temperature and --temperature_decay must be positive")
-    if problems:
-        raise ValueError("; ".join(problems))
+    """The declared bounds (also for a config built in code, which parsing did not check) and the
+    one bound between two fields."""
+    check_bounds(cfg)
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ValueError(
+            f"--warmup_epochs must lie in [0, epochs] (got {cfg.warmup_epochs} for {cfg.epochs})"
+        )

@@ -108,8 +108,9 @@ def test_real_configs_bound_only_their_own_fields_and_their_defaults_fit():
     from architecture_functions.config_for_arch import PRESETS as ARCH_PRESETS
     from architecture_functions.config_for_arch import ArchTrainConfig
     from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
+    from supernet_functions.latency.cli import LUTConfig
 
-    for cls, presets in ((ArchTrainConfig, ARCH_PRESETS), (SupernetConfig, PRESETS)):
+    for cls, presets in ((ArchTrainConfig, ARCH_PRESETS), (SupernetConfig, PRESETS), (LUTConfig, {})):
         assert set(cls.BOUNDS) <= set(cls.__dataclass_fields__), cls.__name__
         check_bounds(cls())
         for preset in presets.values():

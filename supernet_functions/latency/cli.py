@@ -102,6 +102,19 @@ class LUTConfig:
         "time_budget_s": "lut_time_budget_s",
         "rounds": "lut_rounds",
     }
+    # checked by config_utils, whatever set the value
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "input_size": "[0, inf)",
+        "lut_batch_size": "[1, inf)",
+        "cnt_classes": "[0, inf)",
+        "head_channels": "[1, 65536]",
+        "threads": "[0, inf)",
+        "lut_time_budget_s": "(0, inf)",
+        "lut_rounds": "[0, inf)",
+        "reps": "[1, inf)",
+        "num_archs": "[0, inf)",
+        "val_rounds": "[1, inf)",
+    }
 
 
 def report_paths(cfg: LUTConfig) -> tuple[Path, Path]:
@@ -167,8 +180,6 @@ def _build(cfg: LUTConfig, argv: list[str]) -> dict:
 
 
 def _validate(cfg: LUTConfig) -> dict:
-    if cfg.val_rounds < 1:
-        raise SystemExit(f"error: --val_rounds must be at least 1, got {cfg.val_rounds}")
     log = get_logger(None, "fbnet.lut")
     try:
         lut = LatencyLookupTable.load(cfg.lut_path)
