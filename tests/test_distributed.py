@@ -549,16 +549,21 @@ def test_supernet_steps_ranks_stay_identical(ranks, scenario):
     assert r0["stats"] == r1["stats"]
 
 
-def test_supernet_steps_match_one_process(ranks):
-    """(b) frozen BN: the same weights, thetas, Gumbel samples and metrics as one process."""
-    one = scenario_supernet_steps(DistContext(), frozen_bn=True)
-    two = ranks[0]["supernet_frozen_bn"]
+def _assert_same_steps(one: dict, two: dict) -> None:
+    """Two runs of scenario_supernet_steps took the same steps: weights, thetas, latency, metrics."""
     for key in ("weights", "thetas"):
         for a, b in zip(one[key], two[key]):
             torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL)
     assert two["probe_latency"] == pytest.approx(one["probe_latency"], rel=1e-5)
     for s1, s2 in zip(one["stats"], two["stats"]):
         assert s2 == pytest.approx(s1, rel=1e-4, abs=1e-4)
+
+
+def test_supernet_steps_match_one_process(ranks):
+    """(b) frozen BN: the same weights, thetas, Gumbel samples and metrics as one process."""
+    one = scenario_supernet_steps(DistContext(), frozen_bn=True)
+    two = ranks[0]["supernet_frozen_bn"]
+    _assert_same_steps(one, two)
     # both parameter sets moved: weight steps move the weights, theta steps the thetas
     assert (one["weights"][-1] - one["weights"][0]).abs().max() > 1e-3
     assert (one["thetas"][-1] - one["thetas"][0]).abs().max() > 1e-3
@@ -574,12 +579,7 @@ def test_hard_gumbel_steps_under_ddp_match_one_process(ranks):
     so the ops that did not run get no gradient on either rank, and the steps equal one process's."""
     one = scenario_supernet_steps(DistContext(), frozen_bn=True, mixing="hard_gumbel")
     two = ranks[0]["supernet_hard"]
-    for key in ("weights", "thetas"):
-        for a, b in zip(one[key], two[key]):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL)
-    assert two["probe_latency"] == pytest.approx(one["probe_latency"], rel=1e-5)
-    for s1, s2 in zip(one["stats"], two["stats"]):
-        assert s2 == pytest.approx(s1, rel=1e-4, abs=1e-4)
+    _assert_same_steps(one, two)
     # a weight step moved some weights and left those of the ops not drawn as they were
     step = two["weights"][2] - two["weights"][1]
     assert 0 < int((step != 0).sum()) < step.numel()
