@@ -356,3 +356,24 @@ def test_the_figure_draws_several_targets_with_labels_that_do_not_overlap(evalua
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b)
     plt.close(fig)
+
+
+def test_an_interrupted_evaluation_ends_in_one_line_that_says_how_to_continue(
+    tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    import supernet_functions.experiments.evaluate_search as evaluation
+    from general_functions.interrupts import Interrupted
+
+    def stopped(args):  # what a training raises on Ctrl-C (its message names its own --resume)
+        raise Interrupted(signal.SIGINT, 7, "train", "interrupted at epoch 2 step 7 (train); ...")
+
+    monkeypatch.setattr(evaluation, "evaluate", stopped)
+    with pytest.raises(SystemExit) as done:
+        main(["--runs", str(tmp_path / "search"), "--out", str(tmp_path / "out")])
+    assert done.value.code == 130
+    assert capsys.readouterr().err == (
+        "interrupted by SIGINT: run the same command again to continue (finished trainings are "
+        "kept; the one cut off resumes from its last epoch)\n"
+    )

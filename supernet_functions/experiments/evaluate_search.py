@@ -41,6 +41,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.structure import Structure
 from general_functions.checkpoint import load_checkpoint
 from general_functions.config_utils import config_from_dict, str2bool
+from general_functions.interrupts import Interrupted
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import get_logger
 from general_functions.utils import resolve_device
@@ -532,6 +534,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path | None:
         return evaluate(args)
     except (*USER_ERRORS, FileExistsError) as err:
         sys.exit(f"error: {err.args[0] if err.args else err}")
+    except Interrupted as err:  # Ctrl-C or SIGTERM: one line, the shell's exit status (130, 143)
+        name = signal.Signals(err.signum).name
+        print(
+            f"interrupted by {name}: run the same command again to continue (finished trainings "
+            "are kept; the one cut off resumes from its last epoch)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
