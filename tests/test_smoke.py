@@ -252,6 +252,7 @@ def test_the_search_keeps_the_epoch_with_the_best_held_out_top1_as_best_pth(
     assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # epoch 1's
 
 
+@pytest.mark.slow  # two searches, 8-10 s; the hinge itself has its unit test in test_loss.py
 def test_a_lower_latency_target_gives_a_faster_argmax_on_the_smoke_preset(tmp_path):
     """The smoke preset with a table where skip is cheapest: seeded, so only the target differs."""
     rows = [{op: 0.3 if op == "skip" else 1.0 + 0.5 * j for j, op in enumerate(OPS)}] * 4
