@@ -309,7 +309,8 @@ def test_evaluation_end_to_end_then_resumed(evaluation, proxy_check, search_runs
     ckpt = torch.load(last, weights_only=True)
     ckpt["epoch"] = 1  # written as a run writes it: its checksum sidecar must agree
     save_checkpoint(last, {k: v for k, v in ckpt.items() if k != "format_version"})
-    (out / "runs" / "heuristic_seed0" / "last.pth").unlink()
+    for file in ("last.pth", "result.json"):
+        (out / "runs" / "heuristic_seed0" / file).unlink()
     capsys.readouterr()
     again = main(_argv(search_runs, out))
     err = capsys.readouterr().err
@@ -324,6 +325,25 @@ def test_evaluation_end_to_end_then_resumed(evaluation, proxy_check, search_runs
         main(_argv(search_runs, out, "--window", "0.1"))
     with pytest.raises(SystemExit, match="other runs"):
         main(_argv(search_runs[:1], out))
+
+    # copied without checkpoints (as SAVED_LOGS keeps an evaluation): result.json sums it up again
+    for folder in (out / "runs").iterdir():
+        result = json.loads((folder / "result.json").read_text())
+        ckpt = torch.load(folder / "last.pth", weights_only=True)
+        assert result["epoch"] == 2 and result["classes"] == 10
+        assert result["last_metrics"]["test/top1"] == pytest.approx(ckpt["last_metrics"]["test/top1"])
+        for file in folder.glob("last.pth*"):
+            file.unlink()
+    capsys.readouterr()
+    bare = main(_argv(search_runs, out))
+    err = capsys.readouterr().err
+    assert err.count(": done (") == len(trainings) and ": training" not in err
+    assert f"{len(trainings)} of {len(trainings)} networks have no checkpoint" in err
+    assert [r["top1"] for r in bare["records"]] == [r["top1"] for r in again["records"]]
+    assert all(r["measured_latency_ms"] > 0 for r in bare["records"])
+    (out / "runs" / "heuristic_seed0" / "result.json").write_text('{"epoch": 2}')
+    with pytest.raises(SystemExit, match="heuristic_seed0/result.json is not a training result"):
+        main(_argv(search_runs, out))
 
 
 def test_the_figure_draws_several_targets_with_labels_that_do_not_overlap(evaluation, tmp_path):

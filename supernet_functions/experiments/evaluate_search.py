@@ -28,9 +28,12 @@ The runs must share one table (the same ``lut.json``), search space and ``target
    all, and the verdict rule; ``summary.json``, ``pictures/search_vs_random.png`` and a printed table.
 
 Every training is its own run folder under ``OUT/runs/``: run the same command again after an
-interruption and finished trainings are skipped, unfinished ones resumed from their ``last.pth``. The plan
-(runs, networks, recipe) is fixed in ``OUT/plan.json`` on the first call; a later call with other settings
-is refused rather than mixing two recipes.
+interruption and finished trainings are skipped, unfinished ones resumed from their ``last.pth``. A
+finished training also leaves ``result.json`` (its final metrics), so an evaluation copied without its
+checkpoints (as SAVED_LOGS keeps them) still goes on or sums up; such networks are timed with their
+initial weights, which does the same work. The plan (runs, networks, recipe) is fixed in
+``OUT/plan.json`` on the first call; a later call with other settings is refused rather than mixing two
+recipes.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ PROXIES: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
 }
+RESULT_FILE = "result.json"  # in each training's folder: its final metrics (see _write_result)
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "train_limit", "test_limit")
 
 
@@ -160,11 +164,12 @@ def _train_all(
         if key in states or key not in todo:
             continue
         last = folder / "last.pth"
-        state = load_checkpoint(last, stage="architecture") if last.is_file() else None
+        state = load_checkpoint(last, stage="architecture") if last.is_file() else _read_result(folder)
         where = f"{k} of {total} trainings: {net['name']} seed {seed}"
         if state is not None and state["epoch"] >= plan["recipe"]["epochs"]:
             log.info("%s: done (%s)", where, folder)
             states[key] = state
+            _write_result(folder, state)
             continue
         # the mean time of this call's trainings so far, times the trainings left (this one included)
         left = len(todo) - todo.index(key) + later
@@ -172,9 +177,38 @@ def _train_all(
         log.info("%s: %s (%s)", where, "training" if state is None else "resuming", eta)
         start = time.perf_counter()
         states[key] = _train(net, seed, last, plan, out, args)
+        _write_result(folder, states[key])
         spent += time.perf_counter() - start
         trained += 1
     return states
+
+
+def _write_result(folder: Path, state: dict[str, Any]) -> None:
+    """``RESULT_FILE``: what the evaluation keeps of a training besides its weights (its epochs, final
+    metrics and class count), so that a copy of the run folders without checkpoints still sums up."""
+    if "model" in state:  # from a checkpoint: the newest word
+        result = {
+            "epoch": int(state["epoch"]),
+            "classes": int(state["model"]["classifier.weight"].shape[0]),
+            "last_metrics": {k: float(v) for k, v in state["last_metrics"].items()},
+        }
+        atomic_write_json(folder / RESULT_FILE, result)
+
+
+def _read_result(folder: Path) -> dict[str, Any] | None:
+    """A training's ``RESULT_FILE`` where its checkpoint is gone; ``None`` if it has neither."""
+    file = folder / RESULT_FILE
+    if not file.is_file():
+        return None
+    try:
+        result = json.loads(file.read_text())
+        return {
+            "epoch": int(result["epoch"]),
+            "classes": int(result["classes"]),
+            "last_metrics": {"test/top1": float(result["last_metrics"]["test/top1"])},
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file} is not a training result ({exc}); delete it to train again")
 
 
 def _random_groups(records: list[dict]) -> list[list[float]]:
@@ -231,14 +265,19 @@ def _measure(states: dict, plan, lut: LatencyLookupTable, args, log) -> dict[Any
         config_from_dict(ArchTrainConfig, values), search_space=plan["search_space"]
     )
     size = meta.get("input_size") or 32
-    keys, models = list(states), []
+    keys, models, fresh = list(states), [], 0
     for key in keys:
         state = states[key]
         spec = ArchSpec("measured", key[0], plan["search_space"])
-        classes = state["model"]["classifier.weight"].shape[0]
-        model = build_model(cfg, spec, classes, size, device)
-        model.load_state_dict(state["model"])
+        if "model" in state:
+            classes = state["model"]["classifier.weight"].shape[0]
+            model = build_model(cfg, spec, classes, size, device)
+            model.load_state_dict(state["model"])
+        else:  # the checkpoint is gone: the same network with its initial weights, the same work
+            model, fresh = build_model(cfg, spec, state["classes"], size, device), fresh + 1
         models.append(model.eval())
+    if fresh:
+        log.info("%d of %d networks have no checkpoint: timed with initial weights", fresh, len(keys))
     x = torch.randn(meta.get("batch_size") or 1, 3, size, size, device=device)
     use_allocator(lut.allocator)
     log.info("measuring %d trained networks, %d interleaved rounds", len(models), args.rounds)
