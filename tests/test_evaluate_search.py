@@ -331,7 +331,9 @@ def test_evaluation_end_to_end_then_resumed(evaluation, proxy_check, search_runs
         result = json.loads((folder / "result.json").read_text())
         ckpt = torch.load(folder / "last.pth", weights_only=True)
         assert result["epoch"] == 2 and result["classes"] == 10
-        assert result["last_metrics"]["test/top1"] == pytest.approx(ckpt["last_metrics"]["test/top1"])
+        assert result["last_metrics"]["test/top1"] == pytest.approx(
+            ckpt["last_metrics"]["test/top1"]
+        )
         for file in folder.glob("last.pth*"):
             file.unlink()
     capsys.readouterr()

@@ -164,7 +164,9 @@ def _train_all(
         if key in states or key not in todo:
             continue
         last = folder / "last.pth"
-        state = load_checkpoint(last, stage="architecture") if last.is_file() else _read_result(folder)
+        state = (
+            load_checkpoint(last, stage="architecture") if last.is_file() else _read_result(folder)
+        )
         where = f"{k} of {total} trainings: {net['name']} seed {seed}"
         if state is not None and state["epoch"] >= plan["recipe"]["epochs"]:
             log.info("%s: done (%s)", where, folder)
@@ -208,7 +210,9 @@ def _read_result(folder: Path) -> dict[str, Any] | None:
             "last_metrics": {"test/top1": float(result["last_metrics"]["test/top1"])},
         }
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{file} is not a training result ({exc}); delete it to train again")
+        raise ValueError(
+            f"{file} is not a training result ({exc}); delete it to train again"
+        ) from None
 
 
 def _random_groups(records: list[dict]) -> list[list[float]]:
@@ -277,7 +281,9 @@ def _measure(states: dict, plan, lut: LatencyLookupTable, args, log) -> dict[Any
             model, fresh = build_model(cfg, spec, state["classes"], size, device), fresh + 1
         models.append(model.eval())
     if fresh:
-        log.info("%d of %d networks have no checkpoint: timed with initial weights", fresh, len(keys))
+        log.info(
+            "%d of %d networks have no checkpoint: timed with initial weights", fresh, len(keys)
+        )
     x = torch.randn(meta.get("batch_size") or 1, 3, size, size, device=device)
     use_allocator(lut.allocator)
     log.info("measuring %d trained networks, %d interleaved rounds", len(models), args.rounds)
