@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from general_functions import run_options
 from general_functions.config_utils import opt
 
 __all__ = ["EXPORT_FORMATS", "ArchTrainConfig", "ExportConfig", "PRESETS"]
@@ -87,21 +88,14 @@ class ArchTrainConfig:
         "or an ImageFolder root with train/ and val/ (or test/)",
         ORIGINAL,
     )
-    download: bool = opt(
-        False, "download CIFAR-10 into --data_dir when it is absent (checksums verified)"
-    )
+    download: bool = run_options.download()
     input_size: int = opt(0, "ImageFolder crop size (0 = 224); CIFAR-10 and fake data are 32x32")
-    train_limit: int = opt(0, "train on a fixed random subset of this many images (0 = all)")
+    train_limit: int = run_options.train_limit()
     test_limit: int = opt(0, "evaluate on the first this-many test images (0 = all)")
-    fake_train_size: int = opt(512, "training images of the synthetic data set")
+    fake_train_size: int = run_options.fake_train_size()
     fake_test_size: int = opt(256, "test images of the synthetic data set")
-    loader: str = opt(
-        "tensor",
-        "tensor: the whole set as uint8 on the device, crop/flip batched there (fast path); "
-        "torchvision: Dataset + DataLoader with workers (the original's way; ImageFolder always)",
-        choices=("tensor", "torchvision"),
-    )
-    workers: int = opt(2, "DataLoader worker processes (torchvision path)")
+    loader: str = run_options.loader()
+    workers: int = run_options.workers()
     # optimisation
     epochs: int = opt(140, "training epochs", ORIGINAL)
     batch_size: int = opt(1000, "training batch size", ORIGINAL)
@@ -120,14 +114,10 @@ class ArchTrainConfig:
     gamma: float = opt(0.1, "MultiStepLR factor", ORIGINAL)
     min_lr: float = opt(0.0, "cosine schedule's final learning rate")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0 = all; tests)")
-    stop_after_epoch: int = opt(
-        0,
-        "stop (as if interrupted) after this epoch, keeping the schedule of --epochs; "
-        "continue later with --resume (0 = run to the end)",
-    )
+    max_steps_per_epoch: int = run_options.max_steps_per_epoch()
+    stop_after_epoch: int = run_options.stop_after_epoch()
     # device
-    device: str = opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = run_options.device()
     amp: bool = opt(False, "mixed precision (float16 autocast + GradScaler; CUDA only)")
     channels_last: str = opt(
         "auto",
@@ -140,43 +130,29 @@ class ArchTrainConfig:
         "compute depthwise convolutions whose kernel overhangs a small map with only the taps that "
         "touch it (exact; 2.7x faster FBNet-A steps on 32x32 CPU inputs, docs/performance.md)",
     )
-    threads: int = opt(0, "CPU intra-op threads (0 = torch's default)")
-    sync_bn: bool = opt(
-        False,
-        "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
-        "instead of each process's share (docs/multi_gpu.md)",
-    )
-    dist_timeout_min: float = opt(
-        10.0,
-        "under torchrun: minutes a process waits for the others in a collective before the job "
-        "fails (raise it when rank 0 downloads the data alone for longer)",
-    )
+    threads: int = run_options.threads()
+    sync_bn: bool = run_options.sync_bn()
+    dist_timeout_min: float = run_options.dist_timeout_min()
     seed: int = opt(0, "seed of the model's initialisation, shuffling and augmentation")
-    deterministic: bool = opt(False, "deterministic algorithms (slower on CUDA)")
+    deterministic: bool = run_options.deterministic()
     # run
     log_dir: str = opt("runs/architectures_training", "folder of run folders")
     run_name: str = opt("", "run folder name (empty = time-stamped)")
-    resume: str = opt(
-        "",
-        "checkpoint (last.pth) to continue exactly where its run stopped, with the recipe it saved "
-        "(--epochs may be raised; flags that contradict it are refused)",
-    )
-    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
+    resume: str = run_options.resume()
+    overwrite: bool = run_options.overwrite()
     checkpoint: str = opt("", "checkpoint to evaluate with --eval_only")
     eval_only: bool = opt(False, "only evaluate the --checkpoint (or --resume) weights")
-    progress: bool = opt(True, "tqdm progress bars")
+    progress: bool = run_options.progress()
 
     # old flag names, kept for one release (one warning line each; old checkpoints read silently)
     DEPRECATED_NAMES: ClassVar[dict[str, str]] = {"run_dir": "log_dir"}
     # checked by config_utils
     BOUNDS: ClassVar[dict[str, str]] = {
+        **run_options.BOUNDS,
         "dropout": "[0, 1)",
         "input_size": "[0, inf)",
-        "train_limit": "[0, inf)",
         "test_limit": "[0, inf)",
-        "fake_train_size": "[1, inf)",
         "fake_test_size": "[1, inf)",
-        "workers": "[0, inf)",
         "epochs": "[1, inf)",
         "batch_size": "[1, inf)",
         "eval_batch_size": "[0, inf)",
@@ -186,10 +162,6 @@ class ArchTrainConfig:
         "gamma": "(0, inf)",
         "min_lr": "[0, inf)",
         "label_smoothing": "[0, 1)",
-        "max_steps_per_epoch": "[0, inf)",
-        "stop_after_epoch": "[0, inf)",
-        "threads": "[0, inf)",
-        "dist_timeout_min": "(0, inf)",
     }
 
 
@@ -248,7 +220,7 @@ class ExportConfig:
     calibration_images: int = opt(512, "training images of the int8 calibration pass")
     threads: int = opt(0, "CPU threads for timing (0 = the latency table's; 1 without a table)")
     rounds: int = opt(30, "interleaved timing rounds; the latency is the median over rounds")
-    progress: bool = opt(True, "tqdm progress bars")
+    progress: bool = run_options.progress()
 
     BOUNDS: ClassVar[dict[str, str]] = {
         "check_images": "[1, inf)",

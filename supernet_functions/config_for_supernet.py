@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from general_functions import run_options
 from general_functions.config_utils import given_flags, opt
 from supernet_functions.latency.cli import LUT_MODES
 from supernet_functions.latency.measure import DEFAULT_TIME_BUDGET_S
@@ -35,8 +36,8 @@ class SupernetConfig:
     # ---------------------------------------------------------------- data
     dataset: str = opt("cifar10", "cifar10 | fake (synthetic)", _ORIG, ("cifar10", "fake"))
     data_dir: str = opt("./cifar10_data", "folder holding cifar-10-batches-py/", _ORIG)
-    download: bool = opt(False, "download CIFAR-10 when it is absent (checksums verified)")
-    train_limit: int = opt(0, "keep a random subset of this many training images (0: all)")
+    download: bool = run_options.download()
+    train_limit: int = run_options.train_limit()
     w_share: float = opt(
         0.8, "share of the training images for the weights; the rest trains thetas", _ORIG
     )
@@ -44,13 +45,11 @@ class SupernetConfig:
         0.0,
         "share of the training images held out to pick best.pth (0: none; never the test set)",
     )
-    fake_train_size: int = opt(512, "training images of the fake data set")
+    fake_train_size: int = run_options.fake_train_size()
     batch_size: int = opt(1000, "batch size of both splits", _ORIG)
-    max_steps_per_epoch: int = opt(0, "stop each phase after this many batches (0: all)")
-    loader: str = opt(
-        "tensor", "tensor (batched on the device) | torchvision", None, ("tensor", "torchvision")
-    )
-    workers: int = opt(2, "data-loader workers of the torchvision loader")
+    max_steps_per_epoch: int = run_options.max_steps_per_epoch()
+    loader: str = run_options.loader()
+    workers: int = run_options.workers()
     # ---------------------------------------------------------------- supernet
     search_space: str = opt(
         "fbnet",
@@ -183,38 +182,21 @@ class SupernetConfig:
         5, "paths drawn from softmax(thetas) that the diagnostic scores besides the argmax path"
     )
     # ---------------------------------------------------------------- run
-    device: str = opt("auto", "auto | cpu | cuda")
-    threads: int = opt(0, "CPU threads (0: torch's default)")
-    sync_bn: bool = opt(
-        False,
-        "under torchrun on CUDA: SyncBatchNorm, i.e. batch-norm statistics over the global batch "
-        "instead of each process's share (docs/multi_gpu.md)",
-    )
+    device: str = run_options.device()
+    threads: int = run_options.threads()
+    sync_bn: bool = run_options.sync_bn()
     seed: int = opt(0, "seed of weights, split, batches and Gumbel noise")
-    deterministic: bool = opt(
-        False,
-        "deterministic algorithms: on CUDA slower, but a resumed run repeats the uninterrupted one",
-    )
-    dist_timeout_min: float = opt(
-        10.0,
-        "under torchrun: minutes a process waits for the others in a collective before the job "
-        "fails (raise it when rank 0 measures a table or downloads the data alone for longer)",
-    )
+    deterministic: bool = run_options.deterministic()
+    dist_timeout_min: float = run_options.dist_timeout_min()
     log_dir: str = opt("runs/supernet", "folder of run folders")
     run_name: str = opt("", "run folder name (train: default time-stamped; sample: default latest)")
-    resume: str = opt(
-        "",
-        "checkpoint to resume from (e.g. runs/supernet/NAME/last.pth), with the recipe it saved "
-        "(--epochs may be raised; flags that contradict it are refused)",
-    )
-    overwrite: bool = opt(False, "start a new run in a --run_name folder that already holds one")
-    stop_after_epoch: int = opt(
-        0, "stop after this many epochs, resumable with --resume (0: run all)"
-    )
+    resume: str = run_options.resume()
+    overwrite: bool = run_options.overwrite()
+    stop_after_epoch: int = run_options.stop_after_epoch()
     save_checkpoints: bool = opt(
         True, "write last.pth every epoch (and best.pth with --val_fraction)"
     )
-    progress: bool = opt(True, "tqdm progress bars")
+    progress: bool = run_options.progress()
     # ---------------------------------------------------------------- sampling
     architecture_name: str = opt("", "name to save a sampled architecture under", _ORIG)
     hardsampling_bool_value: bool = opt(
@@ -240,12 +222,10 @@ class SupernetConfig:
 
     # ---------------------------------------------------------------- checked by config_utils
     BOUNDS: ClassVar[dict[str, str]] = {
-        "train_limit": "[0, inf)",
+        **run_options.BOUNDS,
         "w_share": "(0, 1)",
         "val_fraction": "[0, 1)",
-        "fake_train_size": "[1, inf)",
         "batch_size": "[1, inf)",
-        "workers": "[0, inf)",
         "input_size": "[0, inf)",
         "head_channels": "[1, 65536]",
         "lut_batch_size": "[1, inf)",
@@ -268,11 +248,7 @@ class SupernetConfig:
         "min_temperature": "[0, inf)",
         "probe_images": "[0, inf)",
         "probe_samples": "[0, 100]",
-        "threads": "[0, inf)",
         "num_samples": "[1, inf)",
-        "stop_after_epoch": "[0, inf)",
-        "max_steps_per_epoch": "[0, inf)",
-        "dist_timeout_min": "(0, inf)",
     }
 
 

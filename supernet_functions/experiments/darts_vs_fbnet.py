@@ -46,6 +46,7 @@ from tqdm import tqdm
 from fbnet_building_blocks.blocks import ConvBNReLU
 from fbnet_building_blocks.fbnet_builder import init_weights
 from fbnet_building_blocks.summary import count_params
+from general_functions import run_options
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.dataloaders import load_dataset, make_loader, split_train
 from general_functions.io_utils import atomic_write_text
@@ -104,14 +105,14 @@ class DartsVsFbnetConfig:
     init_temperature: float = opt(5.0, "Gumbel-softmax temperature at the first epoch", _ORIG)
     temperature_decay: float = opt(math.exp(-0.045), "temperature factor per epoch", _ORIG)
     # run
-    device: str = opt("auto", "auto | cpu | cuda")
+    device: str = run_options.device()
     threads: int = opt(2, "CPU threads (fixed, so that a rerun gives the same numbers)")
     seed: int = opt(0, "seed of the weights, the split, the batches and the Gumbel noise")
     log_dir: str = opt("SAVED_LOGS/darts_vs_fbnet", "folder of run folders")
     run_name: str = opt("", "run folder name (default: <dataset>_seed<seed>)")
     pictures_dir: str = opt("pictures", "where the PNG plots go")
     plot_only: bool = opt(False, "only redraw the plots from <log_dir>/<run_name>/*/metrics.csv")
-    progress: bool = opt(True, "tqdm progress bars")
+    progress: bool = run_options.progress()
 
 
 PRESETS = {
@@ -447,7 +448,8 @@ def run(cfg: DartsVsFbnetConfig) -> dict:
     data = _load_data(cfg, device)
     good, bad = GoodBlock(cfg.channels), BadBlock(cfg.channels)
     summary: dict = {
-        "command": "python -m supernet_functions.experiments.darts_vs_fbnet " + " ".join(sys.argv[1:]),
+        "command": "python -m supernet_functions.experiments.darts_vs_fbnet "
+        + " ".join(sys.argv[1:]),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fbnet_building_blocks.structure import Structure
+from general_functions import run_options
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.logging_utils import get_logger
 from supernet_functions.latency.measure import (
@@ -77,9 +78,7 @@ class LUTConfig:
     lut_time_budget_s: float = opt(
         DEFAULT_TIME_BUDGET_S, "build: seconds of measuring when --lut_rounds is 0"
     )
-    lut_rounds: int = opt(
-        0, "build: measuring rounds (every entry once each); 0 = from the budget"
-    )
+    lut_rounds: int = opt(0, "build: measuring rounds (every entry once each); 0 = from the budget")
     reps: int = opt(3, "build and validation: timed passes per network per round")
     normalize_rounds: bool = opt(True, "scale each round to the median round's machine speed")
     allocator: str = opt(
@@ -93,7 +92,7 @@ class LUTConfig:
     named_archs: bool = opt(True, "validation: add the named architectures that fit the table")
     val_rounds: int = opt(DEFAULT_VAL_ROUNDS, "validation: interleaved measuring rounds")
     report_path: str = opt("", "validation report JSON; '' = <lut_path stem>.validation.json")
-    progress: bool = opt(True, "show progress bars")
+    progress: bool = run_options.progress()
 
     # the names the search uses for the same settings of a table it measures (--batch_size there is
     # the search's); the old names here keep working, with one warning
