@@ -93,6 +93,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if origin is bool:
             return str2bool(value)
         if origin in (list, tuple):
+            if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+                value = value[0]  # one word on the command line: a list in any of its forms
             if isinstance(value, str):
                 text = value.strip()
                 value = ast.literal_eval(text) if text[:1] in "[(" else text.split(",")
@@ -270,14 +272,17 @@ def build_parser(
     presets: dict[str, dict[str, Any]] | None = None,
     groups: Groups | None = None,
     hidden: tuple[str, ...] = (),
+    prog: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A parser with one flag per field of ``cls``.
+    """A parser with one flag per field of ``cls`` (``prog``: how the usage line names the command).
 
     ``groups``: (heading, field names) pairs, in order; ``None`` as the names takes every field no
     other group names (by default one group holds them all). Fields in ``hidden`` are accepted but
     left out of ``--help`` (e.g. the options of another mode).
     """
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None, help="JSON file of field values (see --help)")
     if presets:
         parser.add_argument(
@@ -309,9 +314,13 @@ def _flag_kwargs(name: str, f: dataclasses.Field, hidden: bool) -> dict[str, Any
     kwargs: dict[str, Any] = {"default": None, "help": _help(f), "metavar": name.upper()}
     if f.metadata.get("choices"):
         kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    base = _base_type(f.type)[0]
     # a bare ``--flag`` means True; ``--flag False`` works too
-    if _base_type(f.type)[0] is bool:
+    if base is bool:
         kwargs.update(nargs="?", const="true", metavar="BOOL")
+    # a list: ``--seeds 0 1``, ``--seeds 0,1`` or ``--seeds [0,1]``
+    if typing.get_origin(base) in (list, tuple):
+        kwargs["nargs"] = "+"
     if hidden:
         kwargs["help"] = argparse.SUPPRESS
     return kwargs
@@ -324,12 +333,13 @@ def parse_config(
     presets: dict[str, dict[str, Any]] | None = None,
     groups: Groups | None = None,
     hidden: tuple[str, ...] = (),
+    prog: str | None = None,
 ) -> T:
     """Parse ``argv`` into ``cls`` with the precedence described in the module docstring.
 
     ``groups`` and ``hidden`` arrange ``--help`` (:func:`build_parser`); every field stays a flag.
     """
-    parser = build_parser(cls, description, presets, groups, hidden)
+    parser = build_parser(cls, description, presets, groups, hidden, prog)
     args = parser.parse_args(argv)
     cfg = cls()
     given: set[str] = set()

@@ -20,7 +20,7 @@ import torch
 import architecture_main_file
 import supernet_main_file
 from architecture_functions.config_for_arch import ArchTrainConfig
-from general_functions.config_utils import config_from_dict
+from general_functions.config_utils import build_parser, config_from_dict, parse_config
 from supernet_functions.config_for_supernet import SupernetConfig
 from supernet_functions.sampling import run_sampling
 
@@ -89,19 +89,24 @@ def test_help_of_every_mode_shows_that_modes_options(case, capsys):
 def test_evaluate_search_help_explains_every_option(capsys):
     from supernet_functions.experiments import evaluate_search
 
-    parser = evaluate_search._parser()
+    parser = build_parser(evaluate_search.EvaluateConfig)
     assert [a.dest for a in parser._actions if not a.help] == []
     with pytest.raises(SystemExit):
         evaluate_search.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("--progress BOOL tqdm progress bars", "auto: cuda when there is one, else cpu"):
+    assert out.startswith("usage: python -m supernet_functions.experiments.evaluate_search ")
+    for text in ("--progress [BOOL] tqdm progress bars", "--runs RUNS [RUNS ...]"):
         assert text in out, text
     default = evaluate_search.PROXIES["cifar10"]  # the help states the default recipe as it is
     assert f"cifar10 (the default: {default['epochs']} epochs" in out and "shared/data" not in out
     assert f"batch {default['batch_size']}, SGD lr {default['lr']}" in out
-    assert parser.parse_args(["--progress", "False"]).progress is False
+    config = parse_config(
+        evaluate_search.EvaluateConfig, ["--progress", "False", "--runs", "a", "b"]
+    )
+    assert config.progress is False and config.runs == ["a", "b"]
+    assert parse_config(evaluate_search.EvaluateConfig, ["--seeds", "3,4"]).seeds == [3, 4]
     with pytest.raises(SystemExit):
-        parser.parse_args(["--progress", "Flase"])  # not read as False
+        parse_config(evaluate_search.EvaluateConfig, ["--progress", "Flase"])  # not read as False
 
 
 def _python(argv: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -360,11 +365,22 @@ def test_readme_smoke_block_is_the_whole_pipeline():
     assert "--eval_only --checkpoint" in commands[3]
 
 
-def test_readme_smoke_search_and_sample_run_as_printed(tmp_path):
-    """The first two commands: `sample` finds the run `train --preset smoke` wrote, no other flag."""
-    commands = readme_smoke_commands()[:2]
-    search, sample = _run_readme_commands(commands, _copy_of_the_repository(tmp_path))
-    record = json.loads(sample)
+def test_readme_smoke_search_and_sample_run_as_printed(tmp_path, monkeypatch, capsys):
+    """The first two commands: `sample` finds the run `train --preset smoke` wrote, no other flag.
+
+    In this process, from an empty folder (the slow test below runs all four as new processes in a
+    copy of the repository)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(
+        "FBNET_ARCH_DIR", str(tmp_path / "sampled_architectures")
+    )  # the default's place
+    lines = []
+    for command in readme_smoke_commands()[:2]:
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "supernet_main_file.py"], command
+        supernet_main_file.main(argv[2:])
+        lines.append(capsys.readouterr().out.strip().splitlines()[-1])
+    record = json.loads(lines[1])
     assert record["run"].startswith(str(Path("runs") / "supernet_smoke"))
     assert len(record["ops"]) == 4 and (tmp_path / "sampled_architectures").is_dir()
 

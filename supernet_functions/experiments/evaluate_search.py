@@ -38,7 +38,6 @@ recipes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import json
@@ -47,15 +46,17 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.structure import Structure
+from general_functions import run_options
 from general_functions.checkpoint import load_checkpoint
-from general_functions.config_utils import config_from_dict, str2bool
+from general_functions.config_utils import config_from_dict, opt, parse_config
 from general_functions.interrupts import Interrupted
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import get_logger
@@ -72,7 +73,7 @@ from supernet_functions.latency.measure import num_threads, use_allocator
 from supernet_functions.latency.table import LatencyLookupTable, LUTError
 from supernet_functions.latency.validate import compare, measure_latencies
 
-__all__ = ["PROXIES", "draw_figure", "evaluate", "main"]
+__all__ = ["PROXIES", "EvaluateConfig", "draw_figure", "evaluate", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ PROXIES: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
 }
+PROG = "python -m supernet_functions.experiments.evaluate_search"
 RESULT_FILE = "result.json"  # in each training's folder: its final metrics (see _write_result)
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "train_limit", "test_limit")
 
@@ -484,89 +486,68 @@ def draw_figure(outs: list[str], path: str) -> Path:
     return plot_evaluations(summaries, path)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="python -m supernet_functions.experiments.evaluate_search",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass
+class EvaluateConfig:
+    """The evaluation's options (``--help``); the device and progress options are the trainers'."""
+
+    runs: list[str] = opt([], "search run folders of one target (thetas.json, ...)")
+    run: str = opt("", "one search run folder (the same as --runs RUN)")
+    data_dir: str = opt("./cifar10_data", "folder holding cifar-10-batches-py/")
+    out: str = opt("", "evaluation folder; empty: runs/search_vs_random/<first run's name>/")
+    num_random: int = opt(8, "random architectures")
+    seeds: list[int] = opt([0, 1], "training seeds")
+    window: float = opt(0.05, "latency window, +-share")
+    random_seed: int = opt(0, "seed of the random draw")
+    proxy: str = opt(
+        "cifar10",
+        "proxy training recipe: cifar10 (the default: 5 epochs of all 50,000 images, batch 128, "
+        "SGD lr 0.1, cosine) or test (synthetic data, seconds: for the tests)",
+        None,
+        tuple(sorted(PROXIES)),
     )
-    p.add_argument("--runs", nargs="+", help="search run folders of one target (thetas.json, ...)")
-    p.add_argument("--run", help="one search run folder (the same as --runs RUN)")
-    p.add_argument(
-        "--data_dir",
-        default="./cifar10_data",
-        help="folder holding cifar-10-batches-py/ (./cifar10_data)",
+    epochs: int | None = opt(None, "proxy epochs (None: the proxy's; cifar10: 5)")
+    batch_size: int | None = opt(None, "proxy training batch (None: the proxy's; cifar10: 128)")
+    lr: float | None = opt(None, "proxy SGD learning rate (None: the proxy's; cifar10: 0.1)")
+    train_limit: int | None = opt(None, "training images (None: the proxy's; cifar10: 0 = all)")
+    test_limit: int | None = opt(None, "test images (None: the proxy's; cifar10: 0 = all)")
+    check_proxy: bool = opt(
+        False, "train the random networks only, report the F test (proxy_check.json) and stop"
     )
-    p.add_argument("--out", default="", help="default: runs/search_vs_random/<first run's name>/")
-    p.add_argument("--num_random", type=int, default=8, help="random architectures (8)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (0 1)")
-    p.add_argument("--window", type=float, default=0.05, help="latency window, +-share (0.05)")
-    p.add_argument("--random_seed", type=int, default=0, help="seed of the random draw (0)")
-    p.add_argument(
-        "--proxy",
-        default="cifar10",
-        choices=sorted(PROXIES),
-        help="proxy training recipe: cifar10 (the default: 5 epochs of all 50,000 images, batch "
-        "128, SGD lr 0.1, cosine) or test (synthetic data, seconds: for the tests)",
-    )
-    p.add_argument("--epochs", type=int, help="proxy epochs (cifar10: 5)")
-    p.add_argument("--batch_size", type=int, help="proxy training batch (cifar10: 128)")
-    p.add_argument("--lr", type=float, help="proxy SGD learning rate (cifar10: 0.1)")
-    p.add_argument("--train_limit", type=int, help="training images (cifar10: 0 = all 50,000)")
-    p.add_argument("--test_limit", type=int, help="test images (cifar10: 0 = all 10,000)")
-    p.add_argument(
-        "--check_proxy",
-        action="store_true",
-        help="train the random networks only, report the F test (proxy_check.json) and stop",
-    )
-    p.add_argument("--rounds", type=int, default=30, help="latency measuring rounds (30)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="device of the proxy trainings; auto: cuda when there is one, else cpu (the default). "
-        "The latencies are measured on the table's device",
-    )
-    p.add_argument(
-        "--progress",
-        type=str2bool,
-        default=True,
-        metavar="BOOL",
-        help="tqdm progress bars of the trainings and the timing (True)",
-    )
-    p.add_argument(
-        "--figure", nargs="+", metavar="OUT", help="draw these evaluations' networks in one picture"
-    )
-    p.add_argument(
-        "--figure_path", default="pictures/search_vs_random.png", help="where --figure draws"
-    )
-    return p
+    rounds: int = opt(30, "latency measuring rounds")
+    device: str = run_options.device()
+    progress: bool = run_options.progress()
+    figure: list[str] = opt([], "draw these finished evaluations' networks in one picture")
+    figure_path: str = opt("pictures/search_vs_random.png", "where --figure draws")
+
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "num_random": "[2, inf)",
+        "window": "(0, 1)",
+        "rounds": "[1, inf)",
+        "epochs": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "lr": "[0, inf)",
+        "train_limit": "[0, inf)",
+        "test_limit": "[0, inf)",
+    }
 
 
-def _check_args(args) -> str | None:
-    """The first problem with the command line, or None."""
+def _check_args(args: EvaluateConfig) -> str | None:
+    """The first problem with the command line that its bounds do not catch, or None."""
     if args.figure:
         return "--figure draws finished evaluations: give it without --runs" if args.runs else None
     if args.run and args.runs:
         return "give --runs (or --run for one run), not both"
     if not (args.run or args.runs):
         return "give the search runs to evaluate: --runs RUN [RUN ...]"
-    if args.num_random < 2 or len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
-        return "need --num_random >= 2 and at least 2 distinct --seeds (the F test and the margin)"
-    if not 0 < args.window < 1 or args.rounds < 1:
-        return "need 0 < --window < 1 and --rounds >= 1"
-    for key in RECIPE_FLAGS:
-        value = getattr(args, key)
-        if value is not None and (value < 0 or (value == 0 and key in ("epochs", "batch_size"))):
-            return f"--{key} must be {'positive' if key in ('epochs', 'batch_size') else '>= 0'}"
+    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
+        return "need at least 2 distinct --seeds (the F test and the margin)"
     return None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | Path | None:
     from general_functions.run_folder import USER_ERRORS
 
-    args = _parser().parse_args(argv)
+    args = parse_config(EvaluateConfig, argv, description=__doc__, prog=PROG)
     problem = _check_args(args)
     if problem:
         sys.exit(f"error: {problem}")
