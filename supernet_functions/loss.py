@@ -45,6 +45,7 @@ __all__ = [
     "LOSS_VARIANTS",
     "SupernetLoss",
     "check_cost_table",
+    "latency_share",
     "loss_target",
     "max_architecture_cost",
     "min_architecture_cost",
@@ -107,6 +108,21 @@ class SupernetLoss(nn.Module):
             return ce * term, ce, term
         ce_each = F.cross_entropy(logits, targets, reduction="none")
         return (ce_each * term).mean(), ce_each.mean(), term.mean()
+
+
+def latency_share(
+    criterion: SupernetLoss, logits: torch.Tensor, targets: torch.Tensor, latency: torch.Tensor
+) -> torch.Tensor:
+    """The loss with the cross-entropy held constant (its value, no gradient).
+
+    The thetas' gradient of ``CE * term(LAT)`` is ``term * dCE`` plus ``CE * dterm``: this returns
+    a loss whose gradient is the second part alone (the latency term's pull), so the first (the
+    cross-entropy's) is the loss's gradient minus it. Per-example latencies keep their per-example
+    pairing, as in the loss. Only the latency graph is differentiated: it costs no conv backward.
+    """
+    term = criterion.latency_term(latency)
+    ce = F.cross_entropy(logits.detach(), targets, reduction="none" if term.dim() else "mean")
+    return (ce * term).mean()
 
 
 def _extreme_cost(lut, candidate_ops, include_fixed: bool, pick) -> float:

@@ -70,7 +70,7 @@ from general_functions.run_folder import (
 )
 from general_functions.utils import AverageMeter, accuracy, set_seed, set_threads
 from supernet_functions.config_for_supernet import SupernetConfig
-from supernet_functions.loss import SupernetLoss
+from supernet_functions.loss import SupernetLoss, latency_share
 from supernet_functions.model_supernet import MixedOperation, StochasticSuperNet
 from supernet_functions.path_probe import probe_paths
 from supernet_functions.sampling import (
@@ -169,11 +169,21 @@ def _train_phase(
     progress: bool = False,
     desc: str = "",
     grad_sync=None,
+    split: list[nn.Parameter] | None = None,
 ) -> dict[str, float]:
-    """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step."""
+    """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step.
+
+    With ``split`` (the thetas), the phase also measures what moves them: the norm of their gradient's
+    cross-entropy part (``grad_ce``) and latency part (``grad_latency``; :func:`latency_share`), and,
+    with a latency target, the share of examples whose expected latency is above it (``hinge_active``,
+    %: below it the latency part is zero). Measuring takes no random draw and changes no gradient.
+    """
     model.train()
     sync_rng_state(per_rank=_per_sample(model))  # the same shared Gumbel sample on every rank
-    meters = {k: AverageMeter() for k in ("loss", "ce", "latency", "top1")}
+    names = ["loss", "ce", "latency", "top1"]
+    if split is not None:
+        names += ["grad_ce", "grad_latency"] + (["hinge_active"] if criterion.target > 0 else [])
+    meters = {k: AverageMeter() for k in names}
     steps = len(loader) if not max_steps else min(max_steps, len(loader))
     with _trainable_only(trainable, frozen):
         bar = tqdm(loader, total=steps, desc=desc, disable=not progress, leave=False)
@@ -186,11 +196,17 @@ def _train_phase(
             loss, ce, _ = criterion(logits, y, latency)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}")
+            if split is not None:
+                pull = torch.autograd.grad(
+                    latency_share(criterion, logits, y, latency), split, retain_graph=True
+                )
             loss.backward()
+            n = y.shape[0]
+            if split is not None:
+                _measure_split(meters, split, pull, criterion, latency, n)
             if grad_sync is not None:
                 grad_sync()
             optimizer.step()
-            n = y.shape[0]
             meters["loss"].update(loss.item(), n)
             meters["ce"].update(ce.item(), n)
             meters["latency"].update(latency.detach().mean().item(), n)
@@ -199,6 +215,18 @@ def _train_phase(
         bar.close()
     optimizer.zero_grad(set_to_none=True)
     return reduce_meters(meters)  # over every process's images
+
+
+def _measure_split(meters, params, pull, criterion, latency, n: int) -> None:
+    """Add one step's gradient split (see :func:`_train_phase`) to ``meters``."""
+    with torch.no_grad():
+        pull = torch.cat([g.flatten() for g in pull])
+        total = torch.cat([p.grad.flatten() for p in params])
+        meters["grad_latency"].update(pull.norm().item(), n)
+        meters["grad_ce"].update((total - pull).norm().item(), n)
+        if "hinge_active" in meters:
+            above = latency.detach() + criterion.fixed_cost > criterion.target
+            meters["hinge_active"].update(100.0 * above.float().mean().item(), n)
 
 
 def _per_sample(model) -> bool:
@@ -250,6 +278,7 @@ def train_thetas_epoch(
         progress,
         "thetas",
         grad_sync=lambda: all_reduce_grads(thetas),
+        split=thetas,
     )
 
 
@@ -454,6 +483,8 @@ def _search_epoch(
         w_stats["top1"],
         (
             f"  thetas: loss {values['train_thetas/loss']:.4f} top1 {values['train_thetas/top1']:.2f}"
+            f" |grad| ce {values['train_thetas/grad_ce']:.2g} latency "
+            f"{values['train_thetas/grad_latency']:.2g}"
             if epoch >= cfg.warmup_epochs
             else "  (warm-up)"
         ),

@@ -9,6 +9,7 @@ from supernet_functions.latency.table import LatencyLookupTable
 from supernet_functions.loss import (
     SupernetLoss,
     check_cost_table,
+    latency_share,
     loss_target,
     min_architecture_cost,
 )
@@ -124,3 +125,37 @@ def test_loss_target_turns_a_whole_network_budget_into_the_layers_share():
     flops = LatencyLookupTable.from_latencies("tiny", [{"skip": 3.0}] * 4, cost="flops")
     with pytest.raises(ValueError, match="latency table in ms"):
         loss_target(10.0, flops)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_latency_share_splits_the_thetas_gradient_into_its_two_parts(per_example):
+    """d(CE * term) = term * dCE + CE * dterm: latency_share's gradient is the second part, and the
+    rest is the first, computed here on its own."""
+    torch.manual_seed(0)
+    thetas = torch.randn(3, requires_grad=True)
+    lat = torch.tensor([0.4, 0.9, 1.7])
+    feats = torch.randn(6, 3, 4)
+    y = torch.randint(0, 4, (6,))
+
+    def forward():
+        m = torch.softmax(thetas, 0)
+        logits = torch.einsum("k,bkc->bc", m, feats)
+        latency = (m @ lat).expand(6) * torch.linspace(0.9, 1.1, 6) if per_example else m @ lat
+        return logits, latency
+
+    crit = SupernetLoss(alpha=0.3, beta=0.7)
+    logits, latency = forward()
+    total = torch.autograd.grad(crit(logits, y, latency)[0], thetas)[0]
+    logits, latency = forward()
+    pull = torch.autograd.grad(latency_share(crit, logits, y, latency), thetas)[0]
+    logits, latency = forward()
+    term = crit.latency_term(latency).detach()
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none" if per_example else "mean")
+    ce_part = torch.autograd.grad((ce * term).mean(), thetas)[0]
+    torch.testing.assert_close(pull + ce_part, total)
+    assert pull.norm() > 0 and ce_part.norm() > 0
+    # below a target the hinge holds the latency term constant: no latency part
+    hinged = SupernetLoss(alpha=0.3, beta=0.7, target=5.0)
+    logits, latency = forward()
+    zero = torch.autograd.grad(latency_share(hinged, logits, y, latency), thetas)[0]
+    assert torch.equal(zero, torch.zeros(3))

@@ -203,3 +203,19 @@ def test_hard_gumbel_per_sample_runs_each_example_through_its_own_op():
             k = int(chosen[b])
             torch.testing.assert_close(out[b : b + 1], layer.ops[k](x[b : b + 1]))
             assert latency[b].item() == pytest.approx(layer.latency[k].item())
+
+
+def test_theta_phase_reports_what_moves_the_thetas():
+    """grad_ce / grad_latency / hinge_active: the latency part vanishes below a target the batch
+    cannot reach and is there above one it always exceeds; the cross-entropy part is there in both."""
+    _, fast = _pair()
+    x, y = _batch()
+    with torch.no_grad():
+        lat = float(fast(x, 3.0)[1])  # the expected latency of these layers
+    for target, active in ((100 * lat, 0.0), (lat / 100, 100.0)):
+        opt = torch.optim.Adam(fast.arch_parameters(), lr=0.01)
+        stats = train_thetas_epoch(fast, [(x, y)], SupernetLoss(target=target), opt, 3.0)
+        assert stats["hinge_active"] == active
+        assert stats["grad_ce"] > 0 and (stats["grad_latency"] > 0) == (active > 0)
+    stats = train_thetas_epoch(fast, [(x, y)], SupernetLoss(), opt, 3.0)  # no target: no hinge
+    assert "hinge_active" not in stats and stats["grad_latency"] > 0
