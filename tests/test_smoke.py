@@ -78,6 +78,8 @@ def test_search_logs_everything_and_resumes_exactly(tmp_path, lut_path, monkeypa
     rows = _rows(full_dir)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]  # epochs done, as in training
     assert rows[0]["train_thetas/loss"] == ""  # warm-up: weights only
+    # what moved the thetas: both parts of their gradient, every search epoch
+    assert all(float(r[f"train_thetas/grad_{k}"]) > 0 for r in rows[1:] for k in ("ce", "latency"))
     assert float(rows[2]["sched/temperature"]) < float(rows[1]["sched/temperature"])
     arch = json.loads((full_dir / "arch.json").read_text())
     assert len(arch["ops"]) == 4 and set(arch["ops"]) <= set(OPS)
