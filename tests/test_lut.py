@@ -402,8 +402,10 @@ def test_keep_heap_takes_page_faults_out_of_a_pass():
     )
     faults = json.loads(out.stdout.strip().splitlines()[-1])
     assert faults["setting"] == "keep_heap"
-    assert faults["default"] > 1000  # every 4.8 MB activation mapped and faulted in again
-    assert faults["keep_heap"] < faults["default"] / 20
+    # One 4.8 MB activation is 1,172 pages: mapped afresh, a pass faults them all in again. glibc's
+    # default sometimes does (>1,000 faults a pass on a quiet machine) and sometimes keeps the memory
+    # after raising its own threshold (287 measured under load), so only keep_heap's count is bound.
+    assert faults["keep_heap"] < 1172 / 20
 
 
 def test_round_speed_by_hand():
