@@ -174,15 +174,19 @@ def _train_phase(
     """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step.
 
     With ``split`` (the thetas), the phase also measures what moves them: the norm of their gradient's
-    cross-entropy part (``grad_ce``) and latency part (``grad_latency``; :func:`latency_share`), and,
-    with a latency target, the share of examples whose expected latency is above it (``hinge_active``,
-    %: below it the latency part is zero). Measuring takes no random draw and changes no gradient.
+    cross-entropy part (``grad_ce``) and latency part (``grad_latency``; :func:`latency_share`), how
+    much each part's steps agree in direction over the phase (``grad_ce_agreement``,
+    ``grad_latency_agreement``; :class:`_ThetaPulls`) and, with a latency target, the share of
+    examples whose expected latency is above it (``hinge_active``, %: below it the latency part is
+    zero). Measuring takes no random draw and changes no gradient.
     """
     model.train()
     sync_rng_state(per_rank=_per_sample(model))  # the same shared Gumbel sample on every rank
     names = ["loss", "ce", "latency", "top1"]
+    pulls = None
     if split is not None:
         names += ["grad_ce", "grad_latency"] + (["hinge_active"] if criterion.target > 0 else [])
+        pulls = _ThetaPulls(split, criterion)
     meters = {k: AverageMeter() for k in names}
     steps = len(loader) if not max_steps else min(max_steps, len(loader))
     with _trainable_only(trainable, frozen):
@@ -202,8 +206,8 @@ def _train_phase(
                 )
             loss.backward()
             n = y.shape[0]
-            if split is not None:
-                _measure_split(meters, split, pull, criterion, latency, n)
+            if pulls is not None:
+                pulls.add(meters, pull, latency, n)
             if grad_sync is not None:
                 grad_sync()
             optimizer.step()
@@ -214,19 +218,46 @@ def _train_phase(
             bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", top1=f"{meters['top1'].avg:.1f}")
         bar.close()
     optimizer.zero_grad(set_to_none=True)
-    return reduce_meters(meters)  # over every process's images
+    stats = reduce_meters(meters)  # over every process's images
+    return stats if pulls is None else {**stats, **pulls.agreement()}  # this process's steps
 
 
-def _measure_split(meters, params, pull, criterion, latency, n: int) -> None:
-    """Add one step's gradient split (see :func:`_train_phase`) to ``meters``."""
-    with torch.no_grad():
-        pull = torch.cat([g.flatten() for g in pull])
-        total = torch.cat([p.grad.flatten() for p in params])
-        meters["grad_latency"].update(pull.norm().item(), n)
-        meters["grad_ce"].update((total - pull).norm().item(), n)
-        if "hinge_active" in meters:
-            above = latency.detach() + criterion.fixed_cost > criterion.target
-            meters["hinge_active"].update(100.0 * above.float().mean().item(), n)
+class _ThetaPulls:
+    """What moves the thetas over one phase (see :func:`_train_phase`): per step, the norms of their
+    gradient's two parts (into ``meters``); over the phase, each part's agreement
+    ``||sum_t g_t|| / sum_t ||g_t||``: 1 when every step pushes the same way, about ``1/sqrt(steps)``
+    when the steps share no direction (then Adam's steps cancel out and the thetas barely move)."""
+
+    PARTS = ("ce", "latency")
+
+    def __init__(self, params: list[nn.Parameter], criterion: SupernetLoss) -> None:
+        self.params, self.criterion = params, criterion
+        self.sums: dict[str, torch.Tensor] = {}
+        self.norm_sums = dict.fromkeys(self.PARTS, 0.0)
+
+    def add(self, meters: dict, pull, latency: torch.Tensor, n: int) -> None:
+        with torch.no_grad():
+            pull = torch.cat([g.flatten() for g in pull])
+            total = torch.cat([p.grad.flatten() for p in self.params])
+            for part, g in zip(self.PARTS, (total - pull, pull)):
+                norm = g.norm().item()
+                meters[f"grad_{part}"].update(norm, n)
+                self.norm_sums[part] += norm
+                self.sums[part] = self.sums[part] + g if part in self.sums else g.clone()
+            if "hinge_active" in meters:
+                above = latency.detach() + self.criterion.fixed_cost > self.criterion.target
+                meters["hinge_active"].update(100.0 * above.float().mean().item(), n)
+
+    def agreement(self) -> dict[str, float]:
+        return {
+            f"grad_{part}_agreement": (
+                self.sums[part].norm().item() / self.norm_sums[part]
+                if self.norm_sums[part]
+                else 0.0
+            )
+            for part in self.PARTS
+            if part in self.sums
+        }
 
 
 def _per_sample(model) -> bool:
@@ -484,7 +515,9 @@ def _search_epoch(
         (
             f"  thetas: loss {values['train_thetas/loss']:.4f} top1 {values['train_thetas/top1']:.2f}"
             f" |grad| ce {values['train_thetas/grad_ce']:.2g} latency "
-            f"{values['train_thetas/grad_latency']:.2g}"
+            f"{values['train_thetas/grad_latency']:.2g} (agreement "
+            f"{values['train_thetas/grad_ce_agreement']:.2f} / "
+            f"{values['train_thetas/grad_latency_agreement']:.2f})"
             if epoch >= cfg.warmup_epochs
             else "  (warm-up)"
         ),

@@ -219,3 +219,18 @@ def test_theta_phase_reports_what_moves_the_thetas():
         assert stats["grad_ce"] > 0 and (stats["grad_latency"] > 0) == (active > 0)
     stats = train_thetas_epoch(fast, [(x, y)], SupernetLoss(), opt, 3.0)  # no target: no hinge
     assert "hinge_active" not in stats and stats["grad_latency"] > 0
+    assert stats["grad_ce_agreement"] == pytest.approx(1) == stats["grad_latency_agreement"]
+    # over several steps: agreement computed from the gradients the steps used (the latency part is
+    # zero under an unreachable target, so the cross-entropy part is the whole gradient)
+    thetas = list(fast.arch_parameters())
+    grads: list[list[torch.Tensor]] = [[] for _ in thetas]  # per theta, per step
+    for i, t in enumerate(thetas):
+        t.register_post_accumulate_grad_hook(lambda p, i=i: grads[i].append(p.grad.clone()))
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(BATCH, 3, SIZE, SIZE, generator=g), y) for _ in range(3)]
+    opt = torch.optim.Adam(thetas, lr=0.01)
+    stats = train_thetas_epoch(fast, batches, SupernetLoss(target=100 * lat), opt, 3.0)
+    steps = [torch.cat([t.flatten() for t in step]) for step in zip(*grads)]
+    expected = torch.stack(steps).sum(0).norm() / sum(v.norm() for v in steps)
+    assert len(steps) == 3 and stats["grad_ce_agreement"] == pytest.approx(float(expected))
+    assert stats["grad_ce_agreement"] < 1 and stats["grad_latency_agreement"] == 0
