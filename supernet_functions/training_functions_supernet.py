@@ -46,7 +46,9 @@ from general_functions.curves import ENTROPY, Curves
 from general_functions.distributed import (
     DistContext,
     all_reduce_grads,
+    all_reduce_sum,
     env_rank,
+    get_context,
     reduce_meters,
     run_in_context,
     run_on_main,
@@ -205,11 +207,11 @@ def _train_phase(
                     latency_share(criterion, logits, y, latency), split, retain_graph=True
                 )
             loss.backward()
-            n = y.shape[0]
-            if pulls is not None:
-                pulls.add(meters, pull, latency, n)
             if grad_sync is not None:
                 grad_sync()
+            n = y.shape[0]
+            if pulls is not None:  # the gradient the step takes: under DDP, the processes' mean
+                pulls.add(meters, pull, latency, n)
             optimizer.step()
             meters["loss"].update(loss.item(), n)
             meters["ce"].update(ce.item(), n)
@@ -219,7 +221,7 @@ def _train_phase(
         bar.close()
     optimizer.zero_grad(set_to_none=True)
     stats = reduce_meters(meters)  # over every process's images
-    return stats if pulls is None else {**stats, **pulls.agreement()}  # this process's steps
+    return stats if pulls is None else {**stats, **pulls.agreement()}
 
 
 class _ThetaPulls:
@@ -237,7 +239,7 @@ class _ThetaPulls:
 
     def add(self, meters: dict, pull, latency: torch.Tensor, n: int) -> None:
         with torch.no_grad():
-            pull = torch.cat([g.flatten() for g in pull])
+            pull = all_reduce_sum(torch.cat([g.flatten() for g in pull])) / get_context().world_size
             total = torch.cat([p.grad.flatten() for p in self.params])
             for part, g in zip(self.PARTS, (total - pull, pull)):
                 norm = g.norm().item()
