@@ -372,8 +372,54 @@ def test_a_nan_loss_stops_the_run_with_one_line_naming_where_and_how_to_resume(
 
 # ----------------------------------------------------------------------------------- item 5: signals
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("kind, sig", [("train", "SIGINT"), ("search", "SIGTERM")])
+def test_a_signal_after_the_first_checkpoint_stops_a_run_in_one_line(
+    tmp_path, monkeypatch, capsys, kind, sig
+):
+    """The signal arrives (in this process) as the first last.pth is written: the run stops before
+    its next step, prints one line saying how to continue and exits with the shell's status."""
+    import signal
+
+    import architecture_main_file
+    import supernet_main_file
+    from general_functions import checkpoint
+
+    signum = getattr(signal, sig)
+    save = checkpoint.save_checkpoint
+
+    def save_then_signal(path, state):
+        save(path, state)
+        if Path(path).name == "last.pth":
+            os.kill(os.getpid(), signum)
+
+    module = (
+        "architecture_functions.training_functions"
+        if kind == "train"
+        else ("supernet_functions.training_functions_supernet")
+    )
+    monkeypatch.setattr(f"{module}.save_checkpoint", save_then_signal)
+    many = ("--epochs", "100000", "--run_name", kind)
+    if kind == "train":
+        main, argv = architecture_main_file.main, _train_argv(tmp_path, _arch_file(tmp_path), *many)
+    else:
+        main, argv = supernet_main_file.main, _search_argv(tmp_path, *many)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    run_dir = tmp_path / "runs" / kind
+    assert exit_.value.code == 128 + signum
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted at epoch 2 step 0 (")  # before the next step
+    assert err[-1].endswith(f"; continue with --resume {run_dir / 'last.pth'}")
+    assert "Traceback" not in "\n".join(err)
+    assert not list(run_dir.glob(".*.tmp")) and not (run_dir / ".run.lock").exists()
+    assert checkpoint.load_checkpoint(run_dir / "last.pth")["epoch"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_signal_mid_run_stops_both_trainers_with_one_line_and_no_partial_file(tmp_path):
-    """SIGINT to a training run and SIGTERM to a search, once each has its first checkpoint."""
+    """SIGINT to a training run and SIGTERM to a search, once each has its first checkpoint, each a
+    new process (the test above sends them in this process)."""
     import signal
     import time
 
@@ -516,7 +562,9 @@ def test_a_full_disk_gives_one_line_and_keeps_the_previous_files(tmp_path, monke
     assert message.startswith(
         f"error: no space left on the device to write {run_dir / 'thetas.json'}"
     )
-    assert json.loads((run_dir / "thetas.json").read_text())["epoch"] == 1  # the first epoch's, kept
+    assert (
+        json.loads((run_dir / "thetas.json").read_text())["epoch"] == 1
+    )  # the first epoch's, kept
 
 
 def test_a_full_disk_while_appending_to_metrics_csv_gives_one_line(tmp_path, monkeypatch):

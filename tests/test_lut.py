@@ -394,13 +394,26 @@ print(json.dumps({"default": default, "setting": setting, "keep_heap": faults_pe
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
-def test_keep_heap_takes_page_faults_out_of_a_pass():
-    # a fresh process: the setting cannot be undone, and the test process may already have it
+@pytest.fixture(scope="module")
+def keep_heap_process():
+    """One fresh process (the setting cannot be undone within one, and the test process may already
+    have it): the page faults before and after keep_heap, then a table built and validated with it.
+    Returns the two JSON lines it printed and its stderr."""
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_heap sets glibc's thresholds")
     out = subprocess.run(
-        [sys.executable, "-c", _FAULTS_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _FAULTS_SCRIPT + _KEEP_HEAP_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
-    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stderr
+    faults, settings = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
+    return faults, settings, out.stderr
+
+
+def test_keep_heap_takes_page_faults_out_of_a_pass(keep_heap_process):
+    faults = keep_heap_process[0]
     assert faults["setting"] == "keep_heap"
     # One 4.8 MB activation is 1,172 pages: mapped afresh, a pass faults them all in again. glibc's
     # default sometimes does (>1,000 faults a pass on a quiet machine) and sometimes keeps the memory
@@ -465,22 +478,26 @@ print(json.dumps({"table": lut.meta["allocator"], "validation": report["validati
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_heap sets glibc's thresholds")
-def test_keep_heap_is_an_option_the_table_records():
-    # a fresh process: the setting cannot be undone within one
-    out = subprocess.run(
-        [sys.executable, "-c", _KEEP_HEAP_SCRIPT], cwd=ROOT, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    settings = json.loads(out.stdout.strip().splitlines()[-1])
+def test_keep_heap_is_an_option_the_table_records(keep_heap_process):
+    _, settings, stderr = keep_heap_process
     # asking for "default" afterwards cannot undo it: the report says what was in effect
     assert settings == {"table": "keep_heap", "validation": "keep_heap"}
-    assert "already keeps freed memory in its heap" in out.stderr
+    assert "already keeps freed memory in its heap" in stderr
 
 
 def _build_argv(path, *extra):
     argv = ["--train_or_sample", "build_lut", "--lut_path", str(path), "--search_space", "tiny"]
-    return argv + ["--lut_rounds", "1", "--reps", "1", "--threads", "1", "--progress", "False", *extra]
+    return argv + [
+        "--lut_rounds",
+        "1",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--progress",
+        "False",
+        *extra,
+    ]
 
 
 def test_cli_build_refuses_an_existing_table_and_keeps_its_log(tmp_path):
