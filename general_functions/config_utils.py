@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -113,6 +114,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"{name}: expected {base}, got {value!r} ({type(value).__name__})")
 
 
+@functools.cache  # get_type_hints is slow, and a class's fields do not change
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

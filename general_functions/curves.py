@@ -5,7 +5,8 @@ drawn and argmax paths), plus the normalised entropy of softmax(thetas) (1: unif
 layer) and the table's prediction for the searched layers (expected under softmax(thetas), argmax).
 Both trainers redraw it after every epoch from the rows they logged (a drawing takes 0.1-0.2 s on a
 2-core CPU; importing matplotlib 0.4 s once per process). Without matplotlib a run says so in one log
-line and trains on; ``FBNET_CURVES=0`` skips the drawing (the test suite sets it). For a run folder
+line and trains on; ``FBNET_CURVES=0`` skips the drawing, and the search's TensorBoard heat map of
+softmax(thetas) (:func:`pictures_enabled`; the test suite sets it). For a run folder
 that has a ``metrics.csv`` (older runs included)::
 
     python -m general_functions.curves RUN_DIR [RUN_DIR ...]      # (re)draws RUN_DIR/curves.png
@@ -59,13 +60,18 @@ _SEARCH = [
 ]
 
 
+def pictures_enabled() -> bool:
+    """False when ``FBNET_CURVES=0``: runs then draw no pictures (curves, heat maps)."""
+    return os.environ.get("FBNET_CURVES", "1") != "0"
+
+
 class Curves:
     """Redraws ``run_dir/curves.png`` from a run's metric rows (:meth:`draw`), on rank 0 only."""
 
     def __init__(self, run_dir: str | Path, log: logging.Logger = logger, enabled: bool = True):
         self.path = Path(run_dir) / CURVES_FILE
         self.figure = None
-        if enabled and os.environ.get("FBNET_CURVES", "1") != "0":
+        if enabled and pictures_enabled():
             self.figure = _figure_class()
             if self.figure is None:
                 log.info("no %s: matplotlib is not installed (pip install matplotlib)", CURVES_FILE)

@@ -15,6 +15,7 @@ import torch
 
 from fbnet_building_blocks.arch_specs import ArchSpec
 from fbnet_building_blocks.search_space import get_search_space
+from general_functions.curves import pictures_enabled
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter
 from supernet_functions.sampling import THETAS_FORMAT, predicted_cost, sample_ops
@@ -100,8 +101,9 @@ def log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
     probs = model.probabilities()
     for i, row in enumerate(probs):
         writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
-    image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch}")
-    writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
+    if pictures_enabled():  # matplotlib: 0.4 s an epoch
+        image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch}")
+        writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
     writer.tb.flush()
 
 

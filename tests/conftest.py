@@ -7,8 +7,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # cuBLAS repeats its results only with a fixed workspace (read when CUDA starts; unused on the CPU)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-# No curves.png after every epoch of the suite's hundred short runs (0.1-0.2 s each, and matplotlib's
-# import in every process); the tests of the picture turn it back on (general_functions/curves.py).
+# No curves.png or thetas heat map after every epoch of the suite's hundred short runs (0.1-0.4 s each,
+# and matplotlib's import in every process); the tests of the pictures turn them back on
+# (general_functions/curves.py).
 os.environ.setdefault("FBNET_CURVES", "0")
 
 import pytest  # noqa: E402
