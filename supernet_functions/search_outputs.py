@@ -101,7 +101,7 @@ def log_thetas(writer: MetricWriter, model, epoch: int, ops: list[str]) -> None:
     probs = model.probabilities()
     for i, row in enumerate(probs):
         writer.tb.add_histogram(f"thetas/layer_{i:02d}", row.numpy(), epoch)
-    if pictures_enabled():  # matplotlib: 0.4 s an epoch
+    if pictures_enabled():  # matplotlib: most of a short run's epoch
         image = _heatmap(probs, ops, f"softmax(thetas), epoch {epoch}")
         writer.tb.add_image("thetas/heatmap", image, epoch, dataformats="HWC")
     writer.tb.flush()
