@@ -58,7 +58,7 @@ from general_functions import run_options
 from general_functions.checkpoint import load_checkpoint
 from general_functions.config_utils import config_from_dict, opt, parse_config
 from general_functions.interrupts import Interrupted
-from general_functions.io_utils import atomic_write_json
+from general_functions.io_utils import atomic_write_json, read_json
 from general_functions.logging_utils import get_logger
 from general_functions.utils import resolve_device
 from supernet_functions.experiments.evaluation_figure import plot_evaluations
@@ -204,8 +204,8 @@ def _read_result(folder: Path) -> dict[str, Any] | None:
     file = folder / RESULT_FILE
     if not file.is_file():
         return None
+    result = read_json(file, "training result")  # a folder, binary or huge file: one line
     try:
-        result = json.loads(file.read_text())
         return {
             "epoch": int(result["epoch"]),
             "classes": int(result["classes"]),
