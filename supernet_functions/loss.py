@@ -86,6 +86,10 @@ class SupernetLoss(nn.Module):
             raise ValueError(f"the latency target must be 0 (off) or positive, got {target}")
         self.fixed_cost, self.target = fixed_cost, target
 
+    def above_target(self, latency: torch.Tensor) -> torch.Tensor:
+        """Where the hinge binds: ``LAT + fixed_cost > target`` (all False without a target)."""
+        return (latency + self.fixed_cost > self.target) & (self.target > 0)
+
     def latency_term(self, latency: torch.Tensor) -> torch.Tensor:
         """``alpha * log(scale * LAT) ** beta`` (paper) or ``alpha * beta * log(scale * LAT)``.
 

@@ -247,7 +247,7 @@ class _ThetaPulls:
                 self.norm_sums[part] += norm
                 self.sums[part] = self.sums[part] + g if part in self.sums else g.clone()
             if "hinge_active" in meters:
-                above = latency.detach() + self.criterion.fixed_cost > self.criterion.target
+                above = self.criterion.above_target(latency.detach())
                 meters["hinge_active"].update(100.0 * above.float().mean().item(), n)
 
     def agreement(self) -> dict[str, float]:
