@@ -113,12 +113,17 @@ class ArchTrainConfig:
     milestones: list[int] = opt([90, 110], "MultiStepLR epochs", ORIGINAL)
     gamma: float = opt(0.1, "MultiStepLR factor", ORIGINAL)
     min_lr: float = opt(0.0, "cosine schedule's final learning rate")
+    lr_warmup_epochs: int = opt(
+        0,
+        "linear learning-rate warm-up, per step, over the first this-many epochs (0 = none, as the "
+        "original)",
+    )
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     max_steps_per_epoch: int = run_options.max_steps_per_epoch()
     stop_after_epoch: int = run_options.stop_after_epoch()
     # device
     device: str = run_options.device()
-    amp: bool = opt(False, "mixed precision (float16 autocast + GradScaler; CUDA only)")
+    amp: bool = run_options.amp()
     channels_last: str = opt(
         "auto",
         "channels_last memory format for the model and batches; auto = on (FBNet-A CPU steps 1.35x "
@@ -161,6 +166,7 @@ class ArchTrainConfig:
         "weight_decay": "[0, inf)",
         "gamma": "(0, inf)",
         "min_lr": "[0, inf)",
+        "lr_warmup_epochs": "[0, inf)",
         "label_smoothing": "[0, 1)",
     }
 

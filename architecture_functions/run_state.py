@@ -1,7 +1,7 @@
 """What an architecture run keeps, restores and reports: where it stands, its checkpoint, the
 architecture in it, resumption, and its summary.
 
-A checkpoint (:func:`checkpoint_state`) holds the model, optimizer, scheduler, GradScaler, every RNG
+A checkpoint (:func:`checkpoint_state`) holds the model, optimizer, scheduler, every RNG
 state, the configuration and the architecture; a resumed run rebuilds the network from the saved
 architecture without reading any file the user may since have changed.
 """
@@ -89,7 +89,6 @@ def checkpoint_state(cfg, spec: ArchSpec, parts, progress, rng_ranks=None) -> di
         "model": unwrap(parts.model).state_dict(),  # no DDP "module." prefix
         "optimizers": {"w": parts.optimizer.state_dict()},
         "schedulers": {"w": parts.scheduler.state_dict()},
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
         "config": config_to_dict(cfg),
         "arch_spec": spec.to_dict(),
         "best_top1": progress.best_top1,

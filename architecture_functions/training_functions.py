@@ -8,7 +8,7 @@ A run folder holds ``config.json``, ``log.txt``, ``metrics.csv`` (one row per ep
 ``best.pth`` (highest test top-1: chosen on the test set, as the original reproduction's table was, so
 it is an optimistic figure; the headline is the final epoch's).
 
-Resuming is exact: the checkpoint holds the model, optimizer, scheduler, GradScaler, every RNG state and
+Resuming is exact: the checkpoint holds the model, optimizer, scheduler, every RNG state and
 the epoch; loaders draw their shuffling and augmentation from ``seed`` and the epoch (``set_epoch``).
 
 Under ``torchrun`` (:mod:`general_functions.distributed`) each process trains a DDP-wrapped copy on its
@@ -18,7 +18,6 @@ rank 0 writes the run folder and prints the summary.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -64,6 +63,7 @@ from general_functions.distributed import (
 from general_functions.interrupts import check_stop, stop_on_signals
 from general_functions.io_utils import atomic_write_json
 from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.precision import autocast
 from general_functions.run_folder import (
     end_epoch,
     extend_cosine,
@@ -112,12 +112,6 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- one epoch
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: EpochLoader,
@@ -125,39 +119,48 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
-    scaler: torch.amp.GradScaler | None = None,
     amp: bool = False,
     max_steps: int = 0,
     progress: bool = True,
+    warmup_epochs: int = 0,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the sample-weighted mean ``loss`` and ``top1`` (percent)."""
+    """One pass over ``loader``; returns the sample-weighted mean ``loss`` and ``top1`` (percent).
+
+    ``warmup_epochs``: while ``epoch`` (from 1) is among the first this-many, step ``k`` of the
+    warm-up (from 1) runs at ``k / (warmup_epochs * steps)`` of the scheduled learning rate, which
+    the epoch's end restores (the per-epoch schedule goes on from it)."""
     model.train()
     loss_m, top1_m = AverageMeter(), AverageMeter()
     steps = min(len(loader), max_steps) if max_steps else len(loader)
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    warmup_steps = warmup_epochs * steps if epoch <= warmup_epochs else 0
     bar = tqdm(total=steps, desc=f"train {epoch}", disable=not progress, leave=False)
-    for step, (images, targets) in enumerate(loader):
-        if step >= steps:
-            break
-        check_stop(step, "train")
-        with _autocast(device, amp):
-            logits = model(images)
-            loss = criterion(logits, targets)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"epoch {epoch}, step {step}: the loss is {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
+    try:
+        for step, (images, targets) in enumerate(loader):
+            if step >= steps:
+                break
+            check_stop(step, "train")
+            if warmup_steps:
+                scale = ((epoch - 1) * steps + step + 1) / warmup_steps
+                for group, lr in zip(optimizer.param_groups, scheduled):
+                    group["lr"] = lr * scale
+            with autocast(device, amp):
+                logits = model(images)
+            loss = criterion(logits.float(), targets)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"epoch {epoch}, step {step}: the loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        n = targets.size(0)
-        loss_m.update(loss.item(), n)
-        top1_m.update(accuracy(logits.detach(), targets, topk=(1,))[0], n)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_m.avg:.3f}", top1=f"{top1_m.avg:.1f}")
-    bar.close()
+            n = targets.size(0)
+            loss_m.update(loss.item(), n)
+            top1_m.update(accuracy(logits.detach(), targets, topk=(1,))[0], n)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_m.avg:.3f}", top1=f"{top1_m.avg:.1f}")
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
+        bar.close()
     return reduce_meters({"loss": loss_m, "top1": top1_m})  # over every process's images
 
 
@@ -181,7 +184,7 @@ def validate(
         if step >= steps:
             break
         check_stop(step, desc)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         loss = criterion(logits.float(), targets)
         top1, top3 = accuracy(logits, targets, topk=(1, 3))
@@ -457,7 +460,6 @@ class _Parts:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
 
 
 def _logger(run_dir: Path | None, ctx: DistContext) -> logging.Logger:
@@ -479,9 +481,7 @@ def _open_run(cfg: ArchTrainConfig, state: dict | None, ctx: DistContext):
 
 
 def _build(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> _Parts:
-    """Data, model, loss, optimizer, schedule and (CUDA amp) GradScaler of a run."""
-    if cfg.amp and ctx.device.type != "cuda":
-        logger.warning("--amp is for CUDA; training in float32 on %s", ctx.device)
+    """Data, model, loss, optimizer and schedule of a run."""
     if ctx.device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True
     # each process its own stream (dropout); DDP gives every process rank 0's initial weights
@@ -490,14 +490,12 @@ def _build(cfg: ArchTrainConfig, spec: ArchSpec, ctx: DistContext) -> _Parts:
         data = load_data(cfg)
     model = build_model(cfg, spec, data.num_classes, data.input_size, ctx.device)
     optimizer = build_optimizer(cfg, model)
-    amp = cfg.amp and ctx.device.type == "cuda"
     return _Parts(
         model=model,
         loaders=build_loaders(cfg, data, ctx.device, ctx.rank, ctx.world_size),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         optimizer=optimizer,
         scheduler=build_scheduler(cfg, optimizer),
-        scaler=torch.amp.GradScaler("cuda") if amp else None,
     )
 
 
@@ -507,8 +505,6 @@ def _restore(parts: _Parts, state: dict[str, Any], cfg: ArchTrainConfig, ctx: Di
     parts.optimizer.load_state_dict(state["optimizers"]["w"])
     parts.scheduler.load_state_dict(state["schedulers"]["w"])
     extend_cosine(parts.scheduler, cfg.epochs)
-    if parts.scaler is not None and state.get("scaler"):
-        parts.scaler.load_state_dict(state["scaler"])
     restore_rng_states(ctx, state["rng"], state.get("rng_ranks"))
 
 
@@ -543,10 +539,10 @@ def _train_epoch(epoch: int, parts: _Parts, progress: Progress, cfg, device, wri
         parts.optimizer,
         device,
         epoch,
-        scaler=parts.scaler,
         amp=cfg.amp,
         max_steps=cfg.max_steps_per_epoch,
         progress=cfg.progress,
+        warmup_epochs=cfg.lr_warmup_epochs,
     )
     parts.scheduler.step()
     sync_buffers(parts.model)  # every process evaluates (and rank 0 saves) rank 0's BN statistics

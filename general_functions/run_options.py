@@ -36,6 +36,14 @@ def device() -> Any:
     return opt("auto", "auto, cpu or cuda", None, ("auto", "cpu", "cuda"))
 
 
+def amp() -> Any:
+    return opt(
+        False,
+        "bfloat16 autocast of the forward pass (no loss scaling; general_functions/precision.py); "
+        "CUDA, or a CPU (slower there without bfloat16 instructions)",
+    )
+
+
 def threads() -> Any:
     return opt(0, "CPU intra-op threads (0: torch's default)")
 

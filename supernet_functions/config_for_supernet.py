@@ -104,7 +104,7 @@ class SupernetConfig:
         "depthwise convolutions skip kernel taps that only see padding, and compute the weight "
         "gradient of outputs up to 2x2 directly (exact)",
     )
-    amp: bool = opt(False, "bfloat16 autocast of the supernet's forward pass; CUDA only")
+    amp: bool = run_options.amp()
     cudnn_benchmark: bool = opt(False, "let cuDNN time and pick convolution algorithms (CUDA only)")
     # ---------------------------------------------------------------- latency table and loss
     lut_path: str = opt(

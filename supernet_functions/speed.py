@@ -21,8 +21,9 @@ time goes, and each point below answers one finding:
   gradient as one multiply-and-sum over the (at most 25) shifted copies of the input instead; the input
   gradient and the forward pass stay with the library's convolution.
 
-GPU-only settings are here too: mixed precision (bfloat16 autocast, off by default: it changes the
-numerics) and ``cudnn.benchmark``; on a CPU both are no-ops.
+Two settings that change the numerics or are CUDA's own are here too: mixed precision (``--amp``,
+bfloat16 autocast on the run's device, off by default; :mod:`general_functions.precision`) and
+``cudnn.benchmark`` (a no-op on a CPU).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fbnet_building_blocks.trim_kernels import TrimmedConv2d, used_taps
+from general_functions.precision import autocast
 
 __all__ = ["SmallMapDepthwiseConv2d", "prepare_supernet", "to_model_format"]
 
@@ -50,9 +52,9 @@ def prepare_supernet(
 ) -> nn.Module:
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
 
-    ``channels_last`` and ``trim_kernels`` are exact. ``cudnn_benchmark`` and ``amp`` (bfloat16
-    autocast of the forward pass; no loss scaling is needed with bfloat16) act on CUDA only and are
-    no-ops on the CPU, where ``amp`` logs a warning.
+    ``channels_last`` and ``trim_kernels`` are exact. ``cudnn_benchmark`` acts on CUDA only;
+    ``amp`` runs the forward pass under bfloat16 autocast on ``device``
+    (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
     """
     model.to(device)
     if trim_kernels:
@@ -68,10 +70,7 @@ def prepare_supernet(
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if amp:
-        if device.type == "cuda":
-            model.forward = _AutocastForward(model.forward)
-        else:
-            logger.warning("--amp is for CUDA; the supernet runs in float32 on %s", device)
+        model.forward = _AutocastForward(model.forward, device)
     return model
 
 
@@ -128,6 +127,9 @@ class SmallMapDepthwiseConv2d(TrimmedConv2d):
         lo_h, hi_h, bh, ah = used_taps(h, kh, sh, ph)
         lo_w, hi_w, bw, aw = used_taps(w, kw, sw, pw)
         weight = self.weight[:, :, lo_h:hi_h, lo_w:hi_w]
+        if torch.is_autocast_enabled(x.device.type):  # the dtype autocast gives a library conv
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         if bh != ah or bw != aw:
             x = F.pad(x, (bw, aw, bh, ah))
             bh = bw = 0
@@ -147,12 +149,12 @@ def to_model_format(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 class _AutocastForward:
-    """``forward`` under bfloat16 autocast on CUDA, with float32 outputs for the loss."""
+    """``forward`` under bfloat16 autocast on ``device``, with float32 outputs for the loss."""
 
-    def __init__(self, forward) -> None:
-        self.forward = forward
+    def __init__(self, forward, device: torch.device) -> None:
+        self.forward, self.device = forward, device
 
     def __call__(self, *args, **kwargs):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast(self.device, True):
             out = self.forward(*args, **kwargs)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()

@@ -115,6 +115,35 @@ def test_train_one_epoch_lowers_the_loss():
     assert last["top1"] > 50
 
 
+def test_lr_warmup_rises_per_step_and_hands_back_the_schedule():
+    """--lr_warmup_epochs 2 over 3 steps an epoch: steps 1..6 run at k/6 of the scheduled lr, each
+    epoch's end restores the scheduled lr, and epoch 3 runs at the schedule."""
+    torch.manual_seed(0)
+    data = make_fake_data(24, 8, seed=1)
+    model = get_model(ArchSpec("t", OPS_A, "tiny"), cnt_classes=10)
+    loader = make_loader(data.train, 8, train=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    criterion = torch.nn.CrossEntropyLoss()
+    scheduled = [0.3, 0.2, 0.1]
+    for epoch, lr in enumerate(scheduled, 1):
+        optimizer.param_groups[0]["lr"] = lr  # as a per-epoch scheduler would set it
+        train_one_epoch(
+            model,
+            loader,
+            criterion,
+            optimizer,
+            torch.device("cpu"),
+            epoch,
+            progress=False,
+            warmup_epochs=2,
+        )
+        assert optimizer.param_groups[0]["lr"] == lr
+    expected = [0.3 * k / 6 for k in (1, 2, 3)] + [0.2 * k / 6 for k in (4, 5, 6)] + [0.1] * 3
+    assert seen == pytest.approx(expected)
+
+
 def test_cosine_schedule_in_metrics(tmp_path):
     run(_cfg(tmp_path, epochs=3, lr_schedule="cosine", lr=0.2, max_steps_per_epoch=1))
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "runs" / "r")]

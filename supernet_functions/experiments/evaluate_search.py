@@ -105,7 +105,7 @@ PROXIES: dict[str, dict[str, Any]] = {
 }
 PROG = "python -m supernet_functions.experiments.evaluate_search"
 RESULT_FILE = "result.json"  # in each training's folder: its final metrics (see _write_result)
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "train_limit", "test_limit")
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "lr_warmup_epochs", "train_limit", "test_limit")
 
 
 def _eta(seconds: float) -> str:
@@ -508,6 +508,9 @@ class EvaluateConfig:
     epochs: int | None = opt(None, "proxy epochs (None: the proxy's; cifar10: 5)")
     batch_size: int | None = opt(None, "proxy training batch (None: the proxy's; cifar10: 128)")
     lr: float | None = opt(None, "proxy SGD learning rate (None: the proxy's; cifar10: 0.1)")
+    lr_warmup_epochs: int | None = opt(
+        None, "proxy linear learning-rate warm-up epochs, per step (None: the proxy's; cifar10: 0)"
+    )
     train_limit: int | None = opt(None, "training images (None: the proxy's; cifar10: 0 = all)")
     test_limit: int | None = opt(None, "test images (None: the proxy's; cifar10: 0 = all)")
     check_proxy: bool = opt(
@@ -526,6 +529,7 @@ class EvaluateConfig:
         "epochs": "[1, inf)",
         "batch_size": "[1, inf)",
         "lr": "[0, inf)",
+        "lr_warmup_epochs": "[0, inf)",
         "train_limit": "[0, inf)",
         "test_limit": "[0, inf)",
     }
