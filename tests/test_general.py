@@ -110,7 +110,11 @@ def test_real_configs_bound_only_their_own_fields_and_their_defaults_fit():
     from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
     from supernet_functions.latency.cli import LUTConfig
 
-    for cls, presets in ((ArchTrainConfig, ARCH_PRESETS), (SupernetConfig, PRESETS), (LUTConfig, {})):
+    for cls, presets in (
+        (ArchTrainConfig, ARCH_PRESETS),
+        (SupernetConfig, PRESETS),
+        (LUTConfig, {}),
+    ):
         assert set(cls.BOUNDS) <= set(cls.__dataclass_fields__), cls.__name__
         check_bounds(cls())
         for preset in presets.values():
@@ -154,7 +158,8 @@ def test_metrics_of_a_format_1_search_are_renumbered_from_one(tmp_path):
     path.write_text("step,loss\n0,2.5\n1,2.0\n")
     assert steps_from_one(path)
     assert path.read_text().splitlines() == ["step,loss", "1,2.5", "2,2.0"]
-    assert not steps_from_one(path)  # from 1 already: left alone, so a second resume changes nothing
+    # from 1 already: left alone, so a second resume changes nothing
+    assert not steps_from_one(path)
     assert path.read_text().splitlines() == ["step,loss", "1,2.5", "2,2.0"]
 
 

@@ -46,7 +46,11 @@ def _imports(path: Path, source: str | None = None) -> set[str]:
 def _room_files(room: str) -> list[Path]:
     folder = ROOT / room
     # a package's own modules; its sub-packages are rooms of their own
-    return sorted(folder.glob("*.py")) if room == "supernet_functions" else sorted(folder.rglob("*.py"))
+    return (
+        sorted(folder.glob("*.py"))
+        if room == "supernet_functions"
+        else sorted(folder.rglob("*.py"))
+    )
 
 
 @pytest.mark.parametrize("room", FORBIDDEN)
@@ -68,6 +72,7 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     assert "architecture_functions.export.main" in _imports(module)
     # a relative import is read as the absolute one it stands for
     inner = ROOT / "supernet_functions" / "latency" / "table.py"
-    assert "supernet_functions.latency.measure.build_lut" in _imports(inner, "from .measure import build_lut")
+    assert "supernet_functions.latency.measure.build_lut" in _imports(
+        inner, "from .measure import build_lut"
+    )
     assert "supernet_functions.sampling.x" in _imports(inner, "from ..sampling import x")
-

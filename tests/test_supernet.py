@@ -216,7 +216,13 @@ def _fake_run(tmp_path, lut):
     run.mkdir(parents=True)
     thetas = torch.zeros(lut.num_layers, len(OPS))
     thetas[:, OPS.index("skip")] = 1.0
-    state = {"format": 2, "epoch": 4, "search_space": "tiny", "input_size": 32, "candidate_ops": OPS}
+    state = {
+        "format": 2,
+        "epoch": 4,
+        "search_space": "tiny",
+        "input_size": 32,
+        "candidate_ops": OPS,
+    }
     state.update(thetas=thetas.tolist(), lut_path="x.json", lut_device="cpu")
     (run / "thetas.json").write_text(json.dumps(state))
     lut.save(run / "lut.json")
