@@ -15,6 +15,8 @@ Variants (``variant``):
 - ``"paper"`` (default): Eq. 2 as written.
 - ``"original"``: ``alpha * CE * beta * log(LAT)``, what the original reproduction computed
   (``alpha * ce * log(LAT ** beta)``); kept for comparison.
+- ``"ce"``: the cross-entropy alone (a latency term of 1, with zero gradient): the DARTS-vs-FBNet
+  experiment, which searches without a cost (``supernet_functions.experiments.darts_vs_fbnet``).
 
 **Latency target** (``--target_latency_ms T``, 0 = off). With the table's fixed parts ``F`` (stem, head;
 in LAT only with ``--loss_include_fixed``), ``LAT + F`` is the expected whole-network latency, and the
@@ -51,7 +53,7 @@ __all__ = [
     "min_architecture_cost",
 ]
 
-LOSS_VARIANTS = ("paper", "original")
+LOSS_VARIANTS = ("paper", "original", "ce")
 
 
 class SupernetLoss(nn.Module):
@@ -91,10 +93,14 @@ class SupernetLoss(nn.Module):
         return (latency + self.fixed_cost > self.target) & (self.target > 0)
 
     def latency_term(self, latency: torch.Tensor) -> torch.Tensor:
-        """``alpha * log(scale * LAT) ** beta`` (paper) or ``alpha * beta * log(scale * LAT)``.
+        """``alpha * log(scale * LAT) ** beta`` (paper), ``alpha * beta * log(scale * LAT)``
+        (original) or 1 (ce; still a function of ``LAT``, so the thetas' latency pull is a zero
+        gradient, not a missing one).
 
         With a target, ``LAT`` is ``max(LAT, target)`` (the hinge): no gradient below the target.
         """
+        if self.variant == "ce":
+            return latency * 0.0 + 1.0
         latency = latency + self.fixed_cost
         if self.target > 0:
             latency = latency.clamp_min(self.target)

@@ -172,8 +172,10 @@ def _train_phase(
     desc: str = "",
     grad_sync=None,
     split: list[nn.Parameter] | None = None,
+    on_step=None,
 ) -> dict[str, float]:
-    """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step.
+    """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step, and
+    ``on_step(values)`` after each step, with the batch's ``loss``, ``ce`` and ``top1``.
 
     With ``split`` (the thetas), the phase also measures what moves them: the norm of their gradient's
     cross-entropy part (``grad_ce``) and latency part (``grad_latency``; :func:`latency_share`), how
@@ -213,10 +215,13 @@ def _train_phase(
             if pulls is not None:  # the gradient the step takes: under DDP, the processes' mean
                 pulls.add(meters, pull, latency, n)
             optimizer.step()
-            meters["loss"].update(loss.item(), n)
-            meters["ce"].update(ce.item(), n)
+            values = {"loss": loss.item(), "ce": ce.item(), "top1": accuracy(logits, y)[0]}
+            meters["loss"].update(values["loss"], n)
+            meters["ce"].update(values["ce"], n)
             meters["latency"].update(latency.detach().mean().item(), n)
-            meters["top1"].update(accuracy(logits, y)[0], n)
+            meters["top1"].update(values["top1"], n)
+            if on_step is not None:
+                on_step(values)
             bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", top1=f"{meters['top1'].avg:.1f}")
         bar.close()
     optimizer.zero_grad(set_to_none=True)
@@ -268,9 +273,10 @@ def _per_sample(model) -> bool:
 
 
 def train_weights_epoch(
-    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
+    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False, on_step=None
 ) -> dict[str, float]:
-    """One epoch of SGD on the weights over their split; the thetas are frozen.
+    """One epoch of SGD on the weights over their split; the thetas are frozen. ``on_step``: see
+    :func:`_train_phase`.
 
     Under DDP ``model`` is the wrapper, which averages the weights' gradients.
     """
@@ -286,13 +292,15 @@ def train_weights_epoch(
         max_steps,
         progress,
         "weights",
+        on_step=on_step,
     )
 
 
 def train_thetas_epoch(
-    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False
+    model, loader, criterion, optimizer, temperature, max_steps=0, progress=False, on_step=None
 ) -> dict[str, float]:
-    """One epoch of Adam on the thetas over their split; the weights are frozen.
+    """One epoch of Adam on the thetas over their split; the weights are frozen. ``on_step``: see
+    :func:`_train_phase`.
 
     Under DDP the plain module runs (DDP handles the weights only) and the thetas' gradients are
     averaged over the processes by one all-reduce before each step.
@@ -312,6 +320,7 @@ def train_thetas_epoch(
         "thetas",
         grad_sync=lambda: all_reduce_grads(thetas),
         split=thetas,
+        on_step=on_step,
     )
 
 

@@ -73,8 +73,11 @@ def test_searched_net_uses_mixed_operation(slot):
     weights, arch = net.weight_parameters(), net.arch_parameters()
     assert {id(p) for p in arch} == {id(net.slot.thetas)}
     assert len(weights) + len(arch) == len(list(net.parameters()))
-    logits = net(torch.randn(4, 3, 32, 32), temperature=5.0)
+    logits, latency = net(torch.randn(4, 3, 32, 32), temperature=5.0)
     assert logits.shape == (4, 10)
+    assert (
+        float(latency.detach()) == 0.0
+    )  # the candidates cost nothing: the experiment has no latency term
     used = net.slot.last_weights
     assert used.shape == (2,) and math.isclose(float(used.sum()), 1.0, rel_tol=1e-6)
     logits.sum().backward()

@@ -159,3 +159,18 @@ def test_latency_share_splits_the_thetas_gradient_into_its_two_parts(per_example
     logits, latency = forward()
     zero = torch.autograd.grad(latency_share(hinged, logits, y, latency), thetas)[0]
     assert torch.equal(zero, torch.zeros(3))
+
+
+def test_ce_variant_is_the_cross_entropy_with_no_latency_pull():
+    """variant "ce": the loss equals F.cross_entropy bit for bit and the thetas' gradient through
+    the latency is exactly zero (not NaN), also at a latency of 0 where log would be -inf."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    thetas = torch.zeros(3, requires_grad=True)
+    for costs in (torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])):
+        latency = torch.softmax(thetas, 0) @ costs
+        loss, ce, term = SupernetLoss(variant="ce")(logits, targets, latency)
+        assert torch.equal(loss, torch.nn.functional.cross_entropy(logits, targets))
+        assert torch.equal(ce, loss) and float(term.detach()) == 1.0
+        (grad,) = torch.autograd.grad(loss, thetas)
+        assert torch.equal(grad, torch.zeros(3))

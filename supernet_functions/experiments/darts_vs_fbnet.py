@@ -10,7 +10,11 @@ code's :class:`~supernet_functions.model_supernet.MixedOperation` (the layer the
    that GOOD trains to the higher accuracy;
 2. ``darts`` (``mixing="softmax"``) and ``fbnet`` (``mixing="gumbel"``): the slot mixes both blocks;
    every epoch trains the weights on the weights split with SGD, then the thetas on the thetas split with
-   Adam (the supernet's schedule), from the same initial weights and the same batches.
+   Adam, from the same initial weights and the same batches. The phases are the search's own
+   (:func:`~supernet_functions.training_functions_supernet.train_weights_epoch`,
+   :func:`~supernet_functions.training_functions_supernet.train_thetas_epoch`,
+   :func:`~supernet_functions.training_functions_supernet.temperature_at`) with the loss's ``ce``
+   variant: the cross-entropy alone.
 
 Every step logs the two mixing weights the forward pass used (``mix/good``, ``mix/bad``), the learned
 distribution ``softmax(thetas)`` (``prob/good``, ``prob/bad``) and the thetas to TensorBoard and
@@ -34,14 +38,13 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from fbnet_building_blocks.blocks import ConvBNReLU
 from fbnet_building_blocks.fbnet_builder import init_weights
@@ -52,7 +55,13 @@ from general_functions.dataloaders import load_dataset, make_loader, split_train
 from general_functions.io_utils import atomic_write_text
 from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
 from general_functions.utils import AverageMeter, accuracy, resolve_device, set_seed, set_threads
+from supernet_functions.loss import SupernetLoss
 from supernet_functions.model_supernet import MixedOperation
+from supernet_functions.training_functions_supernet import (
+    temperature_at,
+    train_thetas_epoch,
+    train_weights_epoch,
+)
 
 __all__ = [
     "MODES",
@@ -104,6 +113,7 @@ class DartsVsFbnetConfig:
     thetas_weight_decay: float = opt(5e-4, "Adam weight decay of the thetas", _ORIG)
     init_temperature: float = opt(5.0, "Gumbel-softmax temperature at the first epoch", _ORIG)
     temperature_decay: float = opt(math.exp(-0.045), "temperature factor per epoch", _ORIG)
+    min_temperature: float = opt(0.0, "the temperature never falls below this (0: no floor)")
     # run
     device: str = run_options.device()
     threads: int = opt(2, "CPU threads (fixed, so that a rerun gives the same numbers)")
@@ -206,13 +216,17 @@ class OneChoiceNet(nn.Module):
     def searched(self) -> bool:
         return isinstance(self.slot, MixedOperation)
 
-    def forward(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, expected latency)``, the supernet's contract; the slot's candidates cost 0
+        (the experiment has no latency term), a fixed slot's latency is a constant 0."""
         x = self.stem(x)
         if self.searched:
-            x, _ = self.slot(x, temperature)  # no latency term: the expected latency is unused
+            x, latency = self.slot(x, temperature)
         else:
-            x = self.slot(x)
-        return self.classifier(self.pool(self.body(x)).flatten(1))
+            x, latency = self.slot(x), x.new_zeros(())
+        return self.classifier(self.pool(self.body(x)).flatten(1)), latency
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.slot.thetas] if self.searched else []
@@ -223,18 +237,6 @@ class OneChoiceNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ training
-def _set_trainable(params: Iterable[nn.Parameter], flag: bool) -> None:
-    for p in params:
-        p.requires_grad_(flag)
-
-
-def _batches(loader, limit: int):
-    for i, batch in enumerate(loader):
-        if limit and i >= limit:
-            return
-        yield batch
-
-
 def _slot_values(model: OneChoiceNet) -> dict[str, float]:
     """The mixing weights of the last forward, softmax(thetas) and the thetas, as log scalars."""
     if not model.searched:
@@ -250,58 +252,28 @@ def _slot_values(model: OneChoiceNet) -> dict[str, float]:
     return out
 
 
-def train_phase(
-    model: OneChoiceNet,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    phase: str,
-    epoch: int,
-    step: int,
-    temperature: float,
-    writer: MetricWriter,
-    cfg: DartsVsFbnetConfig,
-) -> tuple[int, float, float]:
-    """One pass over ``loader`` updating the weights (``phase="w"``) or the thetas (``"thetas"``).
+class _StepLog:
+    """Writes every step of a phase (the search's ``on_step``) at the run's global step."""
 
-    Only the parameters of the phase get gradients. Every step is logged. Returns the next global step,
-    the mean loss and the mean top-1 accuracy of the pass.
-    """
-    model.train()
-    _set_trainable(model.weight_parameters(), phase == "w")
-    _set_trainable(model.arch_parameters(), phase == "thetas")
-    loss_meter, top1_meter = AverageMeter(), AverageMeter()
-    limit = cfg.steps_per_epoch
-    total = min(len(loader), limit) if limit else len(loader)
-    bar = tqdm(
-        _batches(loader, limit),
-        total=total,
-        desc=f"epoch {epoch} {phase}",
-        leave=False,
-        disable=not cfg.progress,
-    )
-    for x, y in bar:
-        logits = model(x, temperature)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        top1 = accuracy(logits, y)[0]
-        loss_meter.update(loss.item(), len(y))
-        top1_meter.update(top1, len(y))
-        values = {
-            "epoch": float(epoch),
-            "train/phase": 0.0 if phase == "w" else 1.0,
-            "train/loss": loss.item(),
-            "train/top1": top1,
-            "sched/temperature": float(temperature),
-            **_slot_values(model),
-        }
-        if phase == "w":
-            values["sched/w_lr"] = optimizer.param_groups[0]["lr"]
-        writer.scalars(step, values)
-        step += 1
-    _set_trainable(model.parameters(), True)
-    return step, loss_meter.avg, top1_meter.avg
+    def __init__(self, model: OneChoiceNet, writer: MetricWriter) -> None:
+        self.model, self.writer, self.step = model, writer, 0
+
+    def phase(self, phase: str, epoch: int, temperature: float, optimizer):
+        def on_step(batch: dict[str, float]) -> None:
+            values = {
+                "epoch": float(epoch),
+                "train/phase": 0.0 if phase == "w" else 1.0,
+                "train/loss": batch["loss"],
+                "train/top1": batch["top1"],
+                "sched/temperature": float(temperature),
+                **_slot_values(self.model),
+            }
+            if phase == "w":
+                values["sched/w_lr"] = optimizer.param_groups[0]["lr"]
+            self.writer.scalars(self.step, values)
+            self.step += 1
+
+        return on_step
 
 
 @torch.no_grad()
@@ -310,7 +282,7 @@ def evaluate(model: OneChoiceNet, loader) -> float:
     model.eval()
     meter = AverageMeter()
     for x, y in loader:
-        meter.update(accuracy(model(x), y)[0], len(y))
+        meter.update(accuracy(model(x)[0], y)[0], len(y))
     return meter.avg
 
 
@@ -355,30 +327,36 @@ def _train_mode(mode, data, cfg, mode_dir: Path, device, log: logging.Logger) ->
     if old_events:
         log.info("%s: replaced %d old TensorBoard event file(s)", mode, len(old_events))
     writer = MetricWriter(mode_dir)
-    step, temperature = 0, cfg.init_temperature
+    steps = _StepLog(model, writer)
+    criterion = SupernetLoss(variant="ce")  # no latency term: the cross-entropy alone
     summary: dict = {"mode": mode, "slot": MODES[mode], "params": count_params(model)}
     start = time.perf_counter()
     # the Gumbel noise comes from the global generator; seed it apart from the weights' init
     torch.manual_seed(cfg.seed + 1)
     for epoch in range(cfg.epochs):
+        # the search's anneal; a fixed slot has no thetas and keeps the first temperature
+        temperature = temperature_at(epoch, cfg) if model.searched else cfg.init_temperature
         data["w_loader"].set_epoch(epoch)
-        step, w_loss, w_top1 = train_phase(
-            model, data["w_loader"], w_opt, "w", epoch, step, temperature, writer, cfg
-        )
-        line = f"{mode} epoch {epoch}: w loss {w_loss:.3f} top1 {w_top1:.2f}"
+        w = train_weights_epoch(
+            model, data["w_loader"], criterion, w_opt, temperature, cfg.steps_per_epoch,
+            cfg.progress, on_step=steps.phase("w", epoch, temperature, w_opt),
+        )  # fmt: skip
+        line = f"{mode} epoch {epoch}: w loss {w['loss']:.3f} top1 {w['top1']:.2f}"
         w_sched.step()
         if model.searched and epoch >= cfg.warmup_epochs:
             data["thetas_loader"].set_epoch(epoch)
-            step, t_loss, _ = train_phase(
-                model, data["thetas_loader"], thetas_opt, "thetas", epoch, step, temperature,
-                writer, cfg,
+            t = train_thetas_epoch(
+                model, data["thetas_loader"], criterion, thetas_opt, temperature,
+                cfg.steps_per_epoch, cfg.progress,
+                on_step=steps.phase("thetas", epoch, temperature, thetas_opt),
             )  # fmt: skip
             prob = model.slot.probabilities()
-            line += f" | thetas loss {t_loss:.3f} p(good) {float(prob[0]):.3f} T {temperature:.3f}"
-            temperature *= cfg.temperature_decay
+            line += (
+                f" | thetas loss {t['loss']:.3f} p(good) {float(prob[0]):.3f} T {temperature:.3f}"
+            )
         if not model.searched:
             test_top1 = evaluate(model, data["eval_loader"])
-            writer.scalars(step - 1, {"val/top1": test_top1})
+            writer.scalars(steps.step - 1, {"val/top1": test_top1})
             line += f" | test top1 (first {data['sizes']['eval']}) {test_top1:.2f}"
         log.info(line)
     summary["train_seconds"] = round(time.perf_counter() - start, 1)
