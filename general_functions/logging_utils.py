@@ -7,25 +7,12 @@ import io
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .io_utils import DiskFullError, atomic_write_text, disk_full_message, is_disk_full
 
-__all__ = ["MetricWriter", "close_log_files", "get_logger", "setup_run_dir"]
-
-
-def setup_run_dir(root: str | Path, run_name: str | None, prefix: str = "run") -> Path:
-    """``root/run_name``, or a fresh time-stamped folder when no name is given."""
-    root = Path(root)
-    if not run_name:
-        run_name = f"{prefix}_{datetime.now():%Y%m%d_%H%M%S}"
-    if "/" in run_name or "\\" in run_name or run_name in (".", ".."):
-        raise ValueError(f"run name {run_name!r} must not contain path separators")
-    run_dir = root / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+__all__ = ["MetricWriter", "close_log_files", "get_logger"]
 
 
 def get_logger(run_dir: str | Path | None, name: str = "fbnet") -> logging.Logger:

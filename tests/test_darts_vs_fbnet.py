@@ -181,3 +181,16 @@ def test_bad_arguments_are_refused(tmp_path):
         main(_argv(tmp_path, "--modes", "darts,enas"))
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
         main(_argv(tmp_path, "--run_name", "empty", "--plot_only", "True"))
+
+
+def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
+    """The trainers' run folder: a second run into the same --run_name is refused in one message
+    and leaves the first run's files as they were; --overwrite starts it again."""
+    main(_argv(tmp_path, "--modes", "good_only", "--epochs", "1"))
+    summary = tmp_path / "logs" / "smoke" / "summary.json"
+    before = summary.read_text()
+    with pytest.raises(FileExistsError, match="already holds a run.*--overwrite"):
+        main(_argv(tmp_path, "--modes", "bad_only", "--epochs", "1"))
+    assert summary.read_text() == before
+    main(_argv(tmp_path, "--modes", "bad_only", "--epochs", "1", "--overwrite", "True"))
+    assert list(json.loads(summary.read_text())["modes"]) == ["bad_only"]

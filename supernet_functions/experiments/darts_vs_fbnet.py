@@ -22,7 +22,8 @@ distribution ``softmax(thetas)`` (``prob/good``, ``prob/bad``) and the thetas to
 
 Usage:
     python -m supernet_functions.experiments.darts_vs_fbnet --help
-    # the run in DARTS_VS_FBNET.md (33.6 minutes on 2 CPU cores shared with other jobs):
+    # the run in DARTS_VS_FBNET.md (33.6 minutes on 2 CPU cores shared with other jobs; a folder that
+    # already holds a run is refused: --overwrite replaces it):
     python -m supernet_functions.experiments.darts_vs_fbnet --data_dir /path/to/cifar10 --run_name cifar10_10k_seed0
     # redraw the plots from a run's CSVs, without training:
     python -m supernet_functions.experiments.darts_vs_fbnet --run_name cifar10_10k_seed0 --plot_only True
@@ -53,7 +54,8 @@ from general_functions import run_options
 from general_functions.config_utils import config_to_dict, opt, parse_config
 from general_functions.dataloaders import load_dataset, make_loader, split_train
 from general_functions.io_utils import atomic_write_text
-from general_functions.logging_utils import MetricWriter, get_logger, setup_run_dir
+from general_functions.logging_utils import MetricWriter, get_logger
+from general_functions.run_folder import check_run_name, release_run_locks, start_run_dir
 from general_functions.utils import AverageMeter, accuracy, resolve_device, set_seed, set_threads
 from supernet_functions.loss import SupernetLoss
 from supernet_functions.model_supernet import MixedOperation
@@ -120,6 +122,7 @@ class DartsVsFbnetConfig:
     seed: int = opt(0, "seed of the weights, the split, the batches and the Gumbel noise")
     log_dir: str = opt("SAVED_LOGS/darts_vs_fbnet", "folder of run folders")
     run_name: str = opt("", "run folder name (default: <dataset>_seed<seed>)")
+    overwrite: bool = run_options.overwrite()
     pictures_dir: str = opt("pictures", "where the PNG plots go")
     plot_only: bool = opt(False, "only redraw the plots from <log_dir>/<run_name>/*/metrics.csv")
     progress: bool = run_options.progress()
@@ -416,9 +419,17 @@ def run(cfg: DartsVsFbnetConfig) -> dict:
     if not 0.0 < cfg.w_share < 1.0:
         raise ValueError(f"w_share must lie strictly between 0 and 1, got {cfg.w_share}")
     run_name = cfg.run_name or f"{cfg.dataset}_seed{cfg.seed}"
-    run_dir = setup_run_dir(cfg.log_dir, run_name)
     if cfg.plot_only:
-        return {"plots": [str(p) for p in plot_run(run_dir, cfg.pictures_dir)]}
+        check_run_name(run_name)
+        return {"plots": [str(p) for p in plot_run(Path(cfg.log_dir) / run_name, cfg.pictures_dir)]}
+    try:  # the trainers' run folder: locked, and a finished run is kept unless --overwrite
+        run_dir = start_run_dir(cfg.log_dir, run_name, "darts_vs_fbnet", cfg.overwrite)
+        return _run_in(run_dir, cfg)
+    finally:
+        release_run_locks()
+
+
+def _run_in(run_dir: Path, cfg: DartsVsFbnetConfig) -> dict:
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     log = get_logger(run_dir)
@@ -561,4 +572,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from general_functions.run_folder import USER_ERRORS
+
+    try:
+        main()
+    except USER_ERRORS as err:  # a taken run folder, a missing data set...: one line
+        sys.exit(f"error: {err}")
