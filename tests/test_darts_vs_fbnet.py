@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -183,10 +184,10 @@ def test_bad_arguments_are_refused(tmp_path):
         main(_argv(tmp_path, "--run_name", "empty", "--plot_only", "True"))
 
 
-def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
+def test_a_finished_run_is_kept_unless_overwrite(smoke_run, tmp_path):
     """The trainers' run folder: a second run into the same --run_name is refused in one message
     and leaves the first run's files as they were; --overwrite starts it again."""
-    main(_argv(tmp_path, "--modes", "good_only", "--epochs", "1"))
+    shutil.copytree(smoke_run[0] / "logs", tmp_path / "logs")  # a finished run, not the fixture's
     summary = tmp_path / "logs" / "smoke" / "summary.json"
     before = summary.read_text()
     with pytest.raises(FileExistsError, match="already holds a run.*--overwrite"):
