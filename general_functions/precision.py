@@ -2,8 +2,8 @@
 
 bfloat16 keeps float32's exponent range, so gradients do not underflow and no loss scaling
 (``GradScaler``) is needed; the weights, the optimizer state and the loss stay float32. Autocast runs
-on the run's device: on CUDA (Ampere and newer have bfloat16 arithmetic) and on the CPU, where it is
-exact to test but slower than float32 on cores without bfloat16 instructions.
+on the run's device: on CUDA (Ampere and newer have bfloat16 arithmetic) and on the CPU, where the tests
+run the same path; there it is slower than float32 on cores without bfloat16 instructions.
 """
 
 from __future__ import annotations
