@@ -11,9 +11,11 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     reference_cl  the reference in channels_last (still every gradient)
     frozen        the search's step on StochasticSuperNet in NCHW, full kernels (idle set frozen)
     frozen_cl     ... plus channels_last
+    fast_conv1x1  frozen idle set, channels_last, trimmed depthwise kernels with direct weight
+                  gradients on tiny maps, 1x1 convolutions left to the library's convolution
     fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
-                  supernet made by ``prepare_supernet``): frozen idle set, channels_last, trimmed
-                  depthwise kernels with direct weight gradients on tiny maps
+                  supernet made by ``prepare_supernet``): ``fast_conv1x1`` with the 1x1
+                  convolutions as matrix products on a CPU (``PointwiseConv2d``)
     hard          ``fast`` with ``mixing="hard_gumbel"`` (straight-through; only the sampled op runs)
 
 For every batch size it times a weight step (SGD on the weights, thetas frozen) and a theta step (Adam
@@ -59,7 +61,7 @@ from supernet_functions.training_functions_supernet import (  # noqa: E402
     train_weights_epoch,
 )
 
-VARIANTS = ("reference", "reference_cl", "frozen", "frozen_cl", "fast", "hard")
+VARIANTS = ("reference", "reference_cl", "frozen", "frozen_cl", "fast_conv1x1", "fast", "hard")
 STEPS = ("weights", "thetas")
 # A latency-like cost per op so the loss has its latency term (any positive table works for timing).
 _COST_MS = 0.05
@@ -95,7 +97,8 @@ def build_variant(name: str, args, device: torch.device):
             model,
             device,
             channels_last=name != "frozen",
-            trim_kernels=name in ("fast", "hard"),
+            trim_kernels=name in ("fast_conv1x1", "fast", "hard"),
+            pointwise_gemm=name in ("fast", "hard"),
         )
     model.train()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)

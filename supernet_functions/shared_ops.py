@@ -65,8 +65,24 @@ class _SharedBN(nn.Module):
         )
 
 
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None, groups: int = 1) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, groups=groups)
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> torch.Tensor:
+    return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+
 class SharedInvertedResiduals(nn.Module):
-    """The shared weights of every inverted-residual op of one layer; :class:`SharedOp` runs one op."""
+    """The shared weights of every inverted-residual op of one layer; :class:`SharedOp` runs one op.
+
+    ``conv1x1`` and ``depthwise`` compute its convolutions (``F.conv2d``);
+    :func:`~supernet_functions.speed.prepare_supernet` replaces them with the exact fast forms of
+    :mod:`supernet_functions.speed`, as it does for the modules of unshared ops.
+    """
+
+    conv1x1 = staticmethod(_conv1x1)
+    depthwise = staticmethod(_depthwise)
 
     def __init__(
         self,
@@ -100,18 +116,18 @@ class SharedInvertedResiduals(nn.Module):
         pw = self.pw[:hidden]
         if groups > 1:
             pw = _diagonal_blocks(pw, groups)
-        h = F.relu(self.bn_pw(F.conv2d(x, pw, groups=groups), index))
+        h = F.relu(self.bn_pw(self.conv1x1(x, pw, None, groups), index))
         if groups > 1:
             h = F.channel_shuffle(h, groups)
         trim = (self.kernel_size - kernel) // 2
         dw = self.dw[:hidden, :, trim : self.kernel_size - trim, trim : self.kernel_size - trim]
-        h = F.conv2d(h, dw, stride=self.stride, padding=kernel // 2, groups=hidden)
+        h = self.depthwise(h, dw, (self.stride, self.stride), (kernel // 2, kernel // 2))
         if self.bn_dw is not None:
             h = F.relu(self.bn_dw(h, index))
         pwl = self.pwl[:, :hidden]
         if groups > 1:
             pwl = _diagonal_blocks(pwl, groups)
-        out = self.bn_pwl(F.conv2d(h, pwl, groups=groups), index)
+        out = self.bn_pwl(self.conv1x1(h, pwl, None, groups), index)
         return out + x if self.has_skip else out
 
 

@@ -17,9 +17,16 @@ time goes, and each point below answers one finding:
   taps that touch the map; the architecture trainer uses it for the same reason).
 - **Depthwise weight gradients on tiny maps.** After trimming, the largest cost left in a weight step
   was ``convolution_backward`` of depthwise convolutions with outputs of at most 2x2 pixels (10-20 ms a
-  call at batch 32 for a few kilobytes of work). :class:`SmallMapDepthwiseConv2d` computes that weight
-  gradient as one multiply-and-sum over the (at most 25) shifted copies of the input instead; the input
-  gradient and the forward pass stay with the library's convolution.
+  call at batch 32 for a few kilobytes of work), and of 5x5 kernels on 4x4 maps.
+  :class:`SmallMapDepthwiseConv2d` computes that weight gradient as a multiply-and-sum per kernel tap
+  over the shifted input instead; the input gradient and the forward pass stay with the library's
+  convolution.
+- **1x1 convolutions on small maps.** After that, the costliest calls of a weight step were the
+  backward passes of the 1x1 (expansion and projection) convolutions on 8x8 maps and smaller: a few
+  milliseconds each for a GEMM of microseconds. In channels_last memory a 1x1 convolution is a matrix
+  product over ``[pixels, channels]``, so on a CPU :func:`prepare_supernet` swaps them for
+  :class:`PointwiseConv2d`, which runs it as ``F.linear`` (one BLAS GEMM per group, forward and
+  backward).
 
 Two settings that change the numerics or are CUDA's own are here too: mixed precision (``--amp``,
 bfloat16 autocast on the run's device, off by default; :mod:`general_functions.precision`) and
@@ -37,7 +44,14 @@ from torch import nn
 from fbnet_building_blocks.trim_kernels import TrimmedConv2d, used_taps
 from general_functions.precision import autocast
 
-__all__ = ["SmallMapDepthwiseConv2d", "prepare_supernet", "to_model_format"]
+__all__ = [
+    "PointwiseConv2d",
+    "SmallMapDepthwiseConv2d",
+    "depthwise_conv2d",
+    "pointwise_conv2d",
+    "prepare_supernet",
+    "to_model_format",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +63,19 @@ def prepare_supernet(
     trim_kernels: bool = True,
     cudnn_benchmark: bool = False,
     amp: bool = False,
+    pointwise_gemm: bool = True,
 ) -> nn.Module:
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
 
-    ``channels_last`` and ``trim_kernels`` are exact. ``cudnn_benchmark`` acts on CUDA only;
+    ``channels_last`` and ``trim_kernels`` are exact; with ``channels_last`` and ``pointwise_gemm``
+    on a CPU the 1x1 convolutions become :class:`PointwiseConv2d` (exact too). ``cudnn_benchmark`` acts on CUDA only;
     ``amp`` runs the forward pass under bfloat16 autocast on ``device``
     (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
     """
+    from supernet_functions.shared_ops import SharedInvertedResiduals
+
     model.to(device)
+    shared = [m for m in model.modules() if isinstance(m, SharedInvertedResiduals)]
     if trim_kernels:
         from fbnet_building_blocks.trim_kernels import trim_depthwise_convs
 
@@ -64,8 +83,16 @@ def prepare_supernet(
         for module in model.modules():
             if type(module) is TrimmedConv2d and module.bias is None:
                 module.__class__ = SmallMapDepthwiseConv2d  # same object, parameters and names
+        for module in shared:  # --weight_sharing: the layer's convolutions are functions
+            module.depthwise = depthwise_conv2d
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        if pointwise_gemm and device.type == "cpu":  # measured on CPUs only (docs/performance.md)
+            for module in model.modules():
+                if type(module) is nn.Conv2d and PointwiseConv2d.applies_to(module):
+                    module.__class__ = PointwiseConv2d  # same object, parameters and names
+            for module in shared:
+                module.conv1x1 = pointwise_conv2d
     model.channels_last = channels_last
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -75,66 +102,148 @@ def prepare_supernet(
 
 
 class _DepthwiseSmallMap(torch.autograd.Function):
-    """Depthwise ``conv2d`` whose weight gradient is a multiply-and-sum over shifted inputs."""
+    """Depthwise ``conv2d`` of ``F.pad(x, pads)`` whose weight gradient is a multiply-and-sum per tap.
+
+    It keeps ``x`` (which the layer before keeps anyway), not its padded copy, for the backward pass.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding):
+    def forward(ctx, x, weight, stride, pads):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+        ctx.stride, ctx.pads = stride, pads
+        return F.conv2d(F.pad(x, pads), weight, None, stride, 0, 1, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
+        sh, sw = ctx.stride
+        left, _, top, _ = ctx.pads
         channels, _, kh, kw = weight.shape
+        xp = F.pad(x, ctx.pads)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0), channels,
+            grad_xp = torch.ops.aten.convolution_backward(
+                grad, xp, weight, None, ctx.stride, (0, 0), (1, 1), False, (0, 0), channels,
                 (True, False, False),
             )[0]  # fmt: skip
+            grad_x = grad_xp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
         if ctx.needs_input_grad[1]:
             _, _, ho, wo = grad.shape
-            xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # [B, H, W, C]
-            shifted = torch.stack(
-                [
-                    xp[:, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw, :]
-                    for u in range(kh)
-                    for v in range(kw)
-                ]
-            )  # [taps, B, ho, wo, C]
-            grad_w = (shifted * grad.permute(0, 2, 3, 1)).sum(dim=(1, 2, 3))
-            grad_w = grad_w.t().reshape(channels, 1, kh, kw)
+            xp = xp.permute(0, 2, 3, 1)  # [B, H, W, C]
+            grad_hw = grad.permute(0, 2, 3, 1)  # [B, ho, wo, C]
+            taps = [  # one tap at a time: no [taps, B, ho, wo, C] copy of the input
+                (
+                    xp[:, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw] * grad_hw
+                ).sum(dim=(0, 1, 2))
+                for u in range(kh)
+                for v in range(kw)
+            ]  # each [C]
+            grad_w = torch.stack(taps, dim=1).reshape(channels, 1, kh, kw)
         return grad_x, grad_w, None, None
 
 
 class SmallMapDepthwiseConv2d(TrimmedConv2d):
-    """:class:`TrimmedConv2d` that computes the weight gradient itself when the output has <= 4 pixels.
+    """:class:`TrimmedConv2d` that computes the weight gradient itself on small outputs.
 
-    The same convolution, parameters and ``state_dict``; only the order of additions in the weight
-    gradient differs from the library's kernel.
+    Where the library's depthwise weight gradient was measured slow on a CPU (docs/performance.md):
+    outputs of at most 2x2 pixels, and 4x4 outputs of a 5x5 kernel at stride 1 (its 3x3 kernels and
+    strided convolutions there were faster in the library). The same convolution, parameters and
+    ``state_dict``; only the order of additions in the weight gradient differs from the library's.
     """
 
     max_out_pixels = 4
+    max_out_pixels_5x5 = 16  # stride 1, all 25 taps on the map
+
+    @classmethod
+    def direct_weight_grad(cls, out_pixels: int, taps: int, stride: tuple[int, int]) -> bool:
+        """Whether the weight gradient of this output size, kernel taps and stride is computed here."""
+        if out_pixels <= cls.max_out_pixels:
+            return True
+        return out_pixels <= cls.max_out_pixels_5x5 and taps >= 25 and stride == (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if out_h * out_w > self.max_out_pixels or not torch.is_grad_enabled():
+        if self.bias is not None:
             return super().forward(x)
-        lo_h, hi_h, bh, ah = used_taps(h, kh, sh, ph)
-        lo_w, hi_w, bw, aw = used_taps(w, kw, sw, pw)
-        weight = self.weight[:, :, lo_h:hi_h, lo_w:hi_w]
-        if torch.is_autocast_enabled(x.device.type):  # the dtype autocast gives a library conv
+        return depthwise_conv2d(x, self.weight, self.stride, self.padding)
+
+
+def pointwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, groups=groups)`` for a 1x1 ``weight``, as a GEMM where that is faster.
+
+    In channels_last memory ``x`` is ``[batch, height, width, channels]`` underneath, so the
+    convolution is one matrix product ``x @ W^T`` (a grouped one with the block-diagonal matrix of
+    its groups' weights): one BLAS GEMM forward and two backward, where the library's convolution
+    spends milliseconds outside the arithmetic on small maps. Measured per shape on a CPU, the GEMM
+    was faster on maps of up to 8x8 pixels and the library's convolution on 16x16 maps at batch 128
+    (docs/performance.md), so larger maps, and inputs that are not channels_last, take
+    ``F.conv2d``. Only the order of additions differs.
+    """
+    if (
+        x.dim() != 4
+        or x.shape[2] * x.shape[3] > PointwiseConv2d.max_pixels
+        or not x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return F.conv2d(x, weight, bias, groups=groups)
+    matrix = weight.flatten(1)  # [C_out, C_in / groups]
+    if groups > 1:  # block-diagonal [C_out, C_in]: zeros between the groups
+        matrix = torch.block_diag(*matrix.chunk(groups, dim=0))
+    y = F.linear(x.permute(0, 2, 3, 1), matrix, bias)  # [B, H, W, C_out]
+    return y.permute(0, 3, 1, 2)  # [B, C_out, H, W] in channels_last memory
+
+
+def depthwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, groups=channels)``, trimmed and with the weight
+    gradient computed by hand where :class:`SmallMapDepthwiseConv2d` says so."""
+    h, w = x.shape[-2:]
+    (kh, kw), (sh, sw), (ph, pw) = weight.shape[-2:], stride, padding
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    lo_h, hi_h, bh, ah = used_taps(h, kh, sh, ph)
+    lo_w, hi_w, bw, aw = used_taps(w, kw, sw, pw)
+    taps = (hi_h - lo_h) * (hi_w - lo_w)
+    if torch.is_grad_enabled() and SmallMapDepthwiseConv2d.direct_weight_grad(
+        out_h * out_w, taps, (sh, sw)
+    ):
+        weight = weight[:, :, lo_h:hi_h, lo_w:hi_w]
+        if torch.is_autocast_enabled(x.device.type):  # the dtype a library conv gets
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight = x.to(dtype), weight.to(dtype)
-        if bh != ah or bw != aw:
-            x = F.pad(x, (bw, aw, bh, ah))
-            bh = bw = 0
-        y = _DepthwiseSmallMap.apply(x, weight, (sh, sw), (bh, bw))
+        y = _DepthwiseSmallMap.apply(x, weight, (sh, sw), (bw, aw, bh, ah))
         return y[:, :, :out_h, :out_w]
+    if taps == kh * kw:  # every tap touches the map: the plain convolution
+        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+    weight = weight[:, :, lo_h:hi_h, lo_w:hi_w]
+    if bh != ah or bw != aw:
+        x = F.pad(x, (bw, aw, bh, ah))
+        bh = bw = 0
+    y = F.conv2d(x, weight, None, (sh, sw), (bh, bw), 1, weight.shape[0])
+    return y[:, :, :out_h, :out_w]
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` 1x1 (stride 1, no padding) computed by :func:`pointwise_conv2d`.
+
+    The same parameters, ``state_dict`` and output layout as the convolution it replaces.
+    """
+
+    max_pixels = 64  # maps of up to 8x8 pixels run as a GEMM
+
+    @staticmethod
+    def applies_to(conv: nn.Conv2d) -> bool:
+        """True for the convolutions this class computes: 1x1, stride 1, no padding or dilation."""
+        return (
+            conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.padding == (0, 0)
+            and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise_conv2d(x, self.weight, self.bias, self.groups)
 
 
 def to_model_format(x: torch.Tensor, model: nn.Module) -> torch.Tensor:

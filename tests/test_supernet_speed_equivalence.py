@@ -62,20 +62,82 @@ def _named_grads(model, names):
 
 def test_prepared_supernet_uses_trimmed_kernels_and_channels_last():
     from fbnet_building_blocks.trim_kernels import TrimmedConv2d
+    from supernet_functions.speed import PointwiseConv2d
 
     _, fast = _pair()
     assert any(isinstance(m, TrimmedConv2d) for m in fast.modules())
     assert fast.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    pointwise = [m for m in fast.modules() if isinstance(m, PointwiseConv2d)]
+    assert pointwise and any(m.groups == 2 for m in pointwise)  # the g2 ops' grouped 1x1 convs
+    ones = [m for m in fast.modules() if type(m) is torch.nn.Conv2d and m.kernel_size == (1, 1)]
+    assert all(m.stride != (1, 1) for m in ones)  # only strided 1x1 convs keep the library's
 
 
 @pytest.mark.parametrize(
-    "size,kernel,stride",
-    [(1, 5, 1), (2, 5, 1), (2, 3, 1), (3, 5, 2), (4, 5, 2), (4, 3, 2), (5, 3, 1)],
+    "groups,bias,size",
+    [(1, False, 4), (2, False, 2), (1, True, 1), (4, True, 3), (2, True, 8), (1, False, 9)],
 )
-def test_small_map_depthwise_conv_equals_the_full_convolution(size, kernel, stride):
-    """Output, input gradient and weight gradient of the small-map depthwise conv (computed by hand
-    for outputs of at most 2x2 pixels) equal nn.Conv2d's, in channels_last."""
+def test_pointwise_conv_equals_the_convolution(groups, bias, size, monkeypatch):
+    """Output (values and channels_last layout), input gradient and weight and bias gradients of the
+    1x1 convolution as a matrix product equal nn.Conv2d's; maps over 8x8 and NCHW inputs take
+    nn.Conv2d's path."""
+    import torch.nn.functional as F
+
+    from supernet_functions.speed import PointwiseConv2d
+
+    gemms = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: gemms.append(1) or linear(*a))
+
+    conv = torch.nn.Conv2d(8, 12, 1, groups=groups, bias=bias)
+    gemm = torch.nn.Conv2d(8, 12, 1, groups=groups, bias=bias)
+    gemm.load_state_dict(conv.state_dict())
+    gemm.__class__ = PointwiseConv2d
+    x = torch.randn(5, 8, size, size).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y_conv, y_gemm = conv(x), gemm(x)
+    assert bool(gemms) == (size <= 8)
+    assert y_gemm.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_gemm, y_conv)
+    upstream = torch.randn_like(y_conv)
+    g_conv = torch.autograd.grad((y_conv * upstream).sum(), [x, *conv.parameters()])
+    g_gemm = torch.autograd.grad((y_gemm * upstream).sum(), [x, *gemm.parameters()])
+    for a, b in zip(g_gemm, g_conv):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # an NCHW input (with more than one pixel) is not channels_last: the library's path
+    if size > 1:
+        x_nchw = torch.randn(5, 8, size, size)
+        torch.testing.assert_close(gemm(x_nchw), conv(x_nchw))
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,direct",
+    [
+        (1, 5, 1, True),
+        (2, 5, 1, True),
+        (2, 3, 1, True),
+        (3, 5, 2, True),
+        (4, 5, 2, True),
+        (4, 3, 2, True),
+        (4, 5, 1, True),  # 4x4 output of a 5x5 kernel at stride 1
+        (4, 3, 1, False),  # ... of a 3x3 kernel: the library's
+        (8, 5, 2, False),  # ... of a strided 5x5: the library's
+        (5, 3, 1, False),
+    ],
+)
+def test_small_map_depthwise_conv_equals_the_full_convolution(
+    size, kernel, stride, direct, monkeypatch
+):
+    """Output, input gradient and weight gradient of the small-map depthwise conv equal
+    nn.Conv2d's, in channels_last, and the weight gradient is computed by hand where it should be."""
+    from supernet_functions import speed
     from supernet_functions.speed import SmallMapDepthwiseConv2d
+
+    calls = []
+    original = speed._DepthwiseSmallMap.apply
+    monkeypatch.setattr(
+        speed._DepthwiseSmallMap, "apply", lambda *a: calls.append(1) or original(*a)
+    )
 
     full = torch.nn.Conv2d(12, 12, kernel, stride, kernel // 2, groups=12, bias=False)
     small = torch.nn.Conv2d(12, 12, kernel, stride, kernel // 2, groups=12, bias=False)
@@ -90,6 +152,7 @@ def test_small_map_depthwise_conv_equals_the_full_convolution(size, kernel, stri
     g_small = torch.autograd.grad((y_small * upstream).sum(), [x, small.weight])
     for a, b in zip(g_small, g_full):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert bool(calls) == direct
 
 
 def test_forward_matches_reference_with_the_same_noise():
@@ -234,3 +297,30 @@ def test_theta_phase_reports_what_moves_the_thetas():
     expected = torch.stack(steps).sum(0).norm() / sum(v.norm() for v in steps)
     assert len(steps) == 3 and stats["grad_ce_agreement"] == pytest.approx(float(expected))
     assert stats["grad_ce_agreement"] < 1 and stats["grad_latency_agreement"] == 0
+
+
+def test_prepared_shared_weights_supernet_matches_the_plain_one():
+    """With --weight_sharing the layer's convolutions are functions; prepared, they are the fast
+    forms (GEMM 1x1, trimmed depthwise with the hand-computed weight gradient) and compute the same
+    logits and gradients as the plain supernet, with the same weights and noise."""
+    from supernet_functions import speed
+    from supernet_functions.shared_ops import SharedInvertedResiduals
+
+    torch.manual_seed(0)
+    plain = StochasticSuperNet(SPACE, _Costs(4), 10, SIZE, weight_sharing=True)
+    fast = StochasticSuperNet(SPACE, _Costs(4), 10, SIZE, weight_sharing=True)
+    fast.load_state_dict(plain.state_dict())
+    prepare_supernet(fast, torch.device("cpu"), channels_last=True, trim_kernels=True)
+    shared = [m for m in fast.modules() if isinstance(m, SharedInvertedResiduals)]
+    assert shared and all(m.conv1x1 is speed.pointwise_conv2d for m in shared)
+    assert all(m.depthwise is speed.depthwise_conv2d for m in shared)
+    x, y = _batch()
+    out = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        torch.manual_seed(3)
+        logits, _ = model(speed.to_model_format(x, model), 2.0)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        out[name] = (logits, torch.autograd.grad(loss, list(model.weight_parameters())))
+    torch.testing.assert_close(out["fast"][0], out["plain"][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(out["fast"][1], out["plain"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
