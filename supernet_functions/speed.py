@@ -101,6 +101,15 @@ def prepare_supernet(
     return model
 
 
+def _padded(x: torch.Tensor, pads: tuple[int, int, int, int]) -> tuple[torch.Tensor, tuple]:
+    """``(input, padding)`` for a convolution with ``F.pad``'s ``pads`` (left, right, top, bottom):
+    ``x`` and the convolution's own padding when it is symmetric, else a padded copy and 0."""
+    left, right, top, bottom = pads
+    if left == right and top == bottom:
+        return x, (top, left)
+    return F.pad(x, pads), (0, 0)
+
+
 class _DepthwiseSmallMap(torch.autograd.Function):
     """Depthwise ``conv2d`` of ``F.pad(x, pads)`` whose weight gradient is a multiply-and-sum per tap.
 
@@ -111,7 +120,8 @@ class _DepthwiseSmallMap(torch.autograd.Function):
     def forward(ctx, x, weight, stride, pads):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.pads = stride, pads
-        return F.conv2d(F.pad(x, pads), weight, None, stride, 0, 1, weight.shape[0])
+        xin, padding = _padded(x, pads)
+        return F.conv2d(xin, weight, None, stride, padding, 1, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -119,17 +129,18 @@ class _DepthwiseSmallMap(torch.autograd.Function):
         sh, sw = ctx.stride
         left, _, top, _ = ctx.pads
         channels, _, kh, kw = weight.shape
-        xp = F.pad(x, ctx.pads)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_xp = torch.ops.aten.convolution_backward(
-                grad, xp, weight, None, ctx.stride, (0, 0), (1, 1), False, (0, 0), channels,
+            xin, padding = _padded(x, ctx.pads)
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, xin, weight, None, ctx.stride, padding, (1, 1), False, (0, 0), channels,
                 (True, False, False),
             )[0]  # fmt: skip
-            grad_x = grad_xp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+            if xin is not x:  # the gradient of the padded copy: crop it to x
+                grad_x = grad_x[:, :, top : top + x.shape[2], left : left + x.shape[3]]
         if ctx.needs_input_grad[1]:
             _, _, ho, wo = grad.shape
-            xp = xp.permute(0, 2, 3, 1)  # [B, H, W, C]
+            xp = F.pad(x, ctx.pads).permute(0, 2, 3, 1)  # [B, H, W, C]
             grad_hw = grad.permute(0, 2, 3, 1)  # [B, ho, wo, C]
             taps = [  # one tap at a time: no [taps, B, ho, wo, C] copy of the input
                 (
