@@ -190,7 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name}: ms per supernet pass, all library {t['library']:.0f}, all ours "
             f"{t['ours']:.0f}, the rule {t['rule']:.0f}"
         )
-    result = {"env": environment(), "args": vars(args), "rows": rows, "totals": totals}
+    result = {
+        "env": environment(torch.device("cpu")),
+        "args": vars(args),
+        "rows": rows,
+        "totals": totals,
+    }
     print_json(result)
     return result
 
