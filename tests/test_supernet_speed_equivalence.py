@@ -324,3 +324,31 @@ def test_prepared_shared_weights_supernet_matches_the_plain_one():
     torch.testing.assert_close(out["fast"][0], out["plain"][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(out["fast"][1], out["plain"][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_conv_shapes_times_every_conv_shape_and_reports_the_rule(capsys):
+    """bench/bench_conv_shapes.py finds the supernet's 1x1 and depthwise shapes (their counts add up
+    to the supernet's convolutions) and labels each with the form the speed rules pick."""
+    import importlib.util
+    from pathlib import Path
+
+    from supernet_functions import speed
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_conv_shapes.py"
+    spec = importlib.util.spec_from_file_location("bench_conv_shapes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--search_space", SPACE, "--input_size", str(SIZE), "--batch_sizes", "2"]
+    result = bench.main([*argv, "--repeats", "1", "--calls", "1", "--threads", "1"])
+    net = StochasticSuperNet(SPACE, _Costs(4), 10, SIZE)
+    convs = [m for m in net.modules() if type(m) is torch.nn.Conv2d]
+    pointwise = sum(speed.PointwiseConv2d.applies_to(m) for m in convs)
+    depthwise = sum(m.groups == m.in_channels == m.out_channels > 1 for m in convs)
+    rows = result["rows"]
+    assert sum(r["count"] for r in rows if r["kind"] == "pointwise") == pointwise
+    assert sum(r["count"] for r in rows if r["kind"] == "depthwise") == depthwise
+    for r in rows:
+        assert r["library_ms"] > 0 and r["ours_ms"] > 0
+        if r["kind"] == "pointwise":
+            assert (r["rule"] == "ours") == (r["map"] ** 2 <= speed.PointwiseConv2d.max_pixels)
+    assert any(r["kind"] == "depthwise" and r["rule"] == "ours" for r in rows)  # 2x2 maps at 8x8
