@@ -68,7 +68,8 @@ def prepare_supernet(
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
 
     ``channels_last`` and ``trim_kernels`` are exact; with ``channels_last`` and ``pointwise_gemm``
-    on a CPU the 1x1 convolutions become :class:`PointwiseConv2d` (exact too). ``cudnn_benchmark`` acts on CUDA only;
+    on a CPU the 1x1 convolutions become :class:`PointwiseConv2d` (exact too).
+    ``cudnn_benchmark`` acts on CUDA only;
     ``amp`` runs the forward pass under bfloat16 autocast on ``device``
     (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
     """
