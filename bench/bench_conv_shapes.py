@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    shapes = {k: n for k, n in conv_shapes(args.search_space, args.input_size).items()}
+    shapes = conv_shapes(args.search_space, args.input_size)
     shapes = {k: n for k, n in shapes.items() if k[0] in args.kinds}
     rows, totals = [], {}
     print(f"{len(shapes)} shapes of {args.search_space} at {args.input_size}x{args.input_size}")

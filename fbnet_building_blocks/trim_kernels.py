@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TrimmedConv2d", "trim_depthwise_convs", "used_taps"]
+__all__ = ["TrimmedConv2d", "trim_depthwise_convs", "trimmed_conv2d", "used_taps"]
 
 
 def used_taps(length: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
@@ -34,25 +34,37 @@ def used_taps(length: int, kernel: int, stride: int, padding: int) -> tuple[int,
     return lo, hi, before, after
 
 
+def trimmed_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, 1, groups)``, with only the taps that touch ``x``."""
+    h, w = x.shape[-2:]
+    (kh, kw), (sh, sw), (ph, pw) = weight.shape[-2:], stride, padding
+    lo_h, hi_h, bh, ah = used_taps(h, kh, sh, ph)
+    lo_w, hi_w, bw, aw = used_taps(w, kw, sw, pw)
+    if (lo_h, hi_h, lo_w, hi_w) == (0, kh, 0, kw):  # the map is large enough: every tap is used
+        return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    out_h = (h + 2 * ph - kh) // sh + 1
+    out_w = (w + 2 * pw - kw) // sw + 1
+    weight = weight[:, :, lo_h:hi_h, lo_w:hi_w]
+    if bh == ah and bw == aw:
+        y = F.conv2d(x, weight, bias, (sh, sw), (bh, bw), 1, groups)
+    else:
+        x = F.pad(x, (bw, aw, bh, ah))
+        y = F.conv2d(x, weight, bias, (sh, sw), 0, 1, groups)
+    return y[:, :, :out_h, :out_w]
+
+
 class TrimmedConv2d(nn.Conv2d):
     """A drop-in :class:`nn.Conv2d` (zero padding, dilation 1) that skips kernel taps on padding only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        lo_h, hi_h, bh, ah = used_taps(h, kh, sh, ph)
-        lo_w, hi_w, bw, aw = used_taps(w, kw, sw, pw)
-        if (lo_h, hi_h, lo_w, hi_w) == (0, kh, 0, kw):
-            return super().forward(x)  # the map is large enough: every tap is used
-        out_h = (h + 2 * ph - kh) // sh + 1
-        out_w = (w + 2 * pw - kw) // sw + 1
-        weight = self.weight[:, :, lo_h:hi_h, lo_w:hi_w]
-        if bh == ah and bw == aw:
-            y = F.conv2d(x, weight, self.bias, (sh, sw), (bh, bw), 1, self.groups)
-        else:
-            x = F.pad(x, (bw, aw, bh, ah))
-            y = F.conv2d(x, weight, self.bias, (sh, sw), 0, 1, self.groups)
-        return y[:, :, :out_h, :out_w]
+        return trimmed_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
 
 def trim_depthwise_convs(model: nn.Module) -> int:

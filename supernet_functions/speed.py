@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fbnet_building_blocks.trim_kernels import TrimmedConv2d, used_taps
+from fbnet_building_blocks.trim_kernels import TrimmedConv2d, trimmed_conv2d, used_taps
 from general_functions.precision import autocast
 
 __all__ = [
@@ -225,14 +225,7 @@ def depthwise_conv2d(
             x, weight = x.to(dtype), weight.to(dtype)
         y = _DepthwiseSmallMap.apply(x, weight, (sh, sw), (bw, aw, bh, ah))
         return y[:, :, :out_h, :out_w]
-    if taps == kh * kw:  # every tap touches the map: the plain convolution
-        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
-    weight = weight[:, :, lo_h:hi_h, lo_w:hi_w]
-    if bh != ah or bw != aw:
-        x = F.pad(x, (bw, aw, bh, ah))
-        bh = bw = 0
-    y = F.conv2d(x, weight, None, (sh, sw), (bh, bw), 1, weight.shape[0])
-    return y[:, :, :out_h, :out_w]
+    return trimmed_conv2d(x, weight, None, stride, padding, weight.shape[0])
 
 
 class PointwiseConv2d(nn.Conv2d):
