@@ -15,7 +15,7 @@ from general_functions.checkpoint import save_checkpoint
 from general_functions.config_utils import config_from_dict
 from supernet_functions.config_for_supernet import PRESETS, SupernetConfig
 from supernet_functions.experiments.evaluate_search import main
-from supernet_functions.experiments.evaluation_figure import place_labels
+from supernet_functions.experiments.evaluation_figure import place_labels, recipe_differences
 from supernet_functions.experiments.evaluation_stats import anova, network_stats, verdict
 from supernet_functions.experiments.heuristic_arch import most_params_within_latency
 from supernet_functions.latency.table import LatencyLookupTable
@@ -367,6 +367,18 @@ def test_the_figure_draws_several_targets_with_labels_that_do_not_overlap(evalua
     path = tmp_path / "pictures" / "both.png"
     assert main(["--figure", str(out), str(second), "--figure_path", str(path)]) == path
     assert path.stat().st_size > 5000
+    assert recipe_differences([summary, summary]) == ["", ""]  # one recipe: one front
+
+    third = tmp_path / "t3"  # another proxy recipe: named in the legend, its own front
+    third.mkdir()
+    recipe = {**summary["recipe"], "lr": 0.025}
+    (third / "summary.json").write_text(json.dumps({**summary, "recipe": recipe}))
+    assert recipe_differences([summary, {**summary, "recipe": recipe}]) == [
+        f"lr {summary['recipe']['lr']}",
+        "lr 0.025",
+    ]
+    drawn = tmp_path / "pictures" / "two_proxies.png"
+    assert main(["--figure", str(out), str(third), "--figure_path", str(drawn)]) == drawn
 
     fig, ax = plt.subplots()
     ax.set(xlim=(0.9, 1.1), ylim=(49, 51))

@@ -3,8 +3,10 @@
 Every network of every evaluation (one per latency target) is a point at its seeds' mean measured latency
 and mean top-1, with error bars of one standard deviation over the seeds; colour = target, marker = kind
 (searched, random, heuristic, named). The Pareto front of all networks together is a step line: the best
-top-1 reached at or below each latency. Only the searched and named networks carry labels, small, each
-placed at the first of a few offsets where it overlaps no label placed before it.
+top-1 reached at or below each latency. Evaluations trained with different proxy recipes are not
+comparable in top-1: then every proxy gets its own front, and the legend names the recipe fields in which
+the targets differ. Only the searched and named networks carry labels, small, each placed at the first of
+a few offsets where it overlaps no label placed before it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from general_functions.io_utils import atomic_write
 from supernet_functions.experiments.evaluation_stats import pareto_front
 
-__all__ = ["MARKERS", "place_labels", "plot_evaluations"]
+__all__ = ["MARKERS", "place_labels", "plot_evaluations", "recipe_differences"]
 
 MARKERS = {"random": "o", "heuristic": "D", "named": "s", "searched": "*"}
 SIZES = {"random": 5, "heuristic": 6, "named": 6, "searched": 12}
@@ -24,11 +26,21 @@ SIZES = {"random": 5, "heuristic": 6, "named": 6, "searched": 12}
 _OFFSETS = [(6, 4), (6, -10), (-6, 4), (-6, -10), (0, 12), (0, -16), (14, 14), (-14, -20), (18, -4)]
 
 
-def _target_label(summary: dict[str, Any]) -> str:
+def _target_label(summary: dict[str, Any], proxy: str = "") -> str:
     target = summary.get("target_latency_ms")
     runs = summary.get("runs") or [{}]
     name = Path(runs[0].get("run", "?")).name
-    return f"target {target:g} ms" if target else f"no target ({name})"
+    label = f"target {target:g} ms" if target else f"no target ({name})"
+    return f"{label} ({proxy})" if proxy else label
+
+
+def recipe_differences(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """Per summary, its proxy recipe's fields that differ between the summaries (``"lr 0.1"``);
+    all empty when they share one recipe."""
+    recipes = [s.get("recipe") or {} for s in summaries]
+    keys = sorted({k for r in recipes for k in r})
+    differ = [k for k in keys if len({repr(r.get(k)) for r in recipes}) > 1]
+    return [", ".join(f"{k} {r.get(k)}" for k in differ) for r in recipes]
 
 
 def place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str], fontsize=6):
@@ -82,7 +94,9 @@ def plot_evaluations(summaries: Sequence[dict[str, Any]], path: str | Path) -> P
 
     fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    every, labelled = [], []
+    proxies = recipe_differences(summaries)
+    every: dict[str, list[tuple[float, float]]] = {}  # the points of each proxy recipe
+    labelled = []
     for t, summary in enumerate(summaries):
         colour = colours[t % len(colours)]
         for net in summary["networks"]:
@@ -101,29 +115,35 @@ def plot_evaluations(summaries: Sequence[dict[str, Any]], path: str | Path) -> P
                 alpha=0.9 if kind in ("searched", "heuristic", "named") else 0.6,
             )
             point = (net["measured_latency_ms"], net["top1_mean"])
-            every.append(point)
+            every.setdefault(proxies[t], []).append(point)
             if kind in ("searched", "named"):
                 target = summary.get("target_latency_ms")
                 several = len(summaries) > 1 and target  # which target a label belongs to
                 labelled.append(
                     (point, f"{net['name']}, {target:g} ms" if several else net["name"])
                 )
-    front = [every[i] for i in pareto_front(every)]
-    if front:
-        xs = [p[0] for p in front] + [max(p[0] for p in every)]
-        ys = [p[1] for p in front] + [front[-1][1]]
-        ax.step(xs, ys, where="post", color="0.3", lw=0.9, ls="--", zorder=0)
+    for (
+        points
+    ) in every.values():  # one front per proxy recipe: top-1s of two recipes differ in kind
+        front = [points[i] for i in pareto_front(points)]
+        if front:
+            xs = [p[0] for p in front] + [max(p[0] for p in points)]
+            ys = [p[1] for p in front] + [front[-1][1]]
+            ax.step(xs, ys, where="post", color="0.3", lw=0.9, ls="--", zorder=0)
     ax.set_xlabel("measured latency, batch 1 (ms)")
     ax.set_ylabel("test top-1 after the proxy recipe (%)")
     recipe = summaries[0].get("recipe", {}) if summaries else {}
+    shared = "" if len(every) == 1 else "; the proxies differ (legend): one front each"
     ax.set_title(
         f"searched vs random vs heuristic; proxy: {recipe.get('dataset', '?')}, "
-        f"{recipe.get('epochs', '?')} epochs; bars: 1 std over seeds",
+        f"{recipe.get('epochs', '?')} epochs; bars: 1 std over seeds{shared}",
         fontsize=8,
     )
     handles = [
-        Line2D([], [], color=colours[t % len(colours)], marker="o", ls="", label=_target_label(s))
-        for t, s in enumerate(summaries)
+        Line2D(
+            [], [], color=colours[t % len(colours)], marker="o", ls="", label=_target_label(s, p)
+        )
+        for t, (s, p) in enumerate(zip(summaries, proxies))
     ]
     handles += [
         Line2D([], [], color="0.3", marker=m, ls="", label=kind) for kind, m in MARKERS.items()
