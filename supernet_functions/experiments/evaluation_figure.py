@@ -133,9 +133,9 @@ def plot_evaluations(summaries: Sequence[dict[str, Any]], path: str | Path) -> P
     ax.set_xlabel("measured latency, batch 1 (ms)")
     ax.set_ylabel("test top-1 after the proxy recipe (%)")
     recipe = summaries[0].get("recipe", {}) if summaries else {}
-    shared = "" if len(every) == 1 else "; the proxies differ (legend): one front each"
+    shared = "" if len(every) == 1 else "; one front per proxy"
     ax.set_title(
-        f"searched vs random vs heuristic; proxy: {recipe.get('dataset', '?')}, "
+        f"searched vs random; proxy {recipe.get('dataset', '?')}, "
         f"{recipe.get('epochs', '?')} epochs; bars: 1 std over seeds{shared}",
         fontsize=8,
     )
