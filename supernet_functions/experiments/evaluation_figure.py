@@ -122,9 +122,8 @@ def plot_evaluations(summaries: Sequence[dict[str, Any]], path: str | Path) -> P
                 labelled.append(
                     (point, f"{net['name']}, {target:g} ms" if several else net["name"])
                 )
-    for (
-        points
-    ) in every.values():  # one front per proxy recipe: top-1s of two recipes differ in kind
+    # one front per proxy recipe: the top-1s of two recipes are not comparable
+    for points in every.values():
         front = [points[i] for i in pareto_front(points)]
         if front:
             xs = [p[0] for p in front] + [max(p[0] for p in points)]
