@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TrimmedConv2d", "trim_depthwise_convs", "trimmed_conv2d", "used_taps"]
+__all__ = ["TrimmedConv2d", "padded", "trim_depthwise_convs", "trimmed_conv2d", "used_taps"]
 
 
 def used_taps(length: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int, int]:
@@ -51,13 +51,18 @@ def trimmed_conv2d(
         return F.conv2d(x, weight, bias, stride, padding, 1, groups)
     out_h = (h + 2 * ph - kh) // sh + 1
     out_w = (w + 2 * pw - kw) // sw + 1
-    weight = weight[:, :, lo_h:hi_h, lo_w:hi_w]
-    if bh == ah and bw == aw:
-        y = F.conv2d(x, weight, bias, (sh, sw), (bh, bw), 1, groups)
-    else:
-        x = F.pad(x, (bw, aw, bh, ah))
-        y = F.conv2d(x, weight, bias, (sh, sw), 0, 1, groups)
+    x, padding = padded(x, (bw, aw, bh, ah))
+    y = F.conv2d(x, weight[:, :, lo_h:hi_h, lo_w:hi_w], bias, (sh, sw), padding, 1, groups)
     return y[:, :, :out_h, :out_w]
+
+
+def padded(x: torch.Tensor, pads: tuple[int, int, int, int]) -> tuple[torch.Tensor, tuple]:
+    """``(input, padding)`` for a convolution with ``F.pad``'s ``pads`` (left, right, top, bottom):
+    ``x`` and the convolution's own padding when it is symmetric, else a padded copy and 0."""
+    left, right, top, bottom = pads
+    if left == right and top == bottom:
+        return x, (top, left)
+    return F.pad(x, pads), (0, 0)
 
 
 class TrimmedConv2d(nn.Conv2d):

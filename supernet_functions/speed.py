@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fbnet_building_blocks.trim_kernels import TrimmedConv2d, trimmed_conv2d, used_taps
+from fbnet_building_blocks.trim_kernels import TrimmedConv2d, padded, trimmed_conv2d, used_taps
 from general_functions.precision import autocast
 
 __all__ = [
@@ -102,15 +102,6 @@ def prepare_supernet(
     return model
 
 
-def _padded(x: torch.Tensor, pads: tuple[int, int, int, int]) -> tuple[torch.Tensor, tuple]:
-    """``(input, padding)`` for a convolution with ``F.pad``'s ``pads`` (left, right, top, bottom):
-    ``x`` and the convolution's own padding when it is symmetric, else a padded copy and 0."""
-    left, right, top, bottom = pads
-    if left == right and top == bottom:
-        return x, (top, left)
-    return F.pad(x, pads), (0, 0)
-
-
 class _DepthwiseSmallMap(torch.autograd.Function):
     """Depthwise ``conv2d`` of ``F.pad(x, pads)`` whose weight gradient is a multiply-and-sum per tap.
 
@@ -121,7 +112,7 @@ class _DepthwiseSmallMap(torch.autograd.Function):
     def forward(ctx, x, weight, stride, pads):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.pads = stride, pads
-        xin, padding = _padded(x, pads)
+        xin, padding = padded(x, pads)
         return F.conv2d(xin, weight, None, stride, padding, 1, weight.shape[0])
 
     @staticmethod
@@ -132,7 +123,7 @@ class _DepthwiseSmallMap(torch.autograd.Function):
         channels, _, kh, kw = weight.shape
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            xin, padding = _padded(x, ctx.pads)
+            xin, padding = padded(x, ctx.pads)
             grad_x = torch.ops.aten.convolution_backward(
                 grad, xin, weight, None, ctx.stride, padding, (1, 1), False, (0, 0), channels,
                 (True, False, False),
