@@ -105,6 +105,12 @@ class SupernetConfig:
         "depthwise convolutions skip kernel taps that only see padding, and compute the weight "
         "gradient of outputs up to 2x2 directly (exact)",
     )
+    recompute: bool = opt(
+        False,
+        "weight steps compute the outputs of BN + ReLU and of the expansion 1x1 convolutions again in "
+        "the backward pass instead of keeping them: less memory, slower steps, the same gradients to "
+        "float rounding (docs/performance.md)",
+    )
     amp: bool = run_options.amp()
     cudnn_benchmark: bool = opt(False, "let cuDNN time and pick convolution algorithms (CUDA only)")
     # ---------------------------------------------------------------- latency table and loss

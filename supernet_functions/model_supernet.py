@@ -210,6 +210,7 @@ class StochasticSuperNet(nn.Module):
         space = get_search_space(search_space)
         self.structure = structure
         self.weight_sharing = weight_sharing
+        self.recompute_activations = False  # weight steps: speed.prepare_supernet sets it
         self.space = space
         self.input_size = input_size or space.input_size
         self.candidate_ops = tuple(candidate_ops or space.candidate_ops)

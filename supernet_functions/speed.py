@@ -27,6 +27,10 @@ time goes, and each point below answers one finding:
   product over ``[pixels, channels]``, so on a CPU :func:`prepare_supernet` swaps them for
   :class:`PointwiseConv2d`, which runs it as ``F.linear`` (one BLAS GEMM per group, forward and
   backward).
+- **Memory** (``recompute``, off by default). The backward pass needs the activations of all nine
+  ops of every layer. The outputs of BN + ReLU and of the expansion convolutions can be computed
+  again in the backward pass instead of kept (:mod:`supernet_functions.recompute`): a fifth less
+  peak memory for slower weight steps (docs/performance.md).
 
 Two settings that change the numerics or are CUDA's own are here too: mixed precision (``--amp``,
 bfloat16 autocast on the run's device, off by default; :mod:`general_functions.precision`) and
@@ -43,6 +47,7 @@ from torch import nn
 
 from fbnet_building_blocks.trim_kernels import TrimmedConv2d, padded, trimmed_conv2d, used_taps
 from general_functions.precision import autocast
+from supernet_functions.recompute import fuse_bn_relu, remember
 
 __all__ = [
     "PointwiseConv2d",
@@ -64,11 +69,15 @@ def prepare_supernet(
     cudnn_benchmark: bool = False,
     amp: bool = False,
     pointwise_gemm: bool = True,
+    recompute: bool = False,
 ) -> nn.Module:
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
 
     ``channels_last`` and ``trim_kernels`` are exact; with ``channels_last`` and ``pointwise_gemm``
     on a CPU the 1x1 convolutions become :class:`PointwiseConv2d` (exact too).
+    ``recompute``: BN + ReLU pairs become :class:`~supernet_functions.recompute.BatchNormReLU2d`, and
+    weight steps (``model.recompute_activations``) save their outputs and those of the expansion
+    GEMMs as recipes, computed again in the backward pass (:mod:`supernet_functions.recompute`).
     ``cudnn_benchmark`` acts on CUDA only;
     ``amp`` runs the forward pass under bfloat16 autocast on ``device``
     (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
@@ -95,6 +104,11 @@ def prepare_supernet(
             for module in shared:
                 module.conv1x1 = pointwise_conv2d
     model.channels_last = channels_last
+    if recompute:
+        for conv in fuse_bn_relu(model):  # recompute the expansion GEMMs too: their outputs are
+            if type(conv) is PointwiseConv2d:  # the fused BNs' inputs, so the chain keeps neither
+                conv.recompute = True
+    model.recompute_activations = recompute
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if amp:
@@ -171,7 +185,11 @@ class SmallMapDepthwiseConv2d(TrimmedConv2d):
 
 
 def pointwise_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    groups: int = 1,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, groups=groups)`` for a 1x1 ``weight``, as a GEMM where that is faster.
 
@@ -181,19 +199,33 @@ def pointwise_conv2d(
     spends milliseconds outside the arithmetic on small maps. Measured per shape on a CPU, the GEMM
     was faster on maps of up to 8x8 pixels and the library's convolution on 16x16 maps at batch 128
     (docs/performance.md), so larger maps, and inputs that are not channels_last, take
-    ``F.conv2d``. Only the order of additions differs.
+    ``F.conv2d``. Only the order of additions differs. ``recompute``: the output is computed again
+    in the backward pass (the same call) rather than kept (:func:`~supernet_functions.recompute.remember`).
     """
     if (
         x.dim() != 4
         or x.shape[2] * x.shape[3] > PointwiseConv2d.max_pixels
         or not x.is_contiguous(memory_format=torch.channels_last)
     ):
-        return F.conv2d(x, weight, bias, groups=groups)
+        y = _conv1x1(x, weight, bias, groups)
+        if recompute:
+            remember(y, _conv1x1, x, weight, bias, groups)
+        return y
     matrix = weight.flatten(1)  # [C_out, C_in / groups]
     if groups > 1:  # block-diagonal [C_out, C_in]: zeros between the groups
         matrix = torch.block_diag(*matrix.chunk(groups, dim=0))
-    y = F.linear(x.permute(0, 2, 3, 1), matrix, bias)  # [B, H, W, C_out]
+    y = _gemm(x, matrix, bias)  # [B, H, W, C_out]
+    if recompute:
+        remember(y, _gemm, x, matrix, bias)
     return y.permute(0, 3, 1, 2)  # [B, C_out, H, W] in channels_last memory
+
+
+def _gemm(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.permute(0, 2, 3, 1), matrix, bias)
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int):
+    return F.conv2d(x, weight, bias, groups=groups)
 
 
 def depthwise_conv2d(
@@ -226,6 +258,7 @@ class PointwiseConv2d(nn.Conv2d):
     """
 
     max_pixels = 64  # maps of up to 8x8 pixels run as a GEMM
+    recompute = False  # prepare_supernet: True before a BN + ReLU (an expansion conv)
 
     @staticmethod
     def applies_to(conv: nn.Conv2d) -> bool:
@@ -239,7 +272,7 @@ class PointwiseConv2d(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise_conv2d(x, self.weight, self.bias, self.groups)
+        return pointwise_conv2d(x, self.weight, self.bias, self.groups, self.recompute)
 
 
 def to_model_format(x: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -75,6 +75,7 @@ from supernet_functions.config_for_supernet import SupernetConfig
 from supernet_functions.loss import SupernetLoss, latency_share
 from supernet_functions.model_supernet import MixedOperation, StochasticSuperNet
 from supernet_functions.path_probe import probe_paths
+from supernet_functions.recompute import recomputing
 from supernet_functions.sampling import (
     LUT_FILE,
     THETAS_FILE,
@@ -173,9 +174,11 @@ def _train_phase(
     grad_sync=None,
     split: list[nn.Parameter] | None = None,
     on_step=None,
+    recompute: bool = False,
 ) -> dict[str, float]:
     """One phase; ``model`` may be DDP-wrapped, ``grad_sync()`` runs between backward and step, and
     ``on_step(values)`` after each step, with the batch's ``loss``, ``ce`` and ``top1``.
+    ``recompute``: the forward pass runs in :func:`~supernet_functions.recompute.recomputing`.
 
     With ``split`` (the thetas), the phase also measures what moves them: the norm of their gradient's
     cross-entropy part (``grad_ce``) and latency part (``grad_latency``; :func:`latency_share`), how
@@ -200,7 +203,8 @@ def _train_phase(
                 break
             check_stop(step, desc)
             optimizer.zero_grad(set_to_none=True)
-            logits, latency = model(x, temperature)
+            with recomputing(recompute):
+                logits, latency = model(x, temperature)
             loss, ce, _ = criterion(logits, y, latency)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}")
@@ -278,7 +282,10 @@ def train_weights_epoch(
     """One epoch of SGD on the weights over their split; the thetas are frozen. ``on_step``: see
     :func:`_train_phase`.
 
-    Under DDP ``model`` is the wrapper, which averages the weights' gradients.
+    Under DDP ``model`` is the wrapper, which averages the weights' gradients. A supernet prepared with
+    ``recompute`` (:func:`~supernet_functions.speed.prepare_supernet`) keeps fewer activations for the
+    backward pass here; theta steps, which need fewer of them and spend less time in backward, keep
+    theirs.
     """
     net = unwrap(model)
     return _train_phase(
@@ -293,6 +300,7 @@ def train_weights_epoch(
         progress,
         "weights",
         on_step=on_step,
+        recompute=getattr(net, "recompute_activations", False),
     )
 
 

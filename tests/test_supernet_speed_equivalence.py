@@ -36,7 +36,7 @@ class _Costs:
         return 0.02 + 0.01 * torch.arange(len(ops), dtype=torch.float32) + 0.005 * layer
 
 
-def _pair(mixing: str = "gumbel"):
+def _pair(mixing: str = "gumbel", recompute: bool = False):
     torch.manual_seed(0)
     ref = ReferenceSuperNet(SPACE, _Costs(4), 10, SIZE)
     with torch.no_grad():  # non-uniform thetas, so every op's weight differs
@@ -44,7 +44,9 @@ def _pair(mixing: str = "gumbel"):
             layer.thetas.copy_(torch.randn_like(layer.thetas))
     fast = StochasticSuperNet(SPACE, _Costs(4), 10, SIZE, mixing=mixing)
     fast.load_state_dict(ref.state_dict())
-    prepare_supernet(fast, torch.device("cpu"), channels_last=True, trim_kernels=True)
+    prepare_supernet(
+        fast, torch.device("cpu"), channels_last=True, trim_kernels=True, recompute=recompute
+    )
     return ref, fast
 
 
@@ -166,10 +168,12 @@ def test_forward_matches_reference_with_the_same_noise():
     torch.testing.assert_close(lat_fast, lat_ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("kind", ["weights", "thetas"])
-def test_step_matches_reference(kind):
-    """Loss, the trained set's gradients, the updated parameters and BN statistics all agree."""
-    ref, fast = _pair()
+def test_step_matches_reference(kind, recompute):
+    """Loss, the trained set's gradients, the updated parameters and BN statistics all agree, with
+    activations kept or recomputed in the backward pass (``--recompute``)."""
+    ref, fast = _pair(recompute=recompute)
     x, y = _batch()
     criterion = SupernetLoss()
     opts = {}
