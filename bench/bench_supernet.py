@@ -13,9 +13,11 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     frozen_cl     ... plus channels_last
     fast_conv1x1  frozen idle set, channels_last, trimmed depthwise kernels with direct weight
                   gradients on tiny maps, 1x1 convolutions left to the library's convolution
+    fast_keep     ``fast_conv1x1`` with the 1x1 convolutions as matrix products on a CPU
+                  (``PointwiseConv2d``), every activation kept for the backward pass
     fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
-                  supernet made by ``prepare_supernet``): ``fast_conv1x1`` with the 1x1
-                  convolutions as matrix products on a CPU (``PointwiseConv2d``)
+                  supernet made by ``prepare_supernet``): ``fast_keep`` with the outputs of BN + ReLU
+                  and of the expansion GEMMs recomputed in the backward pass (``recompute.py``)
     hard          ``fast`` with ``mixing="hard_gumbel"`` (straight-through; only the sampled op runs)
 
 For every batch size it times a weight step (SGD on the weights, thetas frozen) and a theta step (Adam
@@ -61,7 +63,16 @@ from supernet_functions.training_functions_supernet import (  # noqa: E402
     train_weights_epoch,
 )
 
-VARIANTS = ("reference", "reference_cl", "frozen", "frozen_cl", "fast_conv1x1", "fast", "hard")
+VARIANTS = (
+    "reference",
+    "reference_cl",
+    "frozen",
+    "frozen_cl",
+    "fast_conv1x1",
+    "fast_keep",
+    "fast",
+    "hard",
+)
 STEPS = ("weights", "thetas")
 # A latency-like cost per op so the loss has its latency term (any positive table works for timing).
 _COST_MS = 0.05
@@ -97,8 +108,9 @@ def build_variant(name: str, args, device: torch.device):
             model,
             device,
             channels_last=name != "frozen",
-            trim_kernels=name in ("fast_conv1x1", "fast", "hard"),
-            pointwise_gemm=name in ("fast", "hard"),
+            trim_kernels=name in ("fast_conv1x1", "fast_keep", "fast", "hard"),
+            pointwise_gemm=name in ("fast_keep", "fast", "hard"),
+            recompute=name in ("fast", "hard"),
         )
     model.train()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
