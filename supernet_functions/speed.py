@@ -119,7 +119,8 @@ def prepare_supernet(
 class _DepthwiseSmallMap(torch.autograd.Function):
     """Depthwise ``conv2d`` of ``F.pad(x, pads)`` whose weight gradient is a multiply-and-sum per tap.
 
-    It keeps ``x`` (which the layer before keeps anyway), not its padded copy, for the backward pass.
+    It keeps ``x`` (which the layer before keeps anyway), not its padded copy, for the backward pass,
+    and sums each tap over the outputs whose input under it is on the map.
     """
 
     @staticmethod
@@ -146,17 +147,35 @@ class _DepthwiseSmallMap(torch.autograd.Function):
                 grad_x = grad_x[:, :, top : top + x.shape[2], left : left + x.shape[3]]
         if ctx.needs_input_grad[1]:
             _, _, ho, wo = grad.shape
-            xp = F.pad(x, ctx.pads).permute(0, 2, 3, 1)  # [B, H, W, C]
+            x_hw = x.permute(0, 2, 3, 1)  # [B, H, W, C]
             grad_hw = grad.permute(0, 2, 3, 1)  # [B, ho, wo, C]
-            taps = [  # one tap at a time: no [taps, B, ho, wo, C] copy of the input
-                (
-                    xp[:, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw] * grad_hw
-                ).sum(dim=(0, 1, 2))
-                for u in range(kh)
-                for v in range(kw)
-            ]  # each [C]
+            rows = [_on_map(u, top, sh, ho, x.shape[2]) for u in range(kh)]
+            cols = [_on_map(v, left, sw, wo, x.shape[3]) for v in range(kw)]
+            # One tap at a time (no [taps, B, ho, wo, C] copy), over the outputs whose input under
+            # the tap is on the map: no padded copy, and no products with padding.
+            taps = []
+            for u, (i0, i1) in enumerate(rows):
+                for v, (j0, j1) in enumerate(cols):
+                    if i0 >= i1 or j0 >= j1:
+                        taps.append(x.new_zeros(channels))
+                        continue
+                    r0, c0 = i0 * sh + u - top, j0 * sw + v - left
+                    under = x_hw[
+                        :,
+                        r0 : r0 + sh * (i1 - i0 - 1) + 1 : sh,
+                        c0 : c0 + sw * (j1 - j0 - 1) + 1 : sw,
+                    ]
+                    taps.append((under * grad_hw[:, i0:i1, j0:j1]).sum(dim=(0, 1, 2)))  # [C]
             grad_w = torch.stack(taps, dim=1).reshape(channels, 1, kh, kw)
         return grad_x, grad_w, None, None
+
+
+def _on_map(tap: int, pad_before: int, stride: int, outputs: int, length: int) -> tuple[int, int]:
+    """``(first, end)``: the outputs ``i`` whose input ``i * stride + tap - pad_before`` lies in
+    ``[0, length)`` (the others read padding, whose product with the gradient is zero)."""
+    first = max(0, -(-(pad_before - tap) // stride))
+    end = min(outputs, (length - 1 + pad_before - tap) // stride + 1)
+    return first, max(first, end)
 
 
 class SmallMapDepthwiseConv2d(TrimmedConv2d):
