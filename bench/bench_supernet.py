@@ -13,11 +13,11 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     frozen_cl     ... plus channels_last
     fast_conv1x1  frozen idle set, channels_last, trimmed depthwise kernels with direct weight
                   gradients on tiny maps, 1x1 convolutions left to the library's convolution
-    fast_keep     ``fast_conv1x1`` with the 1x1 convolutions as matrix products on a CPU
-                  (``PointwiseConv2d``), every activation kept for the backward pass
     fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
-                  supernet made by ``prepare_supernet``): ``fast_keep`` with the outputs of BN + ReLU
-                  and of the expansion GEMMs recomputed in the backward pass (``recompute.py``)
+                  supernet made by ``prepare_supernet``): ``fast_conv1x1`` with the 1x1
+                  convolutions as matrix products on a CPU (``PointwiseConv2d``)
+    fast_recompute  ``fast`` with ``--recompute True``: weight steps compute the outputs of BN + ReLU
+                  and of the expansion convolutions again in the backward pass (``recompute.py``)
     hard          ``fast`` with ``mixing="hard_gumbel"`` (straight-through; only the sampled op runs)
 
 For every batch size it times a weight step (SGD on the weights, thetas frozen) and a theta step (Adam
@@ -69,8 +69,8 @@ VARIANTS = (
     "frozen",
     "frozen_cl",
     "fast_conv1x1",
-    "fast_keep",
     "fast",
+    "fast_recompute",
     "hard",
 )
 STEPS = ("weights", "thetas")
@@ -108,9 +108,9 @@ def build_variant(name: str, args, device: torch.device):
             model,
             device,
             channels_last=name != "frozen",
-            trim_kernels=name in ("fast_conv1x1", "fast_keep", "fast", "hard"),
-            pointwise_gemm=name in ("fast_keep", "fast", "hard"),
-            recompute=name in ("fast", "hard"),
+            trim_kernels=name in ("fast_conv1x1", "fast", "fast_recompute", "hard"),
+            pointwise_gemm=name in ("fast", "fast_recompute", "hard"),
+            recompute=name == "fast_recompute",
         )
     model.train()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
                 s = entry[name]["images_per_s"]
                 ratio = entry[name].get("speedup_vs_" + baseline, {}).get("median")
                 log(
-                    f"batch {batch:4d} {kind:<7} {name:<13} {s['median']:9.1f} img/s "
+                    f"batch {batch:4d} {kind:<7} {name:<14} {s['median']:9.1f} img/s "
                     f"[{s['min']:.1f}..{s['max']:.1f}]"
                     + (f"  x{ratio:.2f}" if ratio else "")
                     + (f"  peak {memory[name]:.0f} MB" if memory else "")
