@@ -79,6 +79,7 @@ class MixedOperation(nn.Module):
         self.register_buffer("latency", latency.clone())
         self.mixing = mixing
         self.per_sample = per_sample
+        self.fused = None  # speed.prepare_supernet: its ops computed together (exact), or None
 
     def mixing_weights(
         self, temperature: float | torch.Tensor, batch_size: int | None = None
@@ -107,6 +108,8 @@ class MixedOperation(nn.Module):
         weights = self.mixing_weights(temperature, x.shape[0])
         if self.mixing == "hard_gumbel":
             return run_sampled(weights, self.ops, x), weights @ self.latency
+        if self.fused is not None and self.fused.applies(x, weights):
+            return self.fused(x, weights), weights @ self.latency
         return mix_outputs(weights, [op(x) for op in self.ops]), weights @ self.latency
 
     def probabilities(self) -> torch.Tensor:

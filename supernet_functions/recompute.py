@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BatchNormReLU2d", "fuse_bn_relu", "recomputing", "remember"]
+__all__ = ["BatchNormReLU2d", "batch_norm_relu", "fuse_bn_relu", "recomputing", "remember"]
 
 _ATTR = "_fbnet_recipe"
 _state = threading.local()
@@ -195,15 +195,34 @@ class BatchNormReLU2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # a cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
-        y, mean, invstd = torch.native_batch_norm(
-            x, self.weight, self.bias, self.running_mean, self.running_var, True, momentum, self.eps
+        return batch_norm_relu(
+            x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps
         )
-        with torch.no_grad():
-            alpha = invstd if self.weight is None else invstd * self.weight
-            beta = -mean * alpha if self.bias is None else self.bias - mean * alpha
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        remember(y, _affine_relu, x, alpha.view(shape), beta.view(shape), inplace_ops=1)
-        return y.relu_()
+
+
+def batch_norm_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+) -> torch.Tensor:
+    """``relu(F.batch_norm(x, ..., training=True))``, its output marked as ``relu(alpha * x + beta)``
+    with this batch's ``alpha = gamma / sigma`` and ``beta = b - mu * alpha`` (:func:`remember`).
+
+    The running statistics are updated here, once, as ``F.batch_norm`` updates them.
+    """
+    y, mean, invstd = torch.native_batch_norm(
+        x, weight, bias, running_mean, running_var, True, momentum, eps
+    )
+    with torch.no_grad():
+        alpha = invstd if weight is None else invstd * weight
+        beta = -mean * alpha if bias is None else bias - mean * alpha
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    remember(y, _affine_relu, x, alpha.view(shape), beta.view(shape), inplace_ops=1)
+    return y.relu_()
 
 
 def fuse_bn_relu(model: nn.Module) -> list[nn.Module | None]:

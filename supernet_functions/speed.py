@@ -70,6 +70,7 @@ def prepare_supernet(
     amp: bool = False,
     pointwise_gemm: bool = True,
     recompute: bool = False,
+    fuse_ops: bool = True,
 ) -> nn.Module:
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
 
@@ -78,6 +79,9 @@ def prepare_supernet(
     ``recompute``: BN + ReLU pairs become :class:`~supernet_functions.recompute.BatchNormReLU2d`, and
     weight steps (``model.recompute_activations``) save their outputs and those of the expansion
     GEMMs as recipes, computed again in the backward pass (:mod:`supernet_functions.recompute`).
+    ``fuse_ops`` (with ``channels_last`` and ``pointwise_gemm``, on a CPU): each layer's
+    inverted-residual candidates run together, in fewer and larger calls
+    (:mod:`supernet_functions.fused_candidates`; exact).
     ``cudnn_benchmark`` acts on CUDA only;
     ``amp`` runs the forward pass under bfloat16 autocast on ``device``
     (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
@@ -109,6 +113,15 @@ def prepare_supernet(
             if type(conv) is PointwiseConv2d:  # the fused BNs' inputs, so the chain keeps neither
                 conv.recompute = True
     model.recompute_activations = recompute
+    if fuse_ops and channels_last and pointwise_gemm and device.type == "cpu":  # measured on CPUs
+        from supernet_functions.fused_candidates import fuse_candidates
+        from supernet_functions.model_supernet import MixedOperation
+
+        for layer in model.modules():
+            if isinstance(layer, MixedOperation):
+                layer.fused = fuse_candidates(
+                    list(layer.ops), pointwise_conv2d, depthwise_conv2d if trim_kernels else None
+                )
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if amp:

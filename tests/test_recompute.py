@@ -102,23 +102,54 @@ def _outputs_of(model, kind):
     return refs
 
 
-def test_weight_step_frees_activations_and_keeps_the_gradients():
+def _fused_outputs(model, monkeypatch):
+    """Weakrefs to the stacked BN + ReLU outputs and the stacked expansion outputs of every merged
+    layer of ``model`` (:mod:`supernet_functions.fused_candidates`), as they are computed."""
+    from supernet_functions import fused_candidates
+
+    bn_refs, pw_refs = [], []
+    real = fused_candidates.batch_norm_relu
+
+    def batch_norm_relu(*args, **kwargs):
+        out = real(*args, **kwargs)
+        bn_refs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(fused_candidates, "batch_norm_relu", batch_norm_relu)
+    for layer in model.stages:
+        assert layer.fused is not None
+
+        def pointwise(*args, f=layer.fused.pointwise, **kwargs):
+            out = f(*args, **kwargs)
+            pw_refs.append(weakref.ref(out if out._base is None else out._base))
+            return out
+
+        layer.fused.pointwise = pointwise
+    return bn_refs, pw_refs
+
+
+@pytest.mark.parametrize("fuse_ops", [False, True])
+def test_weight_step_frees_activations_and_keeps_the_gradients(fuse_ops, monkeypatch):
     """The prepared supernet with and without recomputation: the same loss, gradients and BN
-    statistics, while the BN + ReLU and expansion outputs are gone after the forward pass."""
+    statistics, while the BN + ReLU and expansion outputs are gone after the forward pass, with the
+    candidates run one by one or merged (``fuse_ops``)."""
     torch.manual_seed(0)
     base = StochasticSuperNet("tiny", None, 10, 8)
     models = {}
     for recompute in (False, True):
         m = copy.deepcopy(base)
-        prepare_supernet(m, torch.device("cpu"), recompute=recompute)
+        prepare_supernet(m, torch.device("cpu"), recompute=recompute, fuse_ops=fuse_ops)
         for p in m.arch_parameters():
             p.requires_grad_(False)  # a weight step
         models[recompute] = m
     keep, lean = models[False], models[True]
     assert lean.recompute_activations and not keep.recompute_activations
     assert any(type(m) is PointwiseConv2d and m.recompute for m in lean.modules())
-    bn_refs = _outputs_of(lean, BatchNormReLU2d)
-    pw_refs = _outputs_of(lean, PointwiseConv2d)
+    if fuse_ops:
+        bn_refs, expansions = _fused_outputs(lean, monkeypatch)
+    else:
+        bn_refs = _outputs_of(lean, BatchNormReLU2d)
+        pw_refs = _outputs_of(lean, PointwiseConv2d)
     x = torch.randn(6, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (6,))
     losses = {}
@@ -128,10 +159,12 @@ def test_weight_step_frees_activations_and_keeps_the_gradients():
             logits, _ = m(x, 2.0)
         if recompute:
             gc.collect()
-            assert bn_refs and all(r() is None for _, r in bn_refs)  # not kept for backward
-            expansions = [r for conv, r in pw_refs if conv.recompute]
+            if not fuse_ops:
+                expansions = [r for conv, r in pw_refs if conv.recompute]
+                assert any(r() is not None for conv, r in pw_refs if not conv.recompute)  # kept
+                bn_refs = [r for _, r in bn_refs]
+            assert bn_refs and all(r() is None for r in bn_refs)  # not kept for backward
             assert expansions and all(r() is None for r in expansions)
-            assert any(r() is not None for conv, r in pw_refs if not conv.recompute)  # projections
         loss = nn.functional.cross_entropy(logits, y)
         loss.backward()
         losses[recompute] = loss.item()

@@ -1,0 +1,114 @@
+"""A layer's candidates merged (supernet_functions/fused_candidates.py) against the same layer run op by
+op: outputs, every gradient, BN running statistics; where the merged path runs and where it does not."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fbnet_building_blocks.registry import build_block
+from fbnet_building_blocks.search_space import CANDIDATE_OPS
+from supernet_functions.fused_candidates import fuse_candidates
+from supernet_functions.model_supernet import MixedOperation
+from supernet_functions.speed import prepare_supernet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _layers(in_channels, out_channels, stride, dw_bn_relu):
+    """The same layer twice (all candidate ops, non-trivial BN parameters): prepared with its
+    candidates merged, and run op by op."""
+    torch.manual_seed(0)
+    ops = [build_block(op, in_channels, out_channels, stride, dw_bn_relu) for op in CANDIDATE_OPS]
+    plain = MixedOperation(ops, torch.arange(len(ops), dtype=torch.float32))
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    fused = copy.deepcopy(plain)
+    prepare_supernet(plain, torch.device("cpu"), fuse_ops=False)
+    prepare_supernet(fused, torch.device("cpu"))
+    assert plain.fused is None and fused.fused is not None
+    return plain, fused
+
+
+def _no_call(module, inputs):
+    raise AssertionError(f"{type(module).__name__} ran on its own")
+
+
+@pytest.mark.parametrize("dw_bn_relu", [False, True])
+@pytest.mark.parametrize(
+    "shape", [(8, 8, 1, 4), (8, 16, 2, 8)], ids=["residual", "stride2_wider"]
+)  # in_channels, out_channels, stride, map side
+def test_merged_layer_equals_the_ops_one_by_one(shape, dw_bn_relu):
+    in_channels, out_channels, stride, side = shape
+    plain, fused = _layers(in_channels, out_channels, stride, dw_bn_relu)
+    merged = fused.fused
+    assert [len(g.ops) for g in merged.groups] == [4, 4]  # k3 and k5, each with a shuffled op
+    assert merged.others == [CANDIDATE_OPS.index("skip")]
+    for i in merged.order:  # the merged ops do not run as modules
+        fused.ops[i].register_forward_pre_hook(_no_call)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, in_channels, side, side, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(5, out_channels, side // stride, side // stride, generator=g)
+    weights = torch.softmax(torch.randn(len(CANDIDATE_OPS), generator=g), 0)
+    results = {}
+    for name, layer in (("plain", plain), ("fused", fused)):
+        xi = x.clone().requires_grad_(True)
+        w = weights.clone().requires_grad_(True)
+        out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
+        out.backward(grad)
+        results[name] = (out.detach(), xi.grad, w.grad, layer)
+    (out_p, gx_p, gw_p, _), (out_f, gx_f, gw_f, _) = results["plain"], results["fused"]
+    assert out_f.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_f, gx_p, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw_f, gw_p, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        if name != "thetas":
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), fused.buffers()):  # running stats, counters
+        torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=name)
+    plain.eval(), fused.eval()  # the running statistics
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fused.fused(x, weights), _mix(plain, x, weights), rtol=1e-5, atol=1e-5
+        )
+
+
+def _mix(layer, x, weights):
+    return sum(w * op(x) for w, op in zip(weights, layer.ops))
+
+
+def test_mixed_operation_runs_the_ops_one_by_one_where_merging_does_not_apply():
+    plain, fused = _layers(8, 8, 1, False)
+    calls = []
+    for op in fused.ops:
+        op.register_forward_pre_hook(lambda m, i: calls.append(m))
+    x = torch.randn(4, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    fused(x, 1.0)
+    assert len(calls) == 1  # the skip op only
+    for layer_input in (
+        torch.randn(4, 8, 16, 16).contiguous(memory_format=torch.channels_last),  # 256 pixels
+        torch.randn(4, 8, 4, 4),  # not channels_last
+    ):
+        calls.clear()
+        fused(layer_input, 1.0)
+        assert len(calls) == len(CANDIDATE_OPS)
+    fused.per_sample = True  # one weight vector per example
+    calls.clear()
+    fused(x, 1.0)
+    assert len(calls) == len(CANDIDATE_OPS)
+
+
+def test_fuse_candidates_needs_two_plain_inverted_residual_blocks():
+    ops = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1", "skip")]
+    assert fuse_candidates(ops) is None
+    se = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1_se", "ir_k5_e3_se")]
+    assert fuse_candidates(se) is None
