@@ -106,10 +106,16 @@ class SupernetConfig:
         "gradient of outputs up to 2x2 directly (exact)",
     )
     recompute: bool = opt(
-        False,
+        True,
         "weight steps compute the outputs of BN + ReLU and of the expansion 1x1 convolutions again in "
-        "the backward pass instead of keeping them: less memory, slower steps, the same gradients to "
-        "float rounding (docs/performance.md)",
+        "the backward pass instead of keeping them: about half the activation memory for a few "
+        "percent of speed, the same gradients to float rounding (docs/performance.md)",
+    )
+    fuse_ops: bool = opt(
+        True,
+        "on a CPU, each layer's inverted-residual candidates run together where outputs are at most 4x4: "
+        "stacked expansion GEMM, one BN per stage of the block, one depthwise conv per kernel size "
+        "(exact; docs/performance.md)",
     )
     amp: bool = run_options.amp()
     cudnn_benchmark: bool = opt(False, "let cuDNN time and pick convolution algorithms (CUDA only)")

@@ -192,6 +192,7 @@ def build_search(cfg, ctx: DistContext, loaders: SearchLoaders, run_dir: Path, c
         cudnn_benchmark=cfg.cudnn_benchmark and not cfg.deterministic,
         amp=cfg.amp,
         recompute=cfg.recompute,
+        fuse_ops=cfg.fuse_ops,
     )
     fixed_cost = lut.fixed_cost if cfg.loss_include_fixed else 0.0
     target = loss_target(

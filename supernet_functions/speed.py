@@ -69,7 +69,7 @@ def prepare_supernet(
     cudnn_benchmark: bool = False,
     amp: bool = False,
     pointwise_gemm: bool = True,
-    recompute: bool = False,
+    recompute: bool = True,
     fuse_ops: bool = True,
 ) -> nn.Module:
     """Move ``model`` to ``device`` and apply the speed-ups asked for, in place; returns it.
