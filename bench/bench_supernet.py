@@ -13,11 +13,14 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     frozen_cl     ... plus channels_last
     fast_conv1x1  frozen idle set, channels_last, trimmed depthwise kernels with direct weight
                   gradients on tiny maps, 1x1 convolutions left to the library's convolution
+    fast_separate ``fast_conv1x1`` with the 1x1 convolutions as matrix products on a CPU
+                  (``PointwiseConv2d``), every candidate op run on its own, activations kept
+    fast_keep     ``fast_separate`` with each layer's inverted-residual candidates merged on
+                  outputs of up to 4x4 (``--fuse_ops``, ``fused_candidates.py``)
     fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
-                  supernet made by ``prepare_supernet``): ``fast_conv1x1`` with the 1x1
-                  convolutions as matrix products on a CPU (``PointwiseConv2d``)
-    fast_recompute  ``fast`` with ``--recompute True``: weight steps compute the outputs of BN + ReLU
-                  and of the expansion convolutions again in the backward pass (``recompute.py``)
+                  supernet made by ``prepare_supernet``): ``fast_keep`` whose weight steps compute
+                  the outputs of BN + ReLU and of the expansion convolutions again in the backward
+                  pass (``--recompute``, ``recompute.py``)
     hard          ``fast`` with ``mixing="hard_gumbel"`` (straight-through; only the sampled op runs)
 
 For every batch size it times a weight step (SGD on the weights, thetas frozen) and a theta step (Adam
@@ -69,8 +72,9 @@ VARIANTS = (
     "frozen",
     "frozen_cl",
     "fast_conv1x1",
+    "fast_separate",
+    "fast_keep",
     "fast",
-    "fast_recompute",
     "hard",
 )
 STEPS = ("weights", "thetas")
@@ -108,9 +112,10 @@ def build_variant(name: str, args, device: torch.device):
             model,
             device,
             channels_last=name != "frozen",
-            trim_kernels=name in ("fast_conv1x1", "fast", "fast_recompute", "hard"),
-            pointwise_gemm=name in ("fast", "fast_recompute", "hard"),
-            recompute=name == "fast_recompute",
+            trim_kernels=name in ("fast_conv1x1", "fast_separate", "fast_keep", "fast", "hard"),
+            pointwise_gemm=name in ("fast_separate", "fast_keep", "fast", "hard"),
+            recompute=name in ("fast", "hard"),
+            fuse_ops=name in ("fast_keep", "fast", "hard"),
         )
     model.train()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
