@@ -27,10 +27,12 @@ time goes, and each point below answers one finding:
   product over ``[pixels, channels]``, so on a CPU :func:`prepare_supernet` swaps them for
   :class:`PointwiseConv2d`, which runs it as ``F.linear`` (one BLAS GEMM per group, forward and
   backward).
-- **Memory** (``recompute``, off by default). The backward pass needs the activations of all nine
-  ops of every layer. The outputs of BN + ReLU and of the expansion convolutions can be computed
-  again in the backward pass instead of kept (:mod:`supernet_functions.recompute`): a fifth less
-  peak memory for slower weight steps (docs/performance.md).
+- **Many small calls** (``fuse_ops``). On outputs of at most 4x4 pixels a layer's inverted-residual
+  candidates run together, in fewer and larger calls (:mod:`supernet_functions.fused_candidates`).
+- **Memory** (``recompute``). The backward pass needs the activations of all nine ops of every
+  layer. The outputs of BN + ReLU and of the expansion convolutions are computed again in the
+  backward pass instead of kept (:mod:`supernet_functions.recompute`): less than half the live
+  activation memory of a weight step, for a few percent of its speed (docs/performance.md).
 
 Two settings that change the numerics or are CUDA's own are here too: mixed precision (``--amp``,
 bfloat16 autocast on the run's device, off by default; :mod:`general_functions.precision`) and
