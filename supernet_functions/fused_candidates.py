@@ -63,9 +63,10 @@ class FusedCandidates:
     Use :func:`fuse_candidates` to build one. It applies (:meth:`applies`) to one mixing weight per
     candidate (not per example), channels_last inputs, outputs of at most ``max_out_pixels`` pixels,
     outside autocast; :class:`~supernet_functions.model_supernet.MixedOperation` runs its ops one by
-    one otherwise. Measured layer by layer on this project's CPU at batch 128, merging was faster on
-    outputs of 4x4 pixels and smaller, even on 8x8 outputs and slower on 16x16 ones
-    (docs/performance.md).
+    one otherwise. Measured layer by layer on this project's CPU (``bench/bench_fused_layers.py``),
+    merging was faster on outputs of 4x4 pixels and smaller at batch 32 and 128, and slower on 16x16;
+    on 8x8 outputs it gained at batch 32 but little or nothing at batch 128, and its larger stacked
+    tensors raised the peak RSS, so those layers run one by one (docs/performance.md).
     """
 
     max_out_pixels = 16

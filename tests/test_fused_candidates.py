@@ -112,3 +112,23 @@ def test_fuse_candidates_needs_two_plain_inverted_residual_blocks():
     assert fuse_candidates(ops) is None
     se = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1_se", "ir_k5_e3_se")]
     assert fuse_candidates(se) is None
+
+
+def test_bench_fused_layers_times_every_merged_layer_and_reports_the_rule():
+    """bench/bench_fused_layers.py times both forms of every layer that has merged candidates and
+    labels each with the form ``FusedCandidates.applies`` picks (outputs of at most 4x4 merged)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_fused_layers.py"
+    spec = importlib.util.spec_from_file_location("bench_fused_layers", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--search_space", "tiny", "--input_size", "8", "--batch_sizes", "2"]
+    result = bench.main([*argv, "--repeats", "1", "--threads", "1"])
+    rows = result["layers"]
+    assert [r["layer"] for r in rows] == [0, 1, 2, 3]  # every layer of the tiny space
+    for r in rows:
+        assert r["one_by_one_ms"] > 0 and r["merged_ms"] > 0
+        assert (r["rule"] == "merged") == (r["out_pixels"] <= 16)
+    assert {r["rule"] for r in rows} == {"merged", "one by one"}  # 8x8 and smaller outputs
