@@ -32,7 +32,7 @@ time goes, and each point below answers one finding:
 - **Memory** (``recompute``). The backward pass needs the activations of all nine ops of every
   layer. The outputs of BN + ReLU and of the expansion convolutions are computed again in the
   backward pass instead of kept (:mod:`supernet_functions.recompute`): less than half the live
-  activation memory of a weight step, for a few percent of its speed (docs/performance.md).
+  activation memory of a weight step, for about a tenth of its speed (docs/performance.md).
 
 Two settings that change the numerics or are CUDA's own are here too: mixed precision (``--amp``,
 bfloat16 autocast on the run's device, off by default; :mod:`general_functions.precision`) and
