@@ -107,9 +107,10 @@ class SupernetConfig:
     )
     recompute: bool = opt(
         True,
-        "weight steps compute the outputs of BN + ReLU and of the expansion 1x1 convolutions again in "
-        "the backward pass instead of keeping them: less than half the live memory for about a "
-        "tenth of the weight step's speed, the same gradients to float rounding (docs/performance.md)",
+        "weight steps of the soft mixture compute the outputs of BN + ReLU and of the expansion 1x1 "
+        "convolutions again in the backward pass instead of keeping them: less than half the live "
+        "memory for about a tenth of the weight step's speed, the same gradients to float rounding "
+        "(single-path steps keep theirs; docs/performance.md)",
     )
     fuse_ops: bool = opt(
         True,
@@ -297,7 +298,6 @@ PRESETS = {
         "warmup_epochs": 20,  # 6,240 single-path weight steps before the first theta step
         "bn_init": "uniform",  # BN scales U(0, 1), as the original ran
         "w_lr": 0.01,  # stable for single-path steps at batch 128 (bench/supernet_paths.py)
-        "recompute": False,  # a single path keeps little; recomputing would only change rounding
         "thetas_lr": 0.02,  # 10 x 79 = 790 theta steps x 0.02 ~ the original's 1,700 x 0.01
         "temperature_decay": math.exp(-0.4),  # 5.0 ... 0.14 over the 10 search epochs
         "loader": "tensor",

@@ -284,10 +284,16 @@ def train_weights_epoch(
 
     Under DDP ``model`` is the wrapper, which averages the weights' gradients. A supernet prepared with
     ``recompute`` (:func:`~supernet_functions.speed.prepare_supernet`) keeps fewer activations for the
-    backward pass here; theta steps, which need fewer of them and spend less time in backward, keep
-    theirs.
+    backward pass here when its layers mix their ops (a single path, ``hard_gumbel`` or
+    ``--w_mixing sampled``, keeps one op's activations per layer, and recomputing only costs time);
+    theta steps, which need fewer of them and spend less time in backward, keep theirs.
     """
     net = unwrap(model)
+    soft = any(
+        layer.mixing != "hard_gumbel"
+        for layer in net.modules()
+        if isinstance(layer, MixedOperation)
+    )
     return _train_phase(
         model,
         loader,
@@ -300,7 +306,7 @@ def train_weights_epoch(
         progress,
         "weights",
         on_step=on_step,
-        recompute=getattr(net, "recompute_activations", False),
+        recompute=getattr(net, "recompute_activations", False) and soft,
     )
 
 

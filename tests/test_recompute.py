@@ -188,3 +188,43 @@ def test_backward_twice_with_retain_graph():
     first = x.grad.clone()
     out.backward()
     torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_only_weight_steps_of_the_soft_mixture_recompute(monkeypatch):
+    """A single path (hard Gumbel, or --w_mixing sampled) keeps one op's activations per layer, so its
+    weight steps keep them whatever ``recompute`` says; soft weight steps and theta steps as before."""
+    from supernet_functions import training_functions_supernet as tfs
+    from supernet_functions.loss import SupernetLoss
+
+    class Costs:
+        num_layers = 4
+
+        def latency_vector(self, layer, ops):
+            return torch.full((len(ops),), 0.05)
+
+    seen = []
+    real = tfs.recomputing
+
+    def spy(enabled=True):
+        seen.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(tfs, "recomputing", spy)
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    for mixing in ("gumbel", "hard_gumbel"):
+        torch.manual_seed(0)
+        m = prepare_supernet(
+            StochasticSuperNet("tiny", Costs(), 10, 8, mixing=mixing), torch.device("cpu")
+        )
+        assert m.recompute_activations
+        w_opt = torch.optim.SGD(m.weight_parameters(), lr=0.01)
+        t_opt = torch.optim.Adam(m.arch_parameters(), lr=0.01)
+        tfs.train_weights_epoch(m, [(x, y)], SupernetLoss(), w_opt, 2.0)
+        tfs.train_thetas_epoch(m, [(x, y)], SupernetLoss(), t_opt, 2.0)
+    assert seen == [
+        True,
+        False,
+        False,
+        False,
+    ]  # soft weights; soft thetas; hard weights; hard thetas
