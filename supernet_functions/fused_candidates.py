@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fbnet_building_blocks.blocks import ChannelShuffle, InvertedResidual
-from supernet_functions.recompute import BatchNormReLU2d, _active, batch_norm_relu
+from supernet_functions.recompute import BatchNormReLU2d, batch_norm_relu, is_recomputing
 
 __all__ = ["FusedCandidates", "fuse_candidates"]
 
@@ -110,9 +110,8 @@ class FusedCandidates:
 
     def _group(self, g: _Group, x: torch.Tensor) -> list[torch.Tensor]:
         """The projections (before their BN) of one group's ops, each ``[B, H, W, C_out]``."""
-        recompute = _active() and torch.is_grad_enabled()
         expand = torch.cat([_matrix(conv) for conv in g.pw])  # [sum hidden, C_in]
-        c = self.pointwise(x, expand[:, :, None, None], recompute=recompute)
+        c = self.pointwise(x, expand[:, :, None, None], recompute=is_recomputing())
         y = _batch_norm(c, g.bn_pw, relu=True)
         dw = torch.cat(
             [conv.weight if u is None else conv.weight[u] for conv, u in zip(g.dw, g.unshuffle)]
@@ -161,7 +160,7 @@ def _batch_norm(
     if not bn.training:
         y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, bn.eps)
         return y.relu_() if relu else y
-    if relu and _active() and torch.is_grad_enabled():
+    if relu and is_recomputing():
         y = batch_norm_relu(x, weight, bias, mean, var, bn.momentum, bn.eps)
     else:
         y = F.batch_norm(x, mean, var, weight, bias, True, bn.momentum, bn.eps)

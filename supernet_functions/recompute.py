@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BatchNormReLU2d", "batch_norm_relu", "fuse_bn_relu", "recomputing", "remember"]
+__all__ = [
+    "BatchNormReLU2d",
+    "batch_norm_relu",
+    "fuse_bn_relu",
+    "is_recomputing",
+    "recomputing",
+    "remember",
+]
 
 _ATTR = "_fbnet_recipe"
 _state = threading.local()
@@ -39,6 +46,11 @@ _state = threading.local()
 
 def _active() -> bool:
     return getattr(_state, "active", False)
+
+
+def is_recomputing() -> bool:
+    """True inside :func:`recomputing` with gradients enabled: :func:`remember` takes effect."""
+    return _active() and torch.is_grad_enabled()
 
 
 class _Recipe:
