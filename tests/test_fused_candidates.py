@@ -64,8 +64,8 @@ def test_merged_layer_equals_the_ops_one_by_one(shape, dw_bn_relu):
         w = weights.clone().requires_grad_(True)
         out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
         out.backward(grad)
-        results[name] = (out.detach(), xi.grad, w.grad, layer)
-    (out_p, gx_p, gw_p, _), (out_f, gx_f, gw_f, _) = results["plain"], results["fused"]
+        results[name] = (out.detach(), xi.grad, w.grad)
+    (out_p, gx_p, gw_p), (out_f, gx_f, gw_f) = results["plain"], results["fused"]
     assert out_f.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx_f, gx_p, rtol=1e-4, atol=1e-5)
@@ -75,7 +75,8 @@ def test_merged_layer_equals_the_ops_one_by_one(shape, dw_bn_relu):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
     for (name, b), c in zip(plain.named_buffers(), fused.buffers()):  # running stats, counters
         torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=name)
-    plain.eval(), fused.eval()  # the running statistics
+    plain.eval()  # evaluation mode: the running statistics normalise
+    fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(
             fused.fused(x, weights), _mix(plain, x, weights), rtol=1e-5, atol=1e-5
