@@ -5,9 +5,9 @@ Usage:
     python bench/bench_fused_layers.py --batch_sizes 32 128 --repeats 7
 
 ``--fuse_ops`` (``supernet_functions/fused_candidates.py``) runs a layer's inverted-residual candidates
-together where this script measured it faster on this project's CPU: outputs of at most
-``FusedCandidates.max_out_pixels`` pixels. The threshold depends on the CPU and its libraries: on another
-machine, run this and compare the ``rule`` column with ``best``.
+together where this script measured it faster on this project's CPU: at most
+``FusedCandidates.max_rows`` rows (batch x output pixels). The threshold depends on the CPU and its
+libraries: on another machine, run this and compare the ``rule`` column with ``best``.
 
 Each layer gets its own input (the layer's input shape, channels_last) and a fixed output gradient;
 one call is the mixture's forward pass with every weight and mixing-weight gradient and its backward
@@ -98,7 +98,7 @@ def time_layers(args) -> list[dict]:
                     "ratio": round(one_by_one / together, 2),
                     "rule": "merged" if layer.fused.applies(x, weights) else "one by one",
                     "best": "merged" if together < one_by_one else "one by one",
-                    "out_pixels": out_pixels,
+                    "rows": batch * out_pixels,
                 }
             )
             r = rows[-1]

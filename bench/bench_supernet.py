@@ -16,7 +16,7 @@ Variants (each builds the same supernet from the same seed, so all share the sam
     fast_separate ``fast_conv1x1`` with the 1x1 convolutions as matrix products on a CPU
                   (``PointwiseConv2d``), every candidate op run on its own, activations kept
     fast_keep     ``fast_separate`` with each layer's inverted-residual candidates merged on
-                  outputs of up to 4x4 (``--fuse_ops``, ``fused_candidates.py``)
+                  at most 2048 rows, 4x4 outputs at batch 128 (``--fuse_ops``, ``fused_candidates.py``)
     fast          the search's default path (``train_weights_epoch`` / ``train_thetas_epoch`` on a
                   supernet made by ``prepare_supernet``): ``fast_keep`` whose weight steps compute
                   the outputs of BN + ReLU and of the expansion convolutions again in the backward

@@ -61,15 +61,17 @@ class FusedCandidates:
     """``sum_i m_i * op_i(x)`` over a layer's candidate ops, the inverted-residual ones together.
 
     Use :func:`fuse_candidates` to build one. It applies (:meth:`applies`) to one mixing weight per
-    candidate (not per example), channels_last inputs, outputs of at most ``max_out_pixels`` pixels,
-    outside autocast; :class:`~supernet_functions.model_supernet.MixedOperation` runs its ops one by
-    one otherwise. Measured layer by layer on this project's CPU (``bench/bench_fused_layers.py``),
-    merging was faster on outputs of 4x4 pixels and smaller at batch 32 and 128, and slower on 16x16;
-    on 8x8 outputs it gained at batch 32 but little or nothing at batch 128, and its larger stacked
-    tensors raised the peak RSS, so those layers run one by one (docs/performance.md).
+    candidate (not per example), channels_last inputs, outside autocast, where the batch times the
+    output pixels (the rows of the projection GEMMs) is at most ``max_rows``;
+    :class:`~supernet_functions.model_supernet.MixedOperation` runs its ops one by one otherwise.
+    Merging saves per-call overhead, which matters where a call has little work: measured layer by
+    layer on this project's CPU (``bench/bench_fused_layers.py``), it was faster at 2048 rows and
+    fewer (4x4 outputs at batch 128, 8x8 at batch 32), slower at 8192 (16x16 at batch 32), and gained
+    little or nothing at 8192 on 8x8 outputs at batch 128, where its larger stacked tensors also
+    raised the peak RSS (docs/performance.md).
     """
 
-    max_out_pixels = 16
+    max_rows = 2048
 
     def __init__(
         self, ops: list[nn.Module], groups: list[_Group], pointwise: Callable, depthwise: Callable
@@ -88,8 +90,8 @@ class FusedCandidates:
         return (
             weights.dim() == 1
             and x.dim() == 4
-            and -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
-            <= self.max_out_pixels
+            and x.shape[0] * -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
+            <= self.max_rows
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_autocast_enabled(x.device.type)
         )

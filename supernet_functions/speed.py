@@ -27,7 +27,7 @@ time goes, and each point below answers one finding:
   product over ``[pixels, channels]``, so on a CPU :func:`prepare_supernet` swaps them for
   :class:`PointwiseConv2d`, which runs it as ``F.linear`` (one BLAS GEMM per group, forward and
   backward).
-- **Many small calls** (``fuse_ops``). On outputs of at most 4x4 pixels a layer's inverted-residual
+- **Many small calls** (``fuse_ops``). On small outputs (4x4 at batch 128) a layer's inverted-residual
   candidates run together, in fewer and larger calls (:mod:`supernet_functions.fused_candidates`).
 - **Memory** (``recompute``). The backward pass needs the activations of all nine ops of every
   layer. The outputs of BN + ReLU and of the expansion convolutions are computed again in the

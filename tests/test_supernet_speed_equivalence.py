@@ -36,7 +36,7 @@ class _Costs:
         return 0.02 + 0.01 * torch.arange(len(ops), dtype=torch.float32) + 0.005 * layer
 
 
-def _pair(mixing: str = "gumbel", recompute: bool = False):
+def _pair(mixing: str = "gumbel", recompute: bool = False, fuse_ops: bool = True):
     torch.manual_seed(0)
     ref = ReferenceSuperNet(SPACE, _Costs(4), 10, SIZE)
     with torch.no_grad():  # non-uniform thetas, so every op's weight differs
@@ -45,7 +45,12 @@ def _pair(mixing: str = "gumbel", recompute: bool = False):
     fast = StochasticSuperNet(SPACE, _Costs(4), 10, SIZE, mixing=mixing)
     fast.load_state_dict(ref.state_dict())
     prepare_supernet(
-        fast, torch.device("cpu"), channels_last=True, trim_kernels=True, recompute=recompute
+        fast,
+        torch.device("cpu"),
+        channels_last=True,
+        trim_kernels=True,
+        recompute=recompute,
+        fuse_ops=fuse_ops,
     )
     return ref, fast
 
@@ -168,12 +173,18 @@ def test_forward_matches_reference_with_the_same_noise():
     torch.testing.assert_close(lat_fast, lat_ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("fuse_ops", [False, True])
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("kind", ["weights", "thetas"])
-def test_step_matches_reference(kind, recompute):
+def test_step_matches_reference(kind, recompute, fuse_ops):
     """Loss, the trained set's gradients, the updated parameters and BN statistics all agree, with
-    activations kept or recomputed in the backward pass (``--recompute``)."""
-    ref, fast = _pair(recompute=recompute)
+    activations kept or recomputed in the backward pass (``--recompute``), and the candidates run
+    one by one or merged (``--fuse_ops``; at this batch and map size every layer merges)."""
+    ref, fast = _pair(recompute=recompute, fuse_ops=fuse_ops)
+    ran = []  # the candidate ops that ran as modules
+    for layer in fast.stages:
+        for op in layer.ops:
+            op.register_forward_pre_hook(lambda m, i: ran.append(type(m).__name__))
     x, y = _batch()
     criterion = SupernetLoss()
     opts = {}
@@ -200,6 +211,7 @@ def test_step_matches_reference(kind, recompute):
         p.register_hook(lambda g: pytest.fail("a gradient of the idle set was computed"))
     torch.manual_seed(7)
     stats = epoch_fn(fast, [(x, y)], criterion, opts["fast"], 3.0)
+    assert ("InvertedResidual" in ran) != fuse_ops and "Skip" in ran
     assert stats["loss"] == pytest.approx(loss_ref.item(), rel=1e-5)
     ref_grads = _named_grads(ref, trained)
     assert set(grads) == set(trained)
