@@ -181,15 +181,15 @@ def _batch_norm(
 
 
 def fuse_candidates(
-    ops: list[nn.Module], pointwise: Callable | None = None, depthwise: Callable | None = None
+    ops: list[nn.Module], pointwise: Callable, depthwise: Callable | None = None
 ) -> FusedCandidates | None:
     """A :class:`FusedCandidates` for a layer's candidate ``ops``, or None when fewer than two of them
     are plain inverted-residual blocks that can be merged (no squeeze-excitation, BN with running
     statistics and a momentum).
 
     ``pointwise(x, weight, recompute=...)`` computes the stacked expansion (a 1x1 convolution), and
-    ``depthwise(x, weight, stride, padding)`` the stacked depthwise convolution; the defaults are the
-    library's convolutions. :func:`~supernet_functions.speed.prepare_supernet` passes its own, so the
+    ``depthwise(x, weight, stride, padding)`` the stacked depthwise convolution (default: the
+    library's). :func:`~supernet_functions.speed.prepare_supernet` passes its own, so the
     merged ops run the same kernels as the ops they replace.
     """
     parts = {i: _parts(op) for i, op in enumerate(ops)}
@@ -213,13 +213,7 @@ def fuse_candidates(
             g.bn_dw.append(bn_dw)
         g.pwl.append(pwl)
         g.unshuffle.append(unshuffle)
-    return FusedCandidates(
-        ops, list(groups.values()), pointwise or _conv1x1, depthwise or _depthwise
-    )
-
-
-def _conv1x1(x: torch.Tensor, weight: torch.Tensor, recompute: bool = False) -> torch.Tensor:
-    return F.conv2d(x, weight)
+    return FusedCandidates(ops, list(groups.values()), pointwise, depthwise or _depthwise)
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> torch.Tensor:

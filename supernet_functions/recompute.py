@@ -197,7 +197,7 @@ class BatchNormReLU2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            not (self.training and _active() and torch.is_grad_enabled())
+            not (self.training and is_recomputing())
             or torch.is_autocast_enabled(x.device.type)
             or (self.weight is not None and x.dtype != self.weight.dtype)
         ):

@@ -12,7 +12,7 @@ from fbnet_building_blocks.registry import build_block
 from fbnet_building_blocks.search_space import CANDIDATE_OPS
 from supernet_functions.fused_candidates import fuse_candidates
 from supernet_functions.model_supernet import MixedOperation
-from supernet_functions.speed import prepare_supernet
+from supernet_functions.speed import pointwise_conv2d, prepare_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,9 +110,9 @@ def test_mixed_operation_runs_the_ops_one_by_one_where_merging_does_not_apply():
 
 def test_fuse_candidates_needs_two_plain_inverted_residual_blocks():
     ops = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1", "skip")]
-    assert fuse_candidates(ops) is None
+    assert fuse_candidates(ops, pointwise_conv2d) is None
     se = [build_block(op, 8, 8, 1) for op in ("ir_k3_e1_se", "ir_k5_e3_se")]
-    assert fuse_candidates(se) is None
+    assert fuse_candidates(se, pointwise_conv2d) is None
 
 
 def test_bench_fused_layers_times_every_merged_layer_and_reports_the_rule():
