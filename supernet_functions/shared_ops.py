@@ -19,9 +19,14 @@ So every op's channel ``c`` means the same thing, whichever op runs. Each op sti
 block of :class:`~fbnet_building_blocks.blocks.InvertedResidual` (same structure, same shapes), only with
 weights tied to its neighbours'; a searched network is retrained from scratch with its own weights. The
 ``skip`` op keeps its own module.
+
+Tied weights also mean that a soft mixture of the ops (the theta steps) computes the same channels
+several times when the ops run one by one: :class:`SharedMixture` computes each once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +35,7 @@ from torch import nn
 from fbnet_building_blocks.registry import get_op_args
 from fbnet_building_blocks.structure import Structure
 
-__all__ = ["SharedInvertedResiduals", "SharedOp"]
+__all__ = ["SharedInvertedResiduals", "SharedMixture", "SharedOp"]
 
 
 def _diagonal_blocks(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -63,6 +68,17 @@ class _SharedBN(nn.Module):
             self.momentum,
             self.eps,
         )
+
+
+def _dense_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The ``[out, in]`` matrix of the grouped 1x1 convolution made of ``weight``'s diagonal blocks."""
+    matrix = weight.flatten(1)
+    if groups == 1:
+        return matrix
+    o, i = matrix.shape[0] // groups, matrix.shape[1] // groups
+    return torch.block_diag(
+        *(matrix[g * o : (g + 1) * o, g * i : (g + 1) * i] for g in range(groups))
+    )
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None, groups: int = 1) -> torch.Tensor:
@@ -152,3 +168,185 @@ class SharedOp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.op}, shared weights"
+
+
+@dataclass
+class _Branch:
+    """Ops of a layer whose expansions share their channels. ``groups == 1``: every dense op, op ``i``
+    using the first ``expansion_i * in`` of ``hidden`` channels; else the ops of one grouped expansion,
+    all ``hidden`` channels each, held in the order before the channel shuffle (``unshuffle``)."""
+
+    groups: int
+    ops: list[int]  # indices into the layer's candidates
+    hidden: int
+    unshuffle: torch.Tensor | None
+
+
+class SharedMixture:
+    """``sum_i m_i * op_i(x)`` over a layer whose ops share their weights, each shared channel once.
+
+    Built by :func:`~supernet_functions.speed.prepare_supernet` (``--fuse_ops``) for a layer with
+    ``--weight_sharing``. In training mode BN normalises with the batch's statistics, so channels
+    made from the same input with the same weights are equal whichever op computes them:
+
+    - the dense ops' expansions are prefixes of one ``[e_max * in, in]`` GEMM, and their BN + ReLU
+      outputs prefixes of one BN + ReLU call; the 2-group ops share another expansion (stacked into
+      the same GEMM and BN call);
+    - the depthwise convolution of kernel ``k`` runs once over those channels (the dense ops of
+      kernel ``k`` use its first ``e * in`` channels); a channel shuffle is folded into the depthwise
+      weights and the projection's columns;
+    - the dense projections are prefix sums over column chunks: ``P_3 = P_1 + (chunk 2)``, and so on;
+    - each op's projection keeps its own BN statistics; one BN call normalises them side by side,
+      with the mixing weights folded into its affine part, and a sum mixes them.
+
+    Every op's running statistics are updated as its own forward would update them (its rows of the
+    shared buffers, from the same batch statistics). It applies (:meth:`applies`) in training mode,
+    to one mixing weight per candidate, outside autocast; in evaluation mode each op normalises with
+    its own running statistics, so the ops run one by one. Activations are kept for the backward pass
+    (``--recompute`` does not act here; the mixture keeps fewer than the ops one by one).
+    Only the order of floating-point additions differs (``tests/test_fused_candidates.py``).
+    """
+
+    def __init__(self, ops: list[nn.Module], shared: SharedInvertedResiduals) -> None:
+        self.ops, self.shared = ops, shared
+        self.in_channels = shared.pw.shape[1]
+        mine = [i for i, op in enumerate(ops) if isinstance(op, SharedOp) and op.shared is shared]
+        self.others = [i for i in range(len(ops)) if i not in mine]
+        by_key: dict[tuple[int, int], list[int]] = {}
+        for i in mine:  # dense ops together; grouped ones by (expansion, groups)
+            key = (0, 1) if ops[i].groups == 1 else (ops[i].expansion, ops[i].groups)
+            by_key.setdefault(key, []).append(i)
+        self.branches = []
+        for (_, groups), members in by_key.items():
+            hidden = max(ops[i].expansion for i in members) * self.in_channels
+            unshuffle = None
+            if groups > 1:  # channel j after the shuffle is channel shuffle[j] before it
+                shuffle = torch.arange(hidden).view(groups, hidden // groups).t().reshape(-1)
+                unshuffle = torch.argsort(shuffle).to(shared.pw.device)
+            self.branches.append(_Branch(groups, members, hidden, unshuffle))
+        self.kernels = sorted({ops[i].kernel for i in mine})
+        self.order = [i for k in self.kernels for b in self.branches for i in self._of(b, k)]
+        self.rows = torch.tensor([ops[i].index for i in self.order], device=shared.pw.device)
+
+    def _of(self, branch: _Branch, kernel: int) -> list[int]:
+        """The ops of ``branch`` with a ``kernel`` x ``kernel`` depthwise convolution, by expansion."""
+        ops = [i for i in branch.ops if self.ops[i].kernel == kernel]
+        return sorted(ops, key=lambda i: self.ops[i].expansion)
+
+    def _width(self, i: int, branch: _Branch) -> int:
+        return self.ops[i].expansion * self.in_channels if branch.groups == 1 else branch.hidden
+
+    def applies(self, x: torch.Tensor, weights: torch.Tensor) -> bool:
+        return (
+            weights.dim() == 1
+            and x.dim() == 4
+            and self.shared.bn_pw.training
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        s = self.shared
+        expand = torch.cat([_dense_matrix(s.pw[: b.hidden], b.groups) for b in self.branches])
+        h = s.conv1x1(x, expand[:, :, None, None], None, 1)
+        h = self._batch_norm(h, s.bn_pw, self.branches).relu_()
+        starts = [0]
+        for b in self.branches:
+            starts.append(starts[-1] + b.hidden)
+        projections = {}
+        for k in self.kernels:
+            used = [(b, start) for b, start in zip(self.branches, starts) if self._of(b, k)]
+            widths = [max(self._width(i, b) for i in self._of(b, k)) for b, _ in used]
+            trim = (s.kernel_size - k) // 2
+            dw = s.dw[:, :, trim : s.kernel_size - trim, trim : s.kernel_size - trim]
+            dw = torch.cat(
+                [
+                    dw[:w] if b.unshuffle is None else dw[b.unshuffle]
+                    for (b, _), w in zip(used, widths)
+                ]
+            )
+            if [start for _, start in used] == starts[:-1] and widths == [
+                b.hidden for b in self.branches
+            ]:
+                hk = h  # every channel
+            else:
+                hk = torch.cat([h[:, start : start + w] for (_, start), w in zip(used, widths)], 1)
+            d = s.depthwise(hk, dw, (s.stride, s.stride), (k // 2, k // 2))
+            if s.bn_dw is not None:
+                d = self._batch_norm(d, s.bn_dw, [b for b, _ in used], widths, k).relu_()
+            parts = d.permute(0, 2, 3, 1).split(widths, dim=-1)  # [B, H, W, C] each
+            for (b, _), part in zip(used, parts):
+                pwl = _dense_matrix(s.pwl[:, : b.hidden], b.groups)
+                if b.groups > 1:
+                    y = F.linear(part, pwl[:, b.unshuffle])
+                    projections.update(dict.fromkeys(self._of(b, k), y))
+                    continue
+                ops = self._of(b, k)  # by expansion: prefix sums over chunks of the columns
+                ends = sorted({self._width(i, b) for i in ops})
+                sums = {}
+                chunks = part.split([b - a for a, b in zip([0, *ends], ends)], dim=-1)
+                for start, end, chunk in zip([0, *ends], ends, chunks):
+                    y = F.linear(chunk, pwl[:, start:end])
+                    sums[end] = y if not sums else sums[start] + y
+                projections.update({i: sums[self._width(i, b)] for i in ops})
+        return self._mix(x, weights, projections)
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, projections: dict) -> torch.Tensor:
+        """``sum_i m_i * BN_i(projection_i)`` (one BN call, each op's own statistics), skip added."""
+        s, bn = self.shared, self.shared.bn_pwl
+        order, rows = self.order, self.rows
+        m = weights[order]
+        n, out_channels = len(order), bn.weight.shape[0]
+        p = torch.cat([projections[i] for i in order], dim=-1).permute(0, 3, 1, 2)
+        scale = m.repeat_interleave(out_channels)
+        mean, var = bn.running_mean[rows].flatten(), bn.running_var[rows].flatten()
+        z = F.batch_norm(
+            p,
+            mean,
+            var,
+            bn.weight.repeat(n) * scale,
+            bn.bias.repeat(n) * scale,
+            True,
+            bn.momentum,
+            bn.eps,
+        )
+        with torch.no_grad():
+            bn.running_mean.index_copy_(0, rows, mean.view(n, -1))
+            bn.running_var.index_copy_(0, rows, var.view(n, -1))
+        out = z.permute(0, 2, 3, 1).unflatten(-1, (n, out_channels)).sum(-2).permute(0, 3, 1, 2)
+        if s.has_skip:
+            out = out + m.sum() * x
+        for i in self.others:
+            out = out + weights[i] * self.ops[i](x)
+        return out
+
+    def _batch_norm(
+        self, x, bn: _SharedBN, branches: list[_Branch], widths=None, kernel: int | None = None
+    ) -> torch.Tensor:
+        """``bn`` on the stacked channels of ``branches`` (``widths`` of each) with this batch's
+        statistics, which update the running statistics of every op that uses them. ``kernel=None``:
+        the expansion's BN (every op, channels before the shuffle); else the depthwise BN of the ops
+        of ``kernel`` (grouped branches' channels held before the shuffle, the BN's after it)."""
+        widths = widths or [b.hidden for b in branches]
+        after_dw = kernel is not None
+
+        def channels(t: torch.Tensor, b: _Branch, w: int) -> torch.Tensor:
+            return t[b.unshuffle] if after_dw and b.unshuffle is not None else t[:w]
+
+        weight = torch.cat([channels(bn.weight, b, w) for b, w in zip(branches, widths)])
+        bias = torch.cat([channels(bn.bias, b, w) for b, w in zip(branches, widths)])
+        mean, var = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
+        y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, bn.eps)  # mean, var: the batch's
+        with torch.no_grad():
+            offset = 0
+            for b, w in zip(branches, widths):
+                stats = mean[offset : offset + w], var[offset : offset + w]
+                if after_dw and b.unshuffle is not None:  # in the op's channel order
+                    stats = tuple(t[torch.argsort(b.unshuffle)] for t in stats)
+                for i in b.ops if kernel is None else self._of(b, kernel):
+                    row, width = self.ops[i].index, self._width(i, b)
+                    for running, batch in zip((bn.running_mean, bn.running_var), stats):
+                        running[row, :width].mul_(1 - bn.momentum).add_(
+                            batch[:width], alpha=bn.momentum
+                        )
+                offset += w
+        return y

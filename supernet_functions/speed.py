@@ -83,7 +83,9 @@ def prepare_supernet(
     GEMMs as recipes, computed again in the backward pass (:mod:`supernet_functions.recompute`).
     ``fuse_ops`` (with ``channels_last`` and ``pointwise_gemm``, on a CPU): each layer's
     inverted-residual candidates run together, in fewer and larger calls
-    (:mod:`supernet_functions.fused_candidates`; exact).
+    (:mod:`supernet_functions.fused_candidates`; exact). With ``--weight_sharing`` it acts on any
+    device: a soft mixture computes each shared channel once
+    (:class:`~supernet_functions.shared_ops.SharedMixture`; exact).
     ``cudnn_benchmark`` acts on CUDA only;
     ``amp`` runs the forward pass under bfloat16 autocast on ``device``
     (:func:`general_functions.precision.autocast`) and hands float32 outputs to the loss.
@@ -124,6 +126,13 @@ def prepare_supernet(
                 layer.fused = fuse_candidates(
                     list(layer.ops), pointwise_conv2d, depthwise_conv2d if trim_kernels else None
                 )
+    if fuse_ops:  # --weight_sharing: less arithmetic, not only fewer calls, so on every device
+        from supernet_functions.model_supernet import MixedOperation
+        from supernet_functions.shared_ops import SharedMixture
+
+        for layer in model.modules():
+            if isinstance(layer, MixedOperation) and hasattr(layer, "shared"):
+                layer.fused = SharedMixture(list(layer.ops), layer.shared)
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if amp:

@@ -133,3 +133,72 @@ def test_bench_fused_layers_times_every_merged_layer_and_reports_the_rule():
         assert r["one_by_one_ms"] > 0 and r["merged_ms"] > 0
         assert (r["rule"] == "merged") == (r["rows"] <= 2048)
     assert [r["rule"] for r in rows] == ["one by one"] + ["merged"] * 3  # 8x8 (2560 rows), smaller
+
+
+
+def _shared_layers(in_channels, out_channels, stride, dw_bn_relu):
+    """A layer whose candidates share their weights (``--weight_sharing``), with non-trivial BN
+    parameters and running statistics: prepared with its mixture merged, and its copy run op by op."""
+    from types import SimpleNamespace
+
+    from fbnet_building_blocks.structure import Structure
+    from supernet_functions.model_supernet import _candidates
+
+    torch.manual_seed(0)
+    shape = SimpleNamespace(in_channels=in_channels, out_channels=out_channels, stride=stride)
+    ops, shared = _candidates(list(CANDIDATE_OPS), shape, Structure(dw_bn_relu=dw_bn_relu), True)
+    plain = MixedOperation(ops, torch.arange(len(ops), dtype=torch.float32))
+    plain.shared = shared
+    with torch.no_grad():
+        for name, t in shared.named_parameters():
+            if name.startswith("bn"):
+                t.uniform_(0.5, 1.5) if name.endswith("weight") else t.uniform_(-0.5, 0.5)
+        for name, t in shared.named_buffers():
+            t.uniform_(-0.2, 0.2) if name.endswith("mean") else t.uniform_(0.5, 1.5)
+    merged = copy.deepcopy(plain)
+    prepare_supernet(plain, torch.device("cpu"), fuse_ops=False)
+    prepare_supernet(merged, torch.device("cpu"))
+    assert plain.fused is None and merged.fused is not None
+    return plain, merged
+
+
+@pytest.mark.parametrize("dw_bn_relu", [False, True])
+@pytest.mark.parametrize(
+    "shape", [(8, 8, 1, 4), (8, 16, 2, 8), (4, 8, 1, 16)], ids=["residual", "stride2", "16x16"]
+)  # in_channels, out_channels, stride, map side
+def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, dw_bn_relu):
+    """--weight_sharing: the merged mixture (each shared channel computed once) gives the output,
+    the gradients of the input, mixing weights and shared weights, and every op's running statistics
+    of the ops run one by one; in evaluation mode the ops run one by one."""
+    in_channels, out_channels, stride, side = shape
+    plain, merged = _shared_layers(in_channels, out_channels, stride, dw_bn_relu)
+    mixture = merged.fused
+    assert mixture.others == [CANDIDATE_OPS.index("skip")]
+    assert [b.groups for b in mixture.branches] == [1, 2]  # the dense ops, the 2-group ops
+    for i, op in enumerate(merged.ops):  # the shared ops do not run as modules
+        if i not in mixture.others:
+            op.register_forward_pre_hook(_no_call)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, in_channels, side, side, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(6, out_channels, side // stride, side // stride, generator=g)
+    weights = torch.softmax(torch.randn(len(CANDIDATE_OPS), generator=g), 0)
+    before = [b.clone() for b in plain.shared.buffers()]
+    results = {}
+    for name, layer in (("plain", plain), ("merged", merged)):
+        xi = x.clone().requires_grad_(True)
+        w = weights.clone().requires_grad_(True)
+        out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
+        out.backward(grad)
+        results[name] = (out.detach(), xi.grad, w.grad)
+    (out_p, gx_p, gw_p), (out_m, gx_m, gw_m) = results["plain"], results["merged"]
+    torch.testing.assert_close(out_m, out_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_m, gx_p, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw_m, gw_p, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.shared.named_parameters(), merged.shared.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, b), c, b0 in zip(plain.shared.named_buffers(), merged.shared.buffers(), before):
+        assert not torch.equal(c, b0), name  # every op's running statistics moved
+        torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=name)
+    merged.eval()  # each op normalises with its own running statistics: one by one
+    assert not mixture.applies(x, weights)
