@@ -3,15 +3,19 @@
 Usage:
     python bench/bench_fused_layers.py                      # fbnet at 32x32, batch 128
     python bench/bench_fused_layers.py --batch_sizes 32 128 --repeats 7
+    python bench/bench_fused_layers.py --weight_sharing --step thetas   # the cpu_cifar10 preset's
 
 ``--fuse_ops`` (``supernet_functions/fused_candidates.py``) runs a layer's inverted-residual candidates
 together where this script measured it faster on this project's CPU: at most
 ``FusedCandidates.max_rows`` rows (batch x output pixels). The threshold depends on the CPU and its
 libraries: on another machine, run this and compare the ``rule`` column with ``best``.
+With ``--weight_sharing`` the merged form is :class:`~supernet_functions.shared_ops.SharedMixture`
+(each shared channel computed once), which applies at every size in training mode.
 
 Each layer gets its own input (the layer's input shape, channels_last) and a fixed output gradient;
-one call is the mixture's forward pass with every weight and mixing-weight gradient and its backward
-pass, as in a weight step. The two forms run alternately, ``--repeats`` times, and the table gives the
+one call is the mixture's forward pass and its backward pass, with every weight and mixing-weight
+gradient, as in a weight step (``--step weights``), or with the weights frozen, as in a theta step
+(``--step thetas``). The two forms run alternately, ``--repeats`` times, and the table gives the
 median of each. The last stdout line is one JSON object with all of it.
 """
 
@@ -53,9 +57,13 @@ def time_layers(args) -> list[dict]:
     rows = []
     for batch in args.batch_sizes:
         torch.manual_seed(args.seed)
-        net = StochasticSuperNet(space, None, 10, args.input_size)
+        net = StochasticSuperNet(
+            space, None, 10, args.input_size, weight_sharing=args.weight_sharing
+        )
         prepare_supernet(net, torch.device("cpu"), recompute=False)
         net.train()
+        for p in net.weight_parameters():
+            p.requires_grad_(args.step == "weights")
         inputs = []
         hooks = [
             layer.register_forward_pre_hook(lambda m, a, seen=inputs: seen.append(a[0].detach()))
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input_size", type=int, default=32)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=5, help="alternating calls of each form")
+    parser.add_argument("--weight_sharing", action="store_true", help="the layers share weights")
+    parser.add_argument("--step", choices=("weights", "thetas"), default="weights")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -116,7 +116,8 @@ class SupernetConfig:
         True,
         "on a CPU, each layer's inverted-residual candidates run together where batch x output "
         "pixels is at most 2048 (4x4 outputs at batch 128): stacked expansion GEMM, one BN per "
-        "stage of the block, one depthwise conv per kernel size (exact; docs/performance.md)",
+        "stage of the block, one depthwise conv per kernel size; with --weight_sharing, on any "
+        "device, a soft mixture computes each shared channel once (exact; docs/performance.md)",
     )
     amp: bool = run_options.amp()
     cudnn_benchmark: bool = opt(False, "let cuDNN time and pick convolution algorithms (CUDA only)")

@@ -133,7 +133,10 @@ def test_bench_fused_layers_times_every_merged_layer_and_reports_the_rule():
         assert r["one_by_one_ms"] > 0 and r["merged_ms"] > 0
         assert (r["rule"] == "merged") == (r["rows"] <= 2048)
     assert [r["rule"] for r in rows] == ["one by one"] + ["merged"] * 3  # 8x8 (2560 rows), smaller
-
+    shared = bench.main(
+        [*argv, "--repeats", "1", "--threads", "1", "--weight_sharing", "--step", "thetas"]
+    )
+    assert [r["rule"] for r in shared["layers"]] == ["merged"] * 4  # SharedMixture: every size
 
 
 def _shared_layers(in_channels, out_channels, stride, dw_bn_relu):
