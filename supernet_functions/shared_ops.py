@@ -264,12 +264,8 @@ class SharedMixture:
                     for (b, _), w in zip(used, widths)
                 ]
             )
-            if [start for _, start in used] == starts[:-1] and widths == [
-                b.hidden for b in self.branches
-            ]:
-                hk = h  # every channel
-            else:
-                hk = torch.cat([h[:, start : start + w] for (_, start), w in zip(used, widths)], 1)
+            every = len(used) == len(self.branches) and widths == [b.hidden for b, _ in used]
+            hk = h if every else torch.cat([h[:, a : a + w] for (_, a), w in zip(used, widths)], 1)
             d = s.depthwise(hk, dw, (s.stride, s.stride), (k // 2, k // 2))
             if s.bn_dw is not None:
                 d = self._batch_norm(d, s.bn_dw, [b for b, _ in used], widths, k).relu_()
@@ -283,7 +279,7 @@ class SharedMixture:
                 ops = self._of(b, k)  # by expansion: prefix sums over chunks of the columns
                 ends = sorted({self._width(i, b) for i in ops})
                 sums = {}
-                chunks = part.split([b - a for a, b in zip([0, *ends], ends)], dim=-1)
+                chunks = part.split([hi - lo for lo, hi in zip([0, *ends], ends)], dim=-1)
                 for start, end, chunk in zip([0, *ends], ends, chunks):
                     y = F.linear(chunk, pwl[:, start:end])
                     sums[end] = y if not sums else sums[start] + y

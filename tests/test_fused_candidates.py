@@ -139,7 +139,7 @@ def test_bench_fused_layers_times_every_merged_layer_and_reports_the_rule():
     assert [r["rule"] for r in shared["layers"]] == ["merged"] * 4  # SharedMixture: every size
 
 
-def _shared_layers(in_channels, out_channels, stride, dw_bn_relu):
+def _shared_layers(in_channels, out_channels, stride, dw_bn_relu, candidates=CANDIDATE_OPS):
     """A layer whose candidates share their weights (``--weight_sharing``), with non-trivial BN
     parameters and running statistics: prepared with its mixture merged, and its copy run op by op."""
     from types import SimpleNamespace
@@ -149,7 +149,7 @@ def _shared_layers(in_channels, out_channels, stride, dw_bn_relu):
 
     torch.manual_seed(0)
     shape = SimpleNamespace(in_channels=in_channels, out_channels=out_channels, stride=stride)
-    ops, shared = _candidates(list(CANDIDATE_OPS), shape, Structure(dw_bn_relu=dw_bn_relu), True)
+    ops, shared = _candidates(list(candidates), shape, Structure(dw_bn_relu=dw_bn_relu), True)
     plain = MixedOperation(ops, torch.arange(len(ops), dtype=torch.float32))
     plain.shared = shared
     with torch.no_grad():
@@ -165,19 +165,30 @@ def _shared_layers(in_channels, out_channels, stride, dw_bn_relu):
     return plain, merged
 
 
+SOME_OPS = ("ir_k5_e3", "skip", "ir_k3_s2", "ir_k3_e1")  # kernel 5: dense only, 3 * in channels
+
+
 @pytest.mark.parametrize("dw_bn_relu", [False, True])
 @pytest.mark.parametrize(
-    "shape", [(8, 8, 1, 4), (8, 16, 2, 8), (4, 8, 1, 16)], ids=["residual", "stride2", "16x16"]
+    "shape, candidates",
+    [
+        ((8, 8, 1, 4), CANDIDATE_OPS),
+        ((8, 16, 2, 8), CANDIDATE_OPS),
+        ((4, 8, 1, 16), CANDIDATE_OPS),
+        ((8, 8, 1, 4), SOME_OPS),
+    ],
+    ids=["residual", "stride2", "16x16", "some_ops"],
 )  # in_channels, out_channels, stride, map side
-def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, dw_bn_relu):
+def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, candidates, dw_bn_relu):
     """--weight_sharing: the merged mixture (each shared channel computed once) gives the output,
     the gradients of the input, mixing weights and shared weights, and every op's running statistics
-    of the ops run one by one; in evaluation mode the ops run one by one."""
+    of the ops run one by one; in evaluation mode the ops run one by one. ``SOME_OPS``: a kernel
+    size whose ops use a subset of the expanded channels."""
     in_channels, out_channels, stride, side = shape
-    plain, merged = _shared_layers(in_channels, out_channels, stride, dw_bn_relu)
+    plain, merged = _shared_layers(in_channels, out_channels, stride, dw_bn_relu, candidates)
     mixture = merged.fused
-    assert mixture.others == [CANDIDATE_OPS.index("skip")]
-    assert [b.groups for b in mixture.branches] == [1, 2]  # the dense ops, the 2-group ops
+    assert mixture.others == [candidates.index("skip")]
+    assert sorted(b.groups for b in mixture.branches) == [1, 2]  # dense ops, the 2-group ops
     for i, op in enumerate(merged.ops):  # the shared ops do not run as modules
         if i not in mixture.others:
             op.register_forward_pre_hook(_no_call)
@@ -185,7 +196,7 @@ def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, dw_bn_relu):
     x = torch.randn(6, in_channels, side, side, generator=g)
     x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.randn(6, out_channels, side // stride, side // stride, generator=g)
-    weights = torch.softmax(torch.randn(len(CANDIDATE_OPS), generator=g), 0)
+    weights = torch.softmax(torch.randn(len(candidates), generator=g), 0)
     before = [b.clone() for b in plain.shared.buffers()]
     results = {}
     for name, layer in (("plain", plain), ("merged", merged)):
