@@ -3,7 +3,7 @@
 Defaults reproduce the original CIFAR-10 reproduction's run (github AnnaAraslanova/FBNet,
 ``supernet_functions/config_for_supernet.py``), which follows the paper's Sec. 4.1 schedule where the
 paper gives one. ``--preset smoke`` runs the whole pipeline on synthetic data in about 30 s on 2 CPU
-cores (README, "The smoke run"); ``--preset cpu_cifar10`` searches CIFAR-10 in 30-35 minutes.
+cores (README, "The smoke run"); ``--preset cpu_cifar10`` searches CIFAR-10 in 30-40 minutes.
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ PRESETS = {
         "lut_rounds": 2,
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
     },
-    # A search on real CIFAR-10 that a 2-core CPU runs in 30-35 minutes (35.0 and 30.3 measured, target
+    # A search on real CIFAR-10 that a 2-core CPU runs in 30-40 minutes (35.0, 30.3 and 40.0 measured, target
     # 2.5 ms, seeds 0 and 1: SAVED_LOGS/supernet_training/cpu_cifar10_t2.5_seed*), whose weights serve
     # single paths: the weight steps train one path drawn from softmax(thetas) through weights the ops of a
     # layer share (docs/experiments.md, "Which supernet keeps serving paths"); the theta steps keep the
