@@ -58,18 +58,8 @@ def test_merged_layer_equals_the_ops_one_by_one(shape, dw_bn_relu):
     x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.randn(5, out_channels, side // stride, side // stride, generator=g)
     weights = torch.softmax(torch.randn(len(CANDIDATE_OPS), generator=g), 0)
-    results = {}
-    for name, layer in (("plain", plain), ("fused", fused)):
-        xi = x.clone().requires_grad_(True)
-        w = weights.clone().requires_grad_(True)
-        out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
-        out.backward(grad)
-        results[name] = (out.detach(), xi.grad, w.grad)
-    (out_p, gx_p, gw_p), (out_f, gx_f, gw_f) = results["plain"], results["fused"]
-    assert out_f.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx_f, gx_p, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(gw_f, gw_p, rtol=1e-4, atol=1e-5)
+    out = _same_mixture(plain, fused, x, weights, grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         if name != "thetas":
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
@@ -85,6 +75,23 @@ def test_merged_layer_equals_the_ops_one_by_one(shape, dw_bn_relu):
 
 def _mix(layer, x, weights):
     return sum(w * op(x) for w, op in zip(weights, layer.ops))
+
+
+def _same_mixture(plain, merged, x, weights, grad) -> torch.Tensor:
+    """Run ``plain`` op by op and ``merged`` merged, backward with ``grad``; check that the outputs
+    and the gradients of the input and of the mixing weights agree. Returns the merged output."""
+    results = []
+    for layer in (plain, merged):
+        xi = x.clone().requires_grad_(True)
+        w = weights.clone().requires_grad_(True)
+        out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
+        out.backward(grad)
+        results.append((out.detach(), xi.grad, w.grad))
+    (out_p, gx_p, gw_p), (out_m, gx_m, gw_m) = results
+    torch.testing.assert_close(out_m, out_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_m, gx_p, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw_m, gw_p, rtol=1e-4, atol=1e-5)
+    return out_m
 
 
 def test_mixed_operation_runs_the_ops_one_by_one_where_merging_does_not_apply():
@@ -198,17 +205,7 @@ def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, candidates, dw_
     grad = torch.randn(6, out_channels, side // stride, side // stride, generator=g)
     weights = torch.softmax(torch.randn(len(candidates), generator=g), 0)
     before = [b.clone() for b in plain.shared.buffers()]
-    results = {}
-    for name, layer in (("plain", plain), ("merged", merged)):
-        xi = x.clone().requires_grad_(True)
-        w = weights.clone().requires_grad_(True)
-        out = layer.fused(xi, w) if layer.fused else _mix(layer, xi, w)
-        out.backward(grad)
-        results[name] = (out.detach(), xi.grad, w.grad)
-    (out_p, gx_p, gw_p), (out_m, gx_m, gw_m) = results["plain"], results["merged"]
-    torch.testing.assert_close(out_m, out_p, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx_m, gx_p, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(gw_m, gw_p, rtol=1e-4, atol=1e-5)
+    _same_mixture(plain, merged, x, weights, grad)
     for (name, p), q in zip(plain.shared.named_parameters(), merged.shared.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
     for (name, b), c, b0 in zip(plain.shared.named_buffers(), merged.shared.buffers(), before):
