@@ -130,7 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=5, help="alternating calls of each form")
     parser.add_argument("--weight_sharing", action="store_true", help="the layers share weights")
-    parser.add_argument("--step", choices=("weights", "thetas"), default="weights")
+    parser.add_argument(
+        "--step",
+        choices=("weights", "thetas"),
+        default="weights",
+        help="weights: every gradient, as in a weight step; thetas: the weights frozen",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
