@@ -194,7 +194,9 @@ class SharedMixture:
       the same GEMM and BN call);
     - the depthwise convolution of kernel ``k`` runs once over those channels (the dense ops of
       kernel ``k`` use its first ``e * in`` channels); a channel shuffle is folded into the depthwise
-      weights and the projection's columns;
+      weights and the projection's columns; on maps where a larger kernel's outer taps see only
+      padding (5x5 on 2x2 and 1x1 maps), its ops take the smaller kernel's outputs
+      (:meth:`_kernel_groups`);
     - the dense projections are prefix sums over column chunks: ``P_3 = P_1 + (chunk 2)``, and so on;
     - each op's projection keeps its own BN statistics; one BN call normalises them side by side,
       with the mixing weights folded into its affine part, and a sum mixes them.
@@ -225,13 +227,29 @@ class SharedMixture:
                 unshuffle = torch.argsort(shuffle).to(shared.pw.device)
             self.branches.append(_Branch(groups, members, hidden, unshuffle))
         self.kernels = sorted({ops[i].kernel for i in mine})
-        self.order = [i for k in self.kernels for b in self.branches for i in self._of(b, k)]
+        self.order = [i for k in self.kernels for b in self.branches for i in self._of(b, (k,))]
         self.rows = torch.tensor([ops[i].index for i in self.order], device=shared.pw.device)
 
-    def _of(self, branch: _Branch, kernel: int) -> list[int]:
-        """The ops of ``branch`` with a ``kernel`` x ``kernel`` depthwise convolution, by expansion."""
-        ops = [i for i in branch.ops if self.ops[i].kernel == kernel]
+    def _of(self, branch: _Branch, kernels: tuple[int, ...]) -> list[int]:
+        """The ops of ``branch`` whose depthwise kernel size is in ``kernels``, by expansion."""
+        ops = [i for i in branch.ops if self.ops[i].kernel in kernels]
         return sorted(ops, key=lambda i: self.ops[i].expansion)
+
+    def _kernel_groups(self, height: int, width: int) -> list[tuple[int, ...]]:
+        """Kernel sizes that compute the same convolution on a ``height`` x ``width`` map, grouped.
+
+        With padding ``k // 2``, a tap at offset ``d`` from a kernel's centre sees the map only where
+        ``|d|`` is less than its side, so on maps of side at most ``k0 // 2 + 1`` a larger kernel's
+        taps beyond the centre ``k0`` x ``k0`` see only padding: the shared ``k`` x ``k`` kernel
+        computes what its ``k0`` x ``k0`` centre does (3x3 and 5x5 on 2x2 and 1x1 maps).
+        """
+        groups: list[tuple[int, ...]] = []
+        for k in self.kernels:  # ascending
+            if groups and max(height, width) <= groups[-1][0] // 2 + 1:
+                groups[-1] += (k,)
+            else:
+                groups.append((k,))
+        return groups
 
     def _width(self, i: int, branch: _Branch) -> int:
         return self.ops[i].expansion * self.in_channels if branch.groups == 1 else branch.hidden
@@ -253,9 +271,10 @@ class SharedMixture:
         for b in self.branches:
             starts.append(starts[-1] + b.hidden)
         projections = {}
-        for k in self.kernels:
-            used = [(b, start) for b, start in zip(self.branches, starts) if self._of(b, k)]
-            widths = [max(self._width(i, b) for i in self._of(b, k)) for b, _ in used]
+        for kernels in self._kernel_groups(*x.shape[-2:]):  # one depthwise conv per group
+            k = kernels[0]  # the smallest: its taps are all that see the map
+            used = [(b, start) for b, start in zip(self.branches, starts) if self._of(b, kernels)]
+            widths = [max(self._width(i, b) for i in self._of(b, kernels)) for b, _ in used]
             trim = (s.kernel_size - k) // 2
             dw = s.dw[:, :, trim : s.kernel_size - trim, trim : s.kernel_size - trim]
             dw = torch.cat(
@@ -268,15 +287,15 @@ class SharedMixture:
             hk = h if every else torch.cat([h[:, a : a + w] for (_, a), w in zip(used, widths)], 1)
             d = s.depthwise(hk, dw, (s.stride, s.stride), (k // 2, k // 2))
             if s.bn_dw is not None:
-                d = self._batch_norm(d, s.bn_dw, [b for b, _ in used], widths, k).relu_()
+                d = self._batch_norm(d, s.bn_dw, [b for b, _ in used], widths, kernels).relu_()
             parts = d.permute(0, 2, 3, 1).split(widths, dim=-1)  # [B, H, W, C] each
             for (b, _), part in zip(used, parts):
                 pwl = _dense_matrix(s.pwl[:, : b.hidden], b.groups)
                 if b.groups > 1:
                     y = F.linear(part, pwl[:, b.unshuffle])
-                    projections.update(dict.fromkeys(self._of(b, k), y))
+                    projections.update(dict.fromkeys(self._of(b, kernels), y))
                     continue
-                ops = self._of(b, k)  # by expansion: prefix sums over chunks of the columns
+                ops = self._of(b, kernels)  # by expansion: prefix sums over column chunks
                 ends = sorted({self._width(i, b) for i in ops})
                 sums = {}
                 chunks = part.split([hi - lo for lo, hi in zip([0, *ends], ends)], dim=-1)
@@ -316,14 +335,14 @@ class SharedMixture:
         return out
 
     def _batch_norm(
-        self, x, bn: _SharedBN, branches: list[_Branch], widths=None, kernel: int | None = None
+        self, x, bn: _SharedBN, branches: list[_Branch], widths=None, kernels=None
     ) -> torch.Tensor:
         """``bn`` on the stacked channels of ``branches`` (``widths`` of each) with this batch's
-        statistics, which update the running statistics of every op that uses them. ``kernel=None``:
+        statistics, which update the running statistics of every op that uses them. ``kernels=None``:
         the expansion's BN (every op, channels before the shuffle); else the depthwise BN of the ops
-        of ``kernel`` (grouped branches' channels held before the shuffle, the BN's after it)."""
+        of those kernel sizes (grouped branches' channels held before the shuffle, the BN's after it)."""
         widths = widths or [b.hidden for b in branches]
-        after_dw = kernel is not None
+        after_dw = kernels is not None
 
         def channels(t: torch.Tensor, b: _Branch, w: int) -> torch.Tensor:
             return t[b.unshuffle] if after_dw and b.unshuffle is not None else t[:w]
@@ -338,7 +357,7 @@ class SharedMixture:
                 stats = mean[offset : offset + w], var[offset : offset + w]
                 if after_dw and b.unshuffle is not None:  # in the op's channel order
                     stats = tuple(t[torch.argsort(b.unshuffle)] for t in stats)
-                for i in b.ops if kernel is None else self._of(b, kernel):
+                for i in b.ops if kernels is None else self._of(b, kernels):
                     row, width = self.ops[i].index, self._width(i, b)
                     for running, batch in zip((bn.running_mean, bn.running_var), stats):
                         running[row, :width].mul_(1 - bn.momentum).add_(

@@ -183,19 +183,25 @@ SOME_OPS = ("ir_k5_e3", "skip", "ir_k3_s2", "ir_k3_e1")  # kernel 5: dense only,
         ((8, 16, 2, 8), CANDIDATE_OPS),
         ((4, 8, 1, 16), CANDIDATE_OPS),
         ((8, 8, 1, 4), SOME_OPS),
+        ((8, 8, 1, 2), CANDIDATE_OPS),
+        ((8, 16, 2, 2), CANDIDATE_OPS),
+        ((8, 8, 1, 1), SOME_OPS),
     ],
-    ids=["residual", "stride2", "16x16", "some_ops"],
+    ids=["residual", "stride2", "16x16", "some_ops", "2x2", "2x2_stride2", "1x1_some_ops"],
 )  # in_channels, out_channels, stride, map side
 def test_shared_weights_mixture_equals_the_ops_one_by_one(shape, candidates, dw_bn_relu):
     """--weight_sharing: the merged mixture (each shared channel computed once) gives the output,
     the gradients of the input, mixing weights and shared weights, and every op's running statistics
     of the ops run one by one; in evaluation mode the ops run one by one. ``SOME_OPS``: a kernel
-    size whose ops use a subset of the expanded channels."""
+    size whose ops use a subset of the expanded channels. On 2x2 and 1x1 maps the 5x5 ops take the
+    3x3 ops' depthwise outputs (``_kernel_groups``)."""
     in_channels, out_channels, stride, side = shape
     plain, merged = _shared_layers(in_channels, out_channels, stride, dw_bn_relu, candidates)
     mixture = merged.fused
     assert mixture.others == [candidates.index("skip")]
     assert sorted(b.groups for b in mixture.branches) == [1, 2]  # dense ops, the 2-group ops
+    groups = [(3,), (5,)] if side > 2 else [(3, 5)]
+    assert mixture._kernel_groups(side, side) == groups
     for i, op in enumerate(merged.ops):  # the shared ops do not run as modules
         if i not in mixture.others:
             op.register_forward_pre_hook(_no_call)
