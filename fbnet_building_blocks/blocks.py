@@ -67,6 +67,13 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
+def channel_unshuffle(channels: int, groups: int) -> torch.Tensor:
+    """Where each channel goes in :class:`ChannelShuffle`: channel ``i`` before the shuffle is channel
+    ``channel_unshuffle(...)[i]`` after it (the inverse of the shuffle's order)."""
+    shuffle = torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
+    return torch.argsort(shuffle)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation: global pool, 1x1 reduce + ReLU, 1x1 expand + sigmoid, rescale."""
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fbnet_building_blocks.blocks import ChannelShuffle, InvertedResidual
+from fbnet_building_blocks.blocks import ChannelShuffle, InvertedResidual, channel_unshuffle
 from supernet_functions.recompute import BatchNormReLU2d, batch_norm_relu, is_recomputing
+from supernet_functions.speed import conv1x1_matrix
 
 __all__ = ["FusedCandidates", "fuse_candidates"]
 
@@ -129,9 +130,7 @@ class FusedCandidates:
 
 def _matrix(conv: nn.Conv2d, columns: torch.Tensor | None = None) -> torch.Tensor:
     """A 1x1 convolution's ``[C_out, C_in]`` matrix (block-diagonal for groups), columns reordered."""
-    matrix = conv.weight.flatten(1)
-    if conv.groups > 1:
-        matrix = torch.block_diag(*matrix.chunk(conv.groups, dim=0))
+    matrix = conv1x1_matrix(conv.weight, conv.groups)
     return matrix if columns is None else matrix[:, columns]
 
 
@@ -255,10 +254,8 @@ def _parts(op: nn.Module):
     if not plain:
         return None
     unshuffle = None
-    if groups > 1:  # channel j after the shuffle is channel shuffle[j] before it
-        hidden = pw.out_channels
-        shuffle = torch.arange(hidden).view(groups, hidden // groups).t().reshape(-1)
-        unshuffle = torch.argsort(shuffle).to(pw.weight.device)
+    if groups > 1:
+        unshuffle = channel_unshuffle(pw.out_channels, groups).to(pw.weight.device)
     return pw, bn_pw, unshuffle, dw, dw_rest[0] if dw_rest else None, pwl
 
 

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fbnet_building_blocks.blocks import channel_unshuffle
 from fbnet_building_blocks.registry import get_op_args
 from fbnet_building_blocks.structure import Structure
+from supernet_functions.speed import conv1x1_matrix
 
 __all__ = ["SharedInvertedResiduals", "SharedMixture", "SharedOp"]
 
@@ -72,13 +74,7 @@ class _SharedBN(nn.Module):
 
 def _dense_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The ``[out, in]`` matrix of the grouped 1x1 convolution made of ``weight``'s diagonal blocks."""
-    matrix = weight.flatten(1)
-    if groups == 1:
-        return matrix
-    o, i = matrix.shape[0] // groups, matrix.shape[1] // groups
-    return torch.block_diag(
-        *(matrix[g * o : (g + 1) * o, g * i : (g + 1) * i] for g in range(groups))
-    )
+    return conv1x1_matrix(weight if groups == 1 else _diagonal_blocks(weight, groups), groups)
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None, groups: int = 1) -> torch.Tensor:
@@ -222,9 +218,8 @@ class SharedMixture:
         for (_, groups), members in by_key.items():
             hidden = max(ops[i].expansion for i in members) * self.in_channels
             unshuffle = None
-            if groups > 1:  # channel j after the shuffle is channel shuffle[j] before it
-                shuffle = torch.arange(hidden).view(groups, hidden // groups).t().reshape(-1)
-                unshuffle = torch.argsort(shuffle).to(shared.pw.device)
+            if groups > 1:
+                unshuffle = channel_unshuffle(hidden, groups).to(shared.pw.device)
             self.branches.append(_Branch(groups, members, hidden, unshuffle))
         self.kernels = sorted({ops[i].kernel for i in mine})
         self.order = [i for k in self.kernels for b in self.branches for i in self._of(b, (k,))]

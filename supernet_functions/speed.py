@@ -117,22 +117,19 @@ def prepare_supernet(
             if type(conv) is PointwiseConv2d:  # the fused BNs' inputs, so the chain keeps neither
                 conv.recompute = True
     model.recompute_activations = recompute
-    if fuse_ops and channels_last and pointwise_gemm and device.type == "cpu":  # measured on CPUs
+    if fuse_ops:
         from supernet_functions.fused_candidates import fuse_candidates
-        from supernet_functions.model_supernet import MixedOperation
-
-        for layer in model.modules():
-            if isinstance(layer, MixedOperation):
-                layer.fused = fuse_candidates(
-                    list(layer.ops), pointwise_conv2d, depthwise_conv2d if trim_kernels else None
-                )
-    if fuse_ops:  # --weight_sharing: less arithmetic, not only fewer calls, so on every device
         from supernet_functions.model_supernet import MixedOperation
         from supernet_functions.shared_ops import SharedMixture
 
-        for layer in model.modules():
-            if isinstance(layer, MixedOperation) and hasattr(layer, "shared"):
+        merge = channels_last and pointwise_gemm and device.type == "cpu"  # measured on CPUs
+        for layer in (m for m in model.modules() if isinstance(m, MixedOperation)):
+            if hasattr(layer, "shared"):  # less arithmetic, not only fewer calls: every device
                 layer.fused = SharedMixture(list(layer.ops), layer.shared)
+            elif merge:
+                layer.fused = fuse_candidates(
+                    list(layer.ops), pointwise_conv2d, depthwise_conv2d if trim_kernels else None
+                )
     if device.type == "cuda" and cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if amp:
@@ -254,13 +251,18 @@ def pointwise_conv2d(
         if recompute:
             remember(y, _conv1x1, x, weight, bias, groups)
         return y
-    matrix = weight.flatten(1)  # [C_out, C_in / groups]
-    if groups > 1:  # block-diagonal [C_out, C_in]: zeros between the groups
-        matrix = torch.block_diag(*matrix.chunk(groups, dim=0))
+    matrix = conv1x1_matrix(weight, groups)
     y = _gemm(x, matrix, bias)  # [B, H, W, C_out]
     if recompute:
         remember(y, _gemm, x, matrix, bias)
     return y.permute(0, 3, 1, 2)  # [B, C_out, H, W] in channels_last memory
+
+
+def conv1x1_matrix(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """A 1x1 convolution's weight as its ``[C_out, C_in]`` matrix: block-diagonal for ``groups``
+    (zeros between the groups)."""
+    matrix = weight.flatten(1)  # [C_out, C_in / groups]
+    return matrix if groups == 1 else torch.block_diag(*matrix.chunk(groups, dim=0))
 
 
 def _gemm(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
