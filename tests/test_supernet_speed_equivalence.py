@@ -368,3 +368,23 @@ def test_bench_conv_shapes_times_every_conv_shape_and_reports_the_rule(capsys):
         if r["kind"] == "pointwise":
             assert (r["rule"] == "ours") == (r["map"] ** 2 <= speed.PointwiseConv2d.max_pixels)
     assert any(r["kind"] == "depthwise" and r["rule"] == "ours" for r in rows)  # 2x2 maps at 8x8
+
+
+def test_bench_single_path_times_the_three_steps_and_writes_its_json(tmp_path):
+    """bench/bench_single_path.py times a drawn path through owned and through shared weights and the
+    preset's weight step, every variant in every round, and writes the JSON it prints."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_single_path.py"
+    spec = importlib.util.spec_from_file_location("bench_single_path", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "single_path.json"
+    argv = ["--batch_size", "2", "--rounds", "2", "--min_time", "0", "--threads", "1"]
+    result = bench.main([*argv, "--out", str(out)])
+    assert set(result["per_round"]) == {"owned", "shared", "search"}
+    for rounds in result["per_round"].values():
+        assert len(rounds) == 2 and all(v > 0 for v in rounds)
+    assert json.loads(out.read_text())["img_per_s"] == result["img_per_s"]
