@@ -22,6 +22,7 @@ __all__ = [
     "peak_memory_mb",
     "summarise",
     "paired_ratios",
+    "preset_supernet",
     "print_json",
     "sync",
     "tensor_bytes",
@@ -158,6 +159,30 @@ def tensor_bytes(*objects: Any) -> int:
         elif isinstance(obj, torch.Tensor):
             add(obj)
     return total
+
+
+def preset_supernet(weight_sharing: bool = True) -> torch.nn.Module:
+    """The ``cpu_cifar10`` preset's supernet on the CPU, from seed 0, in training mode: ``fbnet`` at
+    32x32, BN scales U(0, 1), the costs and block structure of the committed 32x32 table
+    (``luts/fbnet_32_cpu.json``), made by ``prepare_supernet`` with the search's defaults."""
+    from pathlib import Path
+
+    from supernet_functions.model_supernet import StochasticSuperNet
+    from supernet_functions.sampling import load_table
+    from supernet_functions.speed import prepare_supernet
+
+    lut = load_table(Path(__file__).resolve().parent.parent / "luts" / "fbnet_32_cpu.json")
+    torch.manual_seed(0)
+    net = StochasticSuperNet(
+        "fbnet",
+        lut,
+        10,
+        32,
+        bn_init="uniform",
+        structure=lut.structure,
+        weight_sharing=weight_sharing,
+    )
+    return prepare_supernet(net, torch.device("cpu")).train()
 
 
 def print_json(result: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ compilation, from a reset compiler: every block for its own shapes), then compil
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import environment  # noqa: E402
-from supernet_functions.model_supernet import StochasticSuperNet  # noqa: E402
-from supernet_functions.sampling import load_table  # noqa: E402
-from supernet_functions.speed import prepare_supernet  # noqa: E402
-
-LUT = Path(__file__).resolve().parent.parent / "luts" / "fbnet_32_cpu.json"
+from bench._common import environment, preset_supernet, print_json  # noqa: E402
 
 
 def _fwd_bwd(block, x: torch.Tensor) -> None:
@@ -57,12 +51,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    lut = load_table(LUT)
-    torch.manual_seed(0)
-    net = StochasticSuperNet(
-        "fbnet", lut, 10, 32, bn_init="uniform", structure=lut.structure, weight_sharing=True
-    )
-    net = prepare_supernet(net, torch.device("cpu")).train()
+    net = preset_supernet(weight_sharing=True)
     shapes = net.space.layer_shapes(32)
     rows = []
     for spec in args.blocks:
@@ -87,7 +76,7 @@ def main(argv=None) -> dict:
         "blocks": rows,
         "env": environment(torch.device("cpu")),
     }
-    print(json.dumps(result))
+    print_json(result)
     return result
 
 

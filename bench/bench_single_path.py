@@ -28,18 +28,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import environment, print_json, summarise, time_rounds  # noqa: E402
+from bench._common import (  # noqa: E402
+    environment,
+    preset_supernet,
+    print_json,
+    summarise,
+    time_rounds,
+)
 from general_functions.io_utils import atomic_write_json  # noqa: E402
 from supernet_functions.loss import SupernetLoss  # noqa: E402
-from supernet_functions.model_supernet import StochasticSuperNet  # noqa: E402
-from supernet_functions.sampling import load_table  # noqa: E402
-from supernet_functions.speed import prepare_supernet  # noqa: E402
 from supernet_functions.training_functions_supernet import (  # noqa: E402
     _weights_mixing,
     train_weights_epoch,
 )
-
-LUT = Path(__file__).resolve().parent.parent / "luts" / "fbnet_32_cpu.json"
 
 
 def main(argv=None) -> dict:
@@ -56,18 +57,13 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    lut = load_table(LUT)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, 32, 32, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,), generator=gen)
 
     def supernet(shared: bool):
-        torch.manual_seed(0)
-        net = StochasticSuperNet(
-            "fbnet", lut, 10, 32, bn_init="uniform", structure=lut.structure, weight_sharing=shared
-        )
-        net = prepare_supernet(net, device).train()
+        net = preset_supernet(shared)
         for t in net.arch_parameters():
             t.requires_grad_(False)
         sgd = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
