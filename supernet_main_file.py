@@ -1,6 +1,6 @@
 """FBNet supernet search, sampling and latency tables (Wu et al., CVPR 2019). Usage:
     python supernet_main_file.py --train_or_sample train --preset smoke      # 13 s on 2 CPU cores, fake data
-    python supernet_main_file.py --train_or_sample train --preset cpu_cifar10 --data_dir DIR  # 30-40 min, 2 cores
+    python supernet_main_file.py --train_or_sample train --preset cpu_cifar10 --data_dir DIR  # 18-40 min, 2 cores
     python supernet_main_file.py --train_or_sample train --data_dir DIR --lut_path luts/TABLE.json  # 180 epochs
     python supernet_main_file.py --train_or_sample sample --architecture_name my_net  # argmax, latest run
     python supernet_main_file.py --train_or_sample sample --architecture_name d --hardsampling_bool_value False --num_samples 3

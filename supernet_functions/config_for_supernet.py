@@ -3,7 +3,7 @@
 Defaults reproduce the original CIFAR-10 reproduction's run (github AnnaAraslanova/FBNet,
 ``supernet_functions/config_for_supernet.py``), which follows the paper's Sec. 4.1 schedule where the
 paper gives one. ``--preset smoke`` runs the whole pipeline on synthetic data in about 30 s on 2 CPU
-cores (README, "The smoke run"); ``--preset cpu_cifar10`` searches CIFAR-10 in 30-40 minutes.
+cores (README, "The smoke run"); ``--preset cpu_cifar10`` searches CIFAR-10 in 18-40 minutes.
 """
 
 from __future__ import annotations
@@ -282,12 +282,13 @@ PRESETS = {
         "lut_rounds": 2,
         "threads": 1,  # tiny tensors: one thread is faster, above all on a shared machine
     },
-    # A search on real CIFAR-10 that a 2-core CPU runs in 30-40 minutes (35.0, 30.3 and 40.0 measured, target
-    # 2.5 ms, seeds 0 and 1: SAVED_LOGS/supernet_training/cpu_cifar10_t2.5_seed*), whose weights serve
-    # single paths: the weight steps train one path drawn from softmax(thetas) through weights the ops of a
-    # layer share (docs/experiments.md, "Which supernet keeps serving paths"); the theta steps keep the
-    # paper's soft Gumbel mixture. The `fbnet` space with its committed 32x32 table. Each value and
-    # its reason: TRAINING_DETAILS.md ("A search on a 2-core CPU"). Pass --data_dir.
+    # A search on real CIFAR-10 that a 2-core CPU runs in 18-40 minutes (35.0, 30.3, 40.0 measured
+    # on an AMD EPYC, 18.5 on an Intel Xeon; target 2.5 ms: SAVED_LOGS/supernet_training/
+    # cpu_cifar10_t2.5_seed*), whose weights serve single paths: the weight steps train one path
+    # drawn from softmax(thetas) through weights the ops of a layer share (docs/experiments.md,
+    # "Which supernet keeps serving paths"); the theta steps keep the paper's soft Gumbel mixture.
+    # The `fbnet` space with its committed 32x32 table. Each value and its reason:
+    # TRAINING_DETAILS.md ("A search on a 2-core CPU"). Pass --data_dir.
     "cpu_cifar10": {
         "dataset": "cifar10",
         "search_space": "fbnet",  # the space with a committed 32x32 table (luts/README.md)
